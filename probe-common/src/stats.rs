@@ -1,0 +1,23 @@
+//! Indexes of the per-CPU counters the programs keep so that nothing is lost silently.
+
+/// An event could not be reserved in the ring buffer (userspace too slow or buffer too small).
+pub const RINGBUF_DROPS: u32 = 0;
+/// A socket could not be tracked because the connection map rejected the insert.
+pub const CONN_INSERT_FAILED: u32 = 1;
+/// A SYN could not be stamped because the SYN map rejected the insert.
+pub const SYN_INSERT_FAILED: u32 = 2;
+/// Events written to the ring buffer.
+pub const EVENTS_SENT: u32 = 3;
+/// Sockets that closed without the probe having seen them open (opened before it attached, or
+/// evicted from the LRU map).
+pub const UNTRACKED_CLOSE: u32 = 4;
+
+pub const COUNT: u32 = 5;
+
+pub const NAMES: [&str; COUNT as usize] = [
+    "ringbuf_drops",
+    "conn_insert_failed",
+    "syn_insert_failed",
+    "events_sent",
+    "untracked_close",
+];

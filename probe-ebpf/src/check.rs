@@ -1,0 +1,38 @@
+//! Trivial programs that `hopprobe check` loads and attaches to prove each hook type works on
+//! this kernel. They do nothing; attaching them is the test.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, sk_action::SK_PASS},
+    macros::{cgroup_skb, classifier, fentry, kprobe, sock_ops, tracepoint},
+    programs::{FEntryContext, ProbeContext, SkBuffContext, SockOpsContext, TcContext, TracePointContext},
+};
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn hp_check_tracepoint(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[classifier]
+pub fn hp_check_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+#[cgroup_skb]
+pub fn hp_check_cgroup_skb(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
+#[sock_ops]
+pub fn hp_check_sock_ops(_ctx: SockOpsContext) -> u32 {
+    SK_PASS
+}
+
+#[kprobe]
+pub fn hp_check_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[fentry(function = "tcp_connect")]
+pub fn hp_check_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}

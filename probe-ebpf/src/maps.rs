@@ -1,0 +1,42 @@
+//! Maps and globals shared by the programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{
+    conn::{ConnState, FlowKey, SynSeen},
+    layout::SetStateLayout,
+    stats,
+};
+
+/// Written by userspace before load from the tracefs format file.
+#[unsafe(no_mangle)]
+pub static SET_STATE_LAYOUT: SetStateLayout = SetStateLayout::DEFAULT;
+
+#[map]
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static SYNS: LruHashMap<FlowKey, SynSeen> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not migrate CPU while running.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a global that userspace may have rewritten; a plain read would be constant-folded.
+#[inline(always)]
+pub fn layout() -> SetStateLayout {
+    // SAFETY: the static is valid for reads; volatile keeps the compiler from using the default.
+    unsafe { core::ptr::read_volatile(&SET_STATE_LAYOUT) }
+}

@@ -1,0 +1,200 @@
+//! `sock:inet_sock_set_state`: handshake latency and connection lifetime.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use probe_common::{
+    conn::{
+        AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
+        FlowKey, SIDE_ACTIVE, SIDE_PASSIVE,
+    },
+    stats,
+};
+
+use crate::maps::{CONNS, EVENTS, SYNS, count, layout};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn hp_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+/// The socket as the tracepoint describes it.
+struct Sock {
+    id: u64,
+    flow: FlowKey,
+}
+
+fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
+    let l = layout();
+    // SAFETY: offsets come from the tracepoint's format; reads are bounds-checked by the helper.
+    unsafe {
+        let family: u16 = ctx.read_at(l.family as usize)?;
+        let mut flow = FlowKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: ctx.read_at(l.sport as usize)?,
+            remote_port: ctx.read_at(l.dport as usize)?,
+            family,
+            _pad: 0,
+        };
+        if family == AF_INET6 {
+            flow.local_addr = ctx.read_at(l.saddr_v6 as usize)?;
+            flow.remote_addr = ctx.read_at(l.daddr_v6 as usize)?;
+        } else if family == AF_INET {
+            let s: [u8; 4] = ctx.read_at(l.saddr as usize)?;
+            let d: [u8; 4] = ctx.read_at(l.daddr as usize)?;
+            flow.local_addr[..4].copy_from_slice(&s);
+            flow.remote_addr[..4].copy_from_slice(&d);
+        } else {
+            return Err(0);
+        }
+        Ok(Sock {
+            id: ctx.read_at(l.skaddr as usize)?,
+            flow,
+        })
+    }
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout();
+    // SAFETY: as in `read_sock`.
+    let (protocol, old, new) = unsafe {
+        (
+            ctx.read_at::<u16>(l.protocol as usize)?,
+            ctx.read_at::<i32>(l.oldstate as usize)?,
+            ctx.read_at::<i32>(l.newstate as usize)?,
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    match new {
+        TCP_SYN_SENT => {
+            let sock = read_sock(ctx)?;
+            // connect() runs in the caller's task, so the current cgroup is the socket's.
+            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            track(sock.id, now(), cgroup_id, SIDE_ACTIVE, 0);
+        }
+        TCP_SYN_RECV => {
+            // The child socket is created when the final ACK arrives, in softirq context, so
+            // the current task says nothing about the owner; the cgroup_skb program stamped the
+            // first SYN with the listener's cgroup.
+            let sock = read_sock(ctx)?;
+            let t = now();
+            let (start, cgroup_id, flags) = match unsafe { SYNS.get(&sock.flow) } {
+                Some(syn) => (syn.ts_ns, syn.cgroup_id, FLAG_START_FROM_SYN),
+                None => (t, 0, 0),
+            };
+            let _ = SYNS.remove(&sock.flow);
+            track(sock.id, start, cgroup_id, SIDE_PASSIVE, flags);
+        }
+        TCP_ESTABLISHED => {
+            let sock = read_sock(ctx)?;
+            let Some(state) = CONNS.get_ptr_mut(&sock.id) else {
+                return Ok(());
+            };
+            // SAFETY: the pointer is into the map value and valid for this program run.
+            let state = unsafe { &mut *state };
+            if state.established_ns != 0 {
+                return Ok(());
+            }
+            let t = now();
+            state.established_ns = t;
+            let kind = if state.side == SIDE_ACTIVE {
+                ConnEventKind::ActiveHandshake
+            } else {
+                ConnEventKind::PassiveHandshake
+            };
+            emit(&sock, state, kind, t, t.saturating_sub(state.start_ns));
+        }
+        TCP_CLOSE => {
+            let sock = read_sock(ctx)?;
+            match unsafe { CONNS.get(&sock.id) } {
+                Some(state) => {
+                    let state = *state;
+                    let t = now();
+                    if state.established_ns != 0 {
+                        emit(
+                            &sock,
+                            &state,
+                            ConnEventKind::Lifetime,
+                            t,
+                            t.saturating_sub(state.established_ns),
+                        );
+                    } else if state.side == SIDE_ACTIVE {
+                        emit(
+                            &sock,
+                            &state,
+                            ConnEventKind::FailedConnect,
+                            t,
+                            t.saturating_sub(state.start_ns),
+                        );
+                    }
+                    let _ = CONNS.remove(&sock.id);
+                }
+                None if old != TCP_LISTEN && old != TCP_CLOSE && old != TCP_SYN_SENT => {
+                    count(stats::UNTRACKED_CLOSE)
+                }
+                None => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+fn track(id: u64, start_ns: u64, cgroup_id: u64, side: u8, flags: u8) {
+    let state = ConnState {
+        start_ns,
+        established_ns: 0,
+        cgroup_id,
+        side,
+        flags: if side == SIDE_PASSIVE {
+            flags | FLAG_PASSIVE
+        } else {
+            flags
+        },
+        _pad: [0; 6],
+    };
+    if CONNS.insert(&id, &state, 0).is_err() {
+        count(stats::CONN_INSERT_FAILED);
+    }
+}
+
+fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duration_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(stats::RINGBUF_DROPS);
+        return;
+    };
+    entry.write(ConnEvent {
+        ts_ns,
+        duration_ns,
+        cgroup_id: state.cgroup_id,
+        sock_id: sock.id,
+        local_addr: sock.flow.local_addr,
+        remote_addr: sock.flow.remote_addr,
+        local_port: sock.flow.local_port,
+        remote_port: sock.flow.remote_port,
+        family: sock.flow.family,
+        kind: kind as u8,
+        flags: state.flags,
+    });
+    entry.submit(0);
+    count(stats::EVENTS_SENT);
+}

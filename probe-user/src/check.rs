@@ -1,0 +1,483 @@
+//! `hopprobe check`: which hook types this kernel offers, proven by attaching trivial programs.
+//!
+//! A feature probe that only loads a program can say "yes" where attaching then fails (kprobes
+//! on a kernel without CONFIG_KPROBES load fine), so each check attaches a do-nothing program
+//! from the embedded object to a harmless target and detaches it again: a tracepoint, the
+//! loopback device of a private network namespace, a private cgroup.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf,
+    maps::MapType,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe, SchedClassifier,
+        SockOps, TcAttachType, TracePoint, tc,
+    },
+    sys::{Stats, enable_stats, is_map_supported},
+};
+use probe_common::layout::SetStateLayout;
+use serde::Serialize;
+
+use crate::{cgroup, ebpf, ebpf::error_chain, privilege, table, tracefs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Tracepoint,
+    TcClsact,
+    CgroupSkb,
+    SockOps,
+    RingBuffer,
+    Kprobe,
+    Fentry,
+    BpfStats,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 8] = [
+        Hook::Tracepoint,
+        Hook::TcClsact,
+        Hook::CgroupSkb,
+        Hook::SockOps,
+        Hook::RingBuffer,
+        Hook::Kprobe,
+        Hook::Fentry,
+        Hook::BpfStats,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Tracepoint => "tracepoint",
+            Hook::TcClsact => "tc_clsact",
+            Hook::CgroupSkb => "cgroup_skb",
+            Hook::SockOps => "sock_ops",
+            Hook::RingBuffer => "ring_buffer",
+            Hook::Kprobe => "kprobe",
+            Hook::Fentry => "fentry",
+            Hook::BpfStats => "bpf_stats",
+        }
+    }
+
+    /// The core hop measurements use only hooks that exist here and on EKS kernels; kprobe,
+    /// fentry and run-time statistics are optional accelerations and diagnostics.
+    pub fn required(self) -> bool {
+        matches!(
+            self,
+            Hook::Tracepoint | Hook::TcClsact | Hook::CgroupSkb | Hook::SockOps | Hook::RingBuffer
+        )
+    }
+}
+
+/// Every program and the hooks it can run on, in order of preference.
+pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
+    (
+        "hp_sock_set_state",
+        "handshake latency and connection lifetime",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_syn_ingress",
+        "first SYN of passive handshakes, socket owner's cgroup",
+        &[Hook::CgroupSkb],
+    ),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    pub hook: Hook,
+    pub required: bool,
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramPlan {
+    pub program: &'static str,
+    pub purpose: &'static str,
+    /// The first available hook in order of preference; `None` when none is.
+    pub hook: Option<Hook>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub btf: bool,
+    pub tracefs: String,
+    pub cgroup_v2: Option<PathBuf>,
+    pub hooks: Vec<HookStatus>,
+    pub programs: Vec<ProgramPlan>,
+    /// Empty when every required hook is available.
+    pub missing_required: Vec<Hook>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.missing_required.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let mut out = format!(
+            "kernel {}  BTF {}  tracefs {}  cgroup v2 {}\n\n",
+            self.kernel,
+            yes_no(self.btf),
+            self.tracefs,
+            self.cgroup_v2
+                .as_ref()
+                .map_or_else(|| "not mounted".to_owned(), |p| p.display().to_string())
+        );
+        let rows: Vec<Vec<String>> = self
+            .hooks
+            .iter()
+            .map(|h| {
+                vec![
+                    h.hook.name().to_owned(),
+                    if h.required { "required" } else { "optional" }.to_owned(),
+                    if h.available { "available" } else { "unavailable" }.to_owned(),
+                    h.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(&["hook", "need", "status", "detail"], &rows));
+        out.push('\n');
+        let rows: Vec<Vec<String>> = self
+            .programs
+            .iter()
+            .map(|p| {
+                vec![
+                    p.program.to_owned(),
+                    p.hook.map_or("NONE (disabled)", Hook::name).to_owned(),
+                    p.purpose.to_owned(),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(&["program", "runs on", "measures"], &rows));
+        out.push('\n');
+        if self.ok() {
+            out.push_str("OK: every hook hopprobe needs is available.\n");
+        } else {
+            let names: Vec<&str> = self.missing_required.iter().map(|h| h.name()).collect();
+            out.push_str(&format!(
+                "NOT OK: hopprobe cannot run here; missing required hooks: {}\n",
+                names.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs every check. Never panics; each failure becomes a row with its reason.
+pub fn run() -> Report {
+    let kernel = kernel_release();
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let cgroup_v2 = cgroup::v2_mount();
+    let caps = privilege::effective_caps();
+
+    if let Some(missing) = privilege::missing(caps) {
+        let tracefs = match tracefs::ensure(false) {
+            Ok(t) => t.root.display().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let hooks = Hook::ALL
+            .iter()
+            .map(|&hook| HookStatus {
+                hook,
+                required: hook.required(),
+                available: false,
+                detail: missing.clone(),
+            })
+            .collect();
+        return finish(kernel, btf, tracefs, cgroup_v2, hooks);
+    }
+
+    let (tracefs_text, layout) = match tracefs::ensure(true) {
+        Ok(t) => {
+            let text = if t.mounted_now {
+                format!("{} (mounted now)", t.root.display())
+            } else {
+                t.root.display().to_string()
+            };
+            let layout = tracefs::set_state_layout(&t.root).unwrap_or(SetStateLayout::DEFAULT);
+            (text, Ok(layout))
+        }
+        Err(e) => (e.to_string(), Err(e.to_string())),
+    };
+
+    let mut hooks = Vec::new();
+    let mut ebpf = match ebpf::load(layout.as_ref().unwrap_or(&SetStateLayout::DEFAULT)) {
+        Ok(ebpf) => Some(ebpf),
+        Err(e) => {
+            let why = error_chain(&e);
+            for hook in Hook::ALL {
+                hooks.push(HookStatus {
+                    hook,
+                    required: hook.required(),
+                    available: false,
+                    detail: format!("cannot load hopprobe's eBPF object: {why}"),
+                });
+            }
+            None
+        }
+    };
+    if let Some(ebpf) = ebpf.as_mut() {
+        for hook in Hook::ALL {
+            let result = match hook {
+                Hook::Tracepoint => match &layout {
+                    Ok(_) => check_tracepoint(ebpf),
+                    Err(e) => Err(e.clone()),
+                },
+                Hook::TcClsact => check_tc(ebpf),
+                Hook::CgroupSkb | Hook::SockOps => match &cgroup_v2 {
+                    Some(root) => check_cgroup(ebpf, root, hook),
+                    None => Err("no cgroup v2 mount in /proc/self/mounts".into()),
+                },
+                Hook::RingBuffer => check_ringbuf(),
+                Hook::Kprobe => check_kprobe(ebpf),
+                Hook::Fentry => check_fentry(ebpf, btf),
+                Hook::BpfStats => check_stats(),
+            };
+            let (available, detail) = match result {
+                Ok(d) => (true, d),
+                Err(d) => (false, d),
+            };
+            hooks.push(HookStatus {
+                hook,
+                required: hook.required(),
+                available,
+                detail,
+            });
+        }
+    }
+    finish(kernel, btf, tracefs_text, cgroup_v2, hooks)
+}
+
+fn finish(
+    kernel: String,
+    btf: bool,
+    tracefs: String,
+    cgroup_v2: Option<PathBuf>,
+    hooks: Vec<HookStatus>,
+) -> Report {
+    let available = |hook: Hook| hooks.iter().any(|h| h.hook == hook && h.available);
+    let programs = PROGRAMS
+        .iter()
+        .map(|(program, purpose, prefs)| ProgramPlan {
+            program,
+            purpose,
+            hook: prefs.iter().copied().find(|h| available(*h)),
+        })
+        .collect();
+    let missing_required = hooks
+        .iter()
+        .filter(|h| h.required && !h.available)
+        .map(|h| h.hook)
+        .collect();
+    Report {
+        kernel,
+        btf,
+        tracefs,
+        cgroup_v2,
+        hooks,
+        programs,
+        missing_required,
+    }
+}
+
+type Check = Result<String, String>;
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| error_chain(&e))
+}
+
+fn check_tracepoint(ebpf: &mut Ebpf) -> Check {
+    let p: &mut TracePoint = program(ebpf, "hp_check_tracepoint")?;
+    p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+    let link = p
+        .attach("sock", "inet_sock_set_state")
+        .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+    p.detach(link).map_err(|e| error_chain(&e))?;
+    Ok("attached to sock:inet_sock_set_state".into())
+}
+
+/// Attaches to `lo` in a network namespace that exists only for this thread, so nothing of the
+/// host's traffic control is touched and nothing can be left behind.
+fn check_tc(ebpf: &mut Ebpf) -> Check {
+    let p: &mut SchedClassifier = program(ebpf, "hp_check_tc")?;
+    p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Check {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("creating a private network namespace: {e}"))?;
+            // Kernels before 6.6 attach through netlink and need the clsact qdisc; adding it
+            // on 6.6+ is harmless, and the namespace takes it away with it.
+            let clsact = tc::qdisc_add_clsact("lo");
+            let link = p.attach("lo", TcAttachType::Ingress).map_err(|e| {
+                let mut msg = format!("attach: {}", error_chain(&e));
+                if let Err(q) = clsact {
+                    msg.push_str(&format!(" (adding clsact qdisc: {})", error_chain(&q)));
+                }
+                msg
+            })?;
+            p.detach(link).map_err(|e| error_chain(&e))?;
+            Ok("attached to lo ingress in a private network namespace".into())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the check thread panicked".into()))
+    })
+}
+
+/// A cgroup that exists only while a check runs.
+struct TempCgroup(PathBuf);
+
+impl TempCgroup {
+    fn new(root: &Path) -> Result<Self, String> {
+        let path = root.join(format!("hopprobe-check-{}", std::process::id()));
+        fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+fn check_cgroup(ebpf: &mut Ebpf, root: &Path, hook: Hook) -> Check {
+    let cg = TempCgroup::new(root)?;
+    let dir = File::open(&cg.0).map_err(|e| format!("opening {}: {e}", cg.0.display()))?;
+    if hook == Hook::CgroupSkb {
+        let p: &mut CgroupSkb = program(ebpf, "hp_check_cgroup_skb")?;
+        p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+        let link = p
+            .attach(
+                &dir,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        p.detach(link).map_err(|e| error_chain(&e))?;
+    } else {
+        let p: &mut SockOps = program(ebpf, "hp_check_sock_ops")?;
+        p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+        let link = p
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        p.detach(link).map_err(|e| error_chain(&e))?;
+    }
+    Ok(format!("attached to a private cgroup under {}", root.display()))
+}
+
+fn check_ringbuf() -> Check {
+    match is_map_supported(MapType::RingBuf) {
+        Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF can be created".into()),
+        Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported (needs Linux 5.8)".into()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn check_kprobe(ebpf: &mut Ebpf) -> Check {
+    // aya uses the kprobe PMU, else tracefs kprobe_events; a kernel without CONFIG_KPROBES has
+    // neither.
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let events = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| Path::new(t).join("kprobe_events").exists());
+    if !pmu && !events {
+        return Err(
+            "kernel built without CONFIG_KPROBES (no kprobe PMU, no kprobe_events in tracefs)"
+                .into(),
+        );
+    }
+    let p: &mut KProbe = program(ebpf, "hp_check_kprobe")?;
+    p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+    let link = p
+        .attach("tcp_connect", 0)
+        .map_err(|e| format!("attach to tcp_connect: {}", error_chain(&e)))?;
+    p.detach(link).map_err(|e| error_chain(&e))?;
+    Ok("attached to tcp_connect".into())
+}
+
+fn check_fentry(ebpf: &mut Ebpf, btf: bool) -> Check {
+    if !btf {
+        return Err("no kernel BTF (/sys/kernel/btf/vmlinux): fentry needs it".into());
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {}", error_chain(&e)))?;
+    let p: &mut FEntry = program(ebpf, "hp_check_fentry")?;
+    p.load("tcp_connect", &btf).map_err(|e| {
+        format!(
+            "load: {} (BPF trampolines are not available on this kernel)",
+            error_chain(&e)
+        )
+    })?;
+    let link = p
+        .attach()
+        .map_err(|e| format!("attach to tcp_connect: {}", error_chain(&e)))?;
+    p.detach(link).map_err(|e| error_chain(&e))?;
+    Ok("attached to tcp_connect".into())
+}
+
+fn check_stats() -> Check {
+    // The returned fd keeps run-time statistics on; dropping it turns them off again.
+    enable_stats(Stats::RunTime)
+        .map(|_fd| "BPF_ENABLE_STATS(run time) works: per-program run time and count".into())
+        .map_err(|e| format!("BPF_ENABLE_STATS: {}", error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(hook: Hook, available: bool) -> HookStatus {
+        HookStatus {
+            hook,
+            required: hook.required(),
+            available,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn optional_hooks_do_not_fail_the_check() {
+        let hooks = Hook::ALL
+            .iter()
+            .map(|&h| status(h, h.required()))
+            .collect();
+        let r = finish("6.18".into(), true, "/t".into(), None, hooks);
+        assert!(r.ok(), "{}", r.render());
+        assert!(r.render().contains("OK: every hook"));
+    }
+
+    #[test]
+    fn a_missing_required_hook_fails_and_disables_its_program() {
+        let hooks = Hook::ALL
+            .iter()
+            .map(|&h| status(h, h != Hook::CgroupSkb))
+            .collect();
+        let r = finish("6.1".into(), true, "/t".into(), None, hooks);
+        assert_eq!(r.missing_required, vec![Hook::CgroupSkb]);
+        let plan = r
+            .programs
+            .iter()
+            .find(|p| p.program == "hp_syn_ingress")
+            .expect("listed");
+        assert_eq!(plan.hook, None);
+        assert!(r.render().contains("missing required hooks: cgroup_skb"));
+    }
+}

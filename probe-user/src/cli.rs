@@ -1,0 +1,148 @@
+//! The `hopprobe` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+use crate::{check, exit, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hopprobe",
+    version,
+    about = "eBPF probe that shows where a request's latency goes inside a node"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the probes, print a live table, and a summary when stopped.
+    Run(RunArgs),
+    /// Report which eBPF hook types this kernel offers; exit 0 if hopprobe can run here.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. `10s`, `2m`); runs until SIGINT/SIGTERM when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How often to print the live table.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// cgroup v2 root to attach to [default: the cgroup2 mount in /proc/self/mounts].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 10s or 2m: {e}"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match cli.command {
+        Command::Run(args) => run_cmd(args),
+        Command::Check(args) => check_cmd(&args),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run_cmd(args: RunArgs) -> i32 {
+    let opts = run::RunOptions {
+        duration: args.duration,
+        interval: args.interval,
+        json: args.json,
+        cgroup_root: args.cgroup_root,
+    };
+    match run::run(&opts) {
+        Ok(_) => 0,
+        Err(run::RunError::Attach(e)) if e.is_unsupported() => {
+            error!("{e}");
+            error!("run `hopprobe check` to see which hooks this machine offers");
+            exit::UNSUPPORTED
+        }
+        Err(e) => {
+            error!("{e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn check_cmd(args: &CheckArgs) -> i32 {
+    let report = check::run();
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                error!("serialising the report: {e}");
+                return exit::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok() { 0 } else { exit::UNSUPPORTED }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "hopprobe", "run", "--duration", "10s", "--json", "x.json", "--interval", "500ms",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.duration, Some(Duration::from_secs(10)));
+        assert_eq!(args.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn malformed_durations_are_rejected_with_a_message() {
+        let err = Cli::try_parse_from(["hopprobe", "run", "--duration", "ten"])
+            .expect_err("rejected");
+        assert!(err.to_string().contains("is not a duration"), "{err}");
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--interval", "0s"]).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! The embedded eBPF object and how it is loaded.
+
+use aya::{Ebpf, EbpfLoader};
+use probe_common::layout::SetStateLayout;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this hopprobe was built without its eBPF object: run `cargo xtask build-ebpf` and rebuild"
+    )]
+    NotBuilt,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+}
+
+/// Loads the object's maps and BTF; programs are loaded individually by their users.
+pub fn load(layout: &SetStateLayout) -> Result<Ebpf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NotBuilt);
+    }
+    Ok(EbpfLoader::new()
+        .override_global("SET_STATE_LAYOUT", layout, true)
+        .load(OBJECT)?)
+}
+
+/// Formats an error with its whole chain of sources: aya puts the useful part (the errno, the
+/// verifier log) in the innermost one.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let s = inner.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// Like [`error_chain`], but a verifier log is cut to its last lines, which say why the program
+/// was rejected; the whole log can run to thousands of lines.
+pub fn error_brief(err: &(dyn std::error::Error + 'static)) -> String {
+    shorten_verifier_log(&error_chain(err), 4)
+}
+
+fn shorten_verifier_log(text: &str, keep: usize) -> String {
+    const MARK: &str = "Verifier output:";
+    let Some(at) = text.find(MARK) else {
+        return text.to_owned();
+    };
+    let (head, log) = text.split_at(at + MARK.len());
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= keep {
+        return text.to_owned();
+    }
+    format!(
+        "{head} [... {} lines ...] {}",
+        lines.len() - keep,
+        lines[lines.len() - keep..].join(" | ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_log_keeps_its_tail() {
+        let text = "load failed. Verifier output: 0: a\n1: b\n2: c\nR4 invalid zero-sized read\nprocessed 3 insns\n";
+        let short = shorten_verifier_log(text, 2);
+        assert_eq!(
+            short,
+            "load failed. Verifier output: [... 3 lines ...] R4 invalid zero-sized read | processed 3 insns"
+        );
+        assert_eq!(shorten_verifier_log("no log here", 2), "no log here");
+    }
+}

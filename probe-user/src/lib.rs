@@ -1,0 +1,19 @@
+//! `hopprobe`: attaches hopprobe's eBPF programs, aggregates what they measure and reports it.
+
+pub mod cgroup;
+pub mod check;
+pub mod cli;
+pub mod conn;
+pub mod ebpf;
+pub mod privilege;
+pub mod run;
+pub mod table;
+pub mod tracefs;
+
+/// Exit codes shared by the subcommands (documented in the README).
+pub mod exit {
+    /// Missing privilege or kernel feature: nothing was attached.
+    pub const UNSUPPORTED: i32 = 3;
+    /// Any other runtime failure.
+    pub const FAILURE: i32 = 1;
+}

@@ -1,0 +1,375 @@
+//! `hopprobe run`: attach, aggregate until told to stop, detach, report.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+};
+use probe_common::{conn::ConnEvent, stats};
+use serde::Serialize;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{info, warn};
+
+use crate::{
+    cgroup::{self, Resolver},
+    conn::{Aggregator, SeriesSummary},
+    ebpf::{self, LoadError, error_chain},
+    privilege, table,
+    tracefs::{self, TracefsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("{0}")]
+    Privilege(String),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("no cgroup v2 mount in /proc/self/mounts; pass --cgroup-root")]
+    NoCgroup2,
+    #[error("opening cgroup root {path}: {source}")]
+    CgroupRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("program {program}: {}", error_chain(.source))]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+impl AttachError {
+    /// True when the machine (privileges, kernel) rather than hopprobe is what failed.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            Self::Privilege(_) | Self::Tracefs(_) | Self::NoCgroup2 | Self::Program { .. }
+        )
+    }
+}
+
+/// Where a program is attached; listed in the summary and logged at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveHook {
+    pub program: &'static str,
+    pub hook: &'static str,
+    pub target: String,
+}
+
+/// The attached programs. Dropping it detaches them (aya owns the links).
+pub struct Probe {
+    ebpf: Ebpf,
+    pub hooks: Vec<ActiveHook>,
+    pub cgroup_root: PathBuf,
+}
+
+pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
+pub const SYN_PROGRAM: &str = "hp_syn_ingress";
+
+impl Probe {
+    pub fn attach(cgroup_root: Option<&Path>) -> Result<Self, AttachError> {
+        if let Some(missing) = privilege::missing(privilege::effective_caps()) {
+            return Err(AttachError::Privilege(missing));
+        }
+        let tracefs = tracefs::ensure(true)?;
+        if tracefs.mounted_now {
+            info!(path = %tracefs.root.display(), "mounted tracefs");
+        }
+        let layout = tracefs::set_state_layout(&tracefs.root)?;
+        let cgroup_root = match cgroup_root {
+            Some(p) => p.to_path_buf(),
+            None => cgroup::v2_mount().ok_or(AttachError::NoCgroup2)?,
+        };
+        let cgroup_dir = File::open(&cgroup_root).map_err(|source| AttachError::CgroupRoot {
+            path: cgroup_root.clone(),
+            source,
+        })?;
+
+        let mut ebpf = ebpf::load(&layout)?;
+        let mut hooks = Vec::new();
+
+        let program_err = |program| move |source| AttachError::Program { program, source };
+        let tp: &mut TracePoint = ebpf
+            .program_mut(TRACEPOINT_PROGRAM)
+            .ok_or(AttachError::MissingProgram(TRACEPOINT_PROGRAM))?
+            .try_into()
+            .map_err(program_err(TRACEPOINT_PROGRAM))?;
+        tp.load().map_err(program_err(TRACEPOINT_PROGRAM))?;
+        tp.attach("sock", "inet_sock_set_state")
+            .map_err(program_err(TRACEPOINT_PROGRAM))?;
+        hooks.push(ActiveHook {
+            program: TRACEPOINT_PROGRAM,
+            hook: "tracepoint",
+            target: "sock:inet_sock_set_state".into(),
+        });
+
+        // Without the SYN stamp passive handshakes are still counted, timed from SYN_RECV.
+        match attach_syn_stamp(&mut ebpf, &cgroup_dir) {
+            Ok(()) => hooks.push(ActiveHook {
+                program: SYN_PROGRAM,
+                hook: "cgroup_skb/ingress",
+                target: cgroup_root.display().to_string(),
+            }),
+            Err(err) => warn!(
+                error = %ebpf::error_brief(&err),
+                "cgroup_skb unavailable: passive handshakes will be timed from SYN_RECV"
+            ),
+        }
+        Ok(Self {
+            ebpf,
+            hooks,
+            cgroup_root,
+        })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(AttachError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("STATS")
+            .ok_or(AttachError::MissingMap("STATS"))?;
+        PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+            name: "STATS",
+            source,
+        })
+    }
+}
+
+fn attach_syn_stamp(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), ProgramError> {
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(SYN_PROGRAM)
+        .ok_or(ProgramError::NotLoaded)?
+        .try_into()?;
+    prog.load()?;
+    // On the kernels hopprobe supports (ringbuf needs 5.8) aya attaches through a bpf_link,
+    // which always coexists with other programs on the cgroup (systemd's, Cilium's); the kernel
+    // rejects the ALLOW_MULTI flag there, so "Single" is the mode that means "no flags".
+    prog.attach(
+        cgroup_dir,
+        CgroupSkbAttachType::Ingress,
+        CgroupAttachMode::Single,
+    )?;
+    Ok(())
+}
+
+/// Sums the per-CPU counters by name.
+pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
+    stats::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let total = stats
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            (*name, total)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub json: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// What `--json` writes.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub duration_s: f64,
+    pub stopped_by: &'static str,
+    pub cgroup_root: PathBuf,
+    pub hooks: Vec<ActiveHook>,
+    pub counters: BTreeMap<&'static str, u64>,
+    pub series: Vec<SeriesSummary>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let context = context.into();
+    move |source| RunError::Io { context, source }
+}
+
+pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the runtime"))?
+        .block_on(run_async(opts))
+}
+
+fn drain(ring: &mut RingBuf<MapData>, agg: &mut Aggregator) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<ConnEvent>() {
+            // SAFETY: the kernel wrote a whole ConnEvent; read_unaligned copes with any offset.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
+            tracing::trace!(?event, "event");
+            agg.record(&event);
+        } else {
+            agg.unknown += 1;
+        }
+    }
+}
+
+async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
+    // Handlers go in before attaching, so a signal that arrives right after is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+
+    let mut probe = Probe::attach(opts.cgroup_root.as_deref())?;
+    let ring = probe.take_events()?;
+    let stats = probe.take_stats()?;
+    // SAFETY: the RingBuf owns its map fd and always returns that same fd until dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| RunError::Io {
+            context: "polling the ring buffer".into(),
+            source: e.into(),
+        })?;
+    let hooks = probe.hooks.clone();
+    let cgroup_root = probe.cgroup_root.clone();
+    info!(
+        hooks = %hooks.iter().map(|h| format!("{}={}:{}", h.program, h.hook, h.target)).collect::<Vec<_>>().join(","),
+        "attached"
+    );
+
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| started + d);
+    let mut tick = tokio::time::interval_at(started + opts.interval, opts.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut agg = Aggregator::default();
+    let mut resolver = Resolver::new(cgroup_root.clone());
+    let stopped_by = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(io("polling the ring buffer"))?;
+                drain(guard.get_inner_mut(), &mut agg);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                print_live(started.elapsed(), &agg, &mut resolver);
+            }
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sleep_until(deadline) => break "duration",
+        }
+    };
+    // Detach first, then read what the programs wrote before they went.
+    drop(probe);
+    let mut ring = ring.into_inner();
+    drain(&mut ring, &mut agg);
+    let mut counters = read_counters(&stats);
+    counters.insert("unknown_events", agg.unknown);
+    info!(stopped_by, "detached");
+
+    let summary = Summary {
+        duration_s: started.elapsed().as_secs_f64(),
+        stopped_by,
+        cgroup_root,
+        hooks,
+        counters,
+        series: agg.summaries(&mut resolver),
+    };
+    print_summary(&summary);
+    if let Some(path) = &opts.json {
+        write_json(path, &summary)?;
+    }
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn print_live(elapsed: Duration, agg: &Aggregator, resolver: &mut Resolver) {
+    let mut out = format!(
+        "--- hopprobe: {:.0}s, {} events ---\n",
+        elapsed.as_secs_f64(),
+        agg.events
+    );
+    if agg.is_empty() {
+        out.push_str("(no TCP connections measured yet)\n");
+    } else {
+        out.push_str(&table::series(&agg.summaries(resolver)));
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn print_summary(summary: &Summary) {
+    let mut out = format!(
+        "=== hopprobe summary: {:.1}s, stopped by {} ===\n",
+        summary.duration_s, summary.stopped_by
+    );
+    if summary.series.is_empty() {
+        out.push_str("(no TCP connections measured)\n");
+    } else {
+        out.push_str(&table::series(&summary.series));
+    }
+    let counters: Vec<String> = summary
+        .counters
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    out.push_str(&format!("counters: {}\n", counters.join(" ")));
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn write_json(path: &Path, summary: &Summary) -> Result<(), RunError> {
+    let context = format!("writing {}", path.display());
+    let text = serde_json::to_string_pretty(summary).map_err(|e| RunError::Io {
+        context: context.clone(),
+        source: e.into(),
+    })?;
+    // Write beside and rename, so a reader never sees half a file.
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(io(context.clone()))?;
+    std::fs::rename(&tmp, path).map_err(io(context))
+}

@@ -1,0 +1,94 @@
+//! Plain-text tables for the terminal.
+
+use crate::conn::{Direction, Metric, SeriesSummary};
+
+/// Renders rows under a header with each column as wide as its widest cell; a column whose
+/// cells are all numbers is right-aligned, header included.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut numeric = vec![!rows.is_empty(); header.len()];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(header.len()) {
+            widths[i] = widths[i].max(cell.chars().count());
+            numeric[i] &= cell.parse::<f64>().is_ok();
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cells
+            .zip(widths.iter().zip(&numeric))
+            .map(|(cell, (&w, &num))| {
+                if num {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+fn port(p: Option<u16>) -> String {
+    p.map_or_else(|| "*".to_owned(), |p| p.to_string())
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.3}", us / 1000.0)
+}
+
+/// The connection series as a table, handshakes first, times in milliseconds.
+pub fn series(summaries: &[SeriesSummary]) -> String {
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|s| {
+            vec![
+                match s.metric {
+                    Metric::Handshake => "handshake",
+                    Metric::Lifetime => "lifetime",
+                    Metric::FailedConnect => "failed-connect",
+                }
+                .to_owned(),
+                match s.direction {
+                    Direction::Active => "active",
+                    Direction::Passive => "passive",
+                }
+                .to_owned(),
+                s.cgroup.clone().unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
+                port(s.local_port),
+                port(s.remote_port),
+                s.count.to_string(),
+                ms(s.min_us),
+                ms(s.p50_us),
+                ms(s.p90_us),
+                ms(s.p99_us),
+                ms(s.max_us),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "series", "side", "cgroup", "lport", "rport", "count", "min_ms", "p50_ms", "p90_ms",
+            "p99_ms", "max_ms",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns_and_right_aligns_numbers() {
+        let out = render(
+            &["name", "n"],
+            &[vec!["a".into(), "5".into()], vec!["long".into(), "123".into()]],
+        );
+        assert_eq!(out, "name    n\na       5\nlong  123\n");
+    }
+}

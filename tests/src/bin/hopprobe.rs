@@ -1,0 +1,1 @@
+fn main() -> std::process::ExitCode { probe_user::cli::main() }
