@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "loadgen", version, about = "oha-compatible HTTP load generator (not yet implemented)")]
+#[command(
+    name = "loadgen",
+    version,
+    about = "oha-compatible HTTP load generator (not yet implemented)"
+)]
 struct Cli {
     /// Target URL.
     url: Option<String>,

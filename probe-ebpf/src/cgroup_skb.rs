@@ -84,7 +84,14 @@ fn try_syn_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     // SAFETY: the skb pointer is the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     if SYNS
-        .insert(&flow, &SynSeen { ts_ns: t, cgroup_id }, 0)
+        .insert(
+            &flow,
+            &SynSeen {
+                ts_ns: t,
+                cgroup_id,
+            },
+            0,
+        )
         .is_err()
     {
         count(stats::SYN_INSERT_FAILED);

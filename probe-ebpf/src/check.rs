@@ -4,7 +4,9 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, sk_action::SK_PASS},
     macros::{cgroup_skb, classifier, fentry, kprobe, sock_ops, tracepoint},
-    programs::{FEntryContext, ProbeContext, SkBuffContext, SockOpsContext, TcContext, TracePointContext},
+    programs::{
+        FEntryContext, ProbeContext, SkBuffContext, SockOpsContext, TcContext, TracePointContext,
+    },
 };
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]

@@ -128,7 +128,14 @@ mod tests {
     #[test]
     fn run_flags_parse() {
         let cli = Cli::try_parse_from([
-            "hopprobe", "run", "--duration", "10s", "--json", "x.json", "--interval", "500ms",
+            "hopprobe",
+            "run",
+            "--duration",
+            "10s",
+            "--json",
+            "x.json",
+            "--interval",
+            "500ms",
         ])
         .expect("parses");
         let Command::Run(args) = cli.command else {
@@ -140,8 +147,8 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_rejected_with_a_message() {
-        let err = Cli::try_parse_from(["hopprobe", "run", "--duration", "ten"])
-            .expect_err("rejected");
+        let err =
+            Cli::try_parse_from(["hopprobe", "run", "--duration", "ten"]).expect_err("rejected");
         assert!(err.to_string().contains("is not a duration"), "{err}");
         assert!(Cli::try_parse_from(["hopprobe", "run", "--interval", "0s"]).is_err());
     }

@@ -190,9 +190,12 @@ mod tests {
     fn series_drop_the_ephemeral_port() {
         let active = SeriesKey::of(&event(ConnEventKind::ActiveHandshake, 0, 1)).expect("key");
         assert_eq!((active.local_port, active.remote_port), (None, Some(40000)));
-        let passive = SeriesKey::of(&event(ConnEventKind::PassiveHandshake, FLAG_PASSIVE, 1))
-            .expect("key");
-        assert_eq!((passive.local_port, passive.remote_port), (Some(8080), None));
+        let passive =
+            SeriesKey::of(&event(ConnEventKind::PassiveHandshake, FLAG_PASSIVE, 1)).expect("key");
+        assert_eq!(
+            (passive.local_port, passive.remote_port),
+            (Some(8080), None)
+        );
     }
 
     #[test]

@@ -259,8 +259,7 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &mut Aggregator) {
 async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     // Handlers go in before attaching, so a signal that arrives right after is not lost.
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
 
     let mut probe = Probe::attach(opts.cgroup_root.as_deref())?;
     let ring = probe.take_events()?;

@@ -58,7 +58,9 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
                     Direction::Passive => "passive",
                 }
                 .to_owned(),
-                s.cgroup.clone().unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
+                s.cgroup
+                    .clone()
+                    .unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
                 port(s.local_port),
                 port(s.remote_port),
                 s.count.to_string(),
@@ -87,7 +89,10 @@ mod tests {
     fn aligns_columns_and_right_aligns_numbers() {
         let out = render(
             &["name", "n"],
-            &[vec!["a".into(), "5".into()], vec!["long".into(), "123".into()]],
+            &[
+                vec!["a".into(), "5".into()],
+                vec!["long".into(), "123".into()],
+            ],
         );
         assert_eq!(out, "name    n\na       5\nlong  123\n");
     }

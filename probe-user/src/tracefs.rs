@@ -52,11 +52,12 @@ pub fn ensure(may_mount: bool) -> Result<Tracefs, TracefsError> {
         None::<&str>,
     )
     .map_err(TracefsError::Mount)?;
-    find().map(|root| Tracefs {
-        root,
-        mounted_now: true,
-    })
-    .ok_or(TracefsError::NotMounted)
+    find()
+        .map(|root| Tracefs {
+            root,
+            mounted_now: true,
+        })
+        .ok_or(TracefsError::NotMounted)
 }
 
 fn find() -> Option<PathBuf> {

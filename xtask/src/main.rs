@@ -1,1 +1,83 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. See the README for what each one does.
+
+mod cmd;
+mod ebpf;
+mod system;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "xtask", about = "hopprobe's build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Build the eBPF object, installing a missing toolchain piece when run as root.
+    BuildEbpf,
+    /// Build everything and run `hopprobe run` on this machine (needs root).
+    Run {
+        /// Arguments for `hopprobe run`, e.g. `-- --duration 30s --json out.json`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Everything CI checks: install what is missing, build, lint, run every test (root ones
+    /// included when run as root).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => {
+            ebpf::build()?;
+        }
+        Task::Run { args } => {
+            ebpf::build()?;
+            cmd::cargo(&["build", "--release", "-p", "probe-user"])?;
+            let bin = cmd::workspace_root().join("target/release/hopprobe");
+            let mut full = vec!["run".to_owned()];
+            full.extend(args);
+            cmd::exec(&bin, &full)?;
+        }
+        Task::Test => test()?,
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    let root = system::is_root();
+    if root {
+        system::ensure_packages(&system::TEST_PACKAGES)?;
+    } else {
+        eprintln!(
+            "xtask: not root: the root-only integration tests (eBPF, network namespaces) will be \
+             skipped; run as root to include them"
+        );
+    }
+    ebpf::build()?;
+    cmd::cargo(&["fmt", "--all", "--check"])?;
+    cmd::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // Root tests share the kernel (tracepoints, cgroups): one test thread, as aya's own do.
+    let mut test = cmd::cargo_command(&[
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ]);
+    if root {
+        test.env("HOPPROBE_ROOT_TESTS", "require");
+    }
+    cmd::run(&mut test)
+}

@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { probe_user::cli::main() }
+fn main() -> std::process::ExitCode {
+    probe_user::cli::main()
+}

@@ -1,0 +1,63 @@
+//! What a test run may have left on the machine.
+
+use crate::netns::{PREFIX, ip};
+
+/// Network namespaces and interfaces (in the root namespace) this crate's naming created.
+pub fn network() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(list) = ip(&["netns", "list"]) {
+        found.extend(
+            list.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(PREFIX))
+                .map(|n| format!("netns {n}")),
+        );
+    }
+    if let Ok(links) = ip(&["-o", "link", "show"]) {
+        found.extend(
+            links
+                .lines()
+                .filter_map(|l| l.split(':').nth(1))
+                .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+                .filter(|n| n.starts_with(PREFIX))
+                .map(|n| format!("link {n}")),
+        );
+    }
+    found
+}
+
+/// `hopprobe check` makes private cgroups named `hopprobe-check-<pid>` under the v2 root.
+pub fn cgroups() -> Vec<String> {
+    let Some(root) = probe_user::cgroup::v2_mount() else {
+        return Vec::new();
+    };
+    std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("hopprobe-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Loaded BPF programs whose names are hopprobe's (`hp_` prefix; the kernel keeps 15 bytes).
+pub fn bpf_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("hp_"))
+        .collect()
+}
+
+/// Everything above, for a single assertion at the end of a test.
+pub fn all() -> Vec<String> {
+    let mut found = network();
+    found.extend(cgroups().into_iter().map(|c| format!("cgroup {c}")));
+    found.extend(
+        bpf_programs()
+            .into_iter()
+            .map(|p| format!("bpf program {p}")),
+    );
+    found
+}

@@ -1,0 +1,89 @@
+//! A `hopprobe` process under test: started, waited for, signalled, and killed on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+pub struct Hopprobe {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Hopprobe {
+    /// Starts `bin args...` and waits until it logs that it has attached.
+    pub fn start(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("piped");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains(" attached") {
+                    let _ = tx.send(());
+                }
+                let mut log = log.lock().expect("not poisoned");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut probe = Self { child, stderr };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = probe.child.try_wait().ok().flatten();
+            panic!(
+                "hopprobe did not attach within 30 s (exit: {status:?}); stderr:\n{}",
+                probe.stderr()
+            );
+        }
+        probe
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("not poisoned").clone()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() > until {
+                panic!(
+                    "hopprobe still running {timeout:?} later; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Hopprobe {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The `hopprobe` binary as a user meets it: check, privileges, bad flags, stopping and
+//! detaching.
+
+use std::{
+    io::Read,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use testkit::{leftovers, probe::Hopprobe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hopprobe");
+const UNSUPPORTED: i32 = 3;
+
+fn hopprobe(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run hopprobe")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A copy of the binary that an unprivileged user may execute (the build tree may not be).
+fn world_executable_copy(dir: &Path) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let copy = dir.join("hopprobe");
+    std::fs::copy(BIN, &copy).expect("copy binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}
+
+fn as_nobody(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody")
+}
+
+#[test]
+fn malformed_flags_exit_2_with_a_message() {
+    let o = hopprobe(&["run", "--duration", "ten"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is not a duration"), "{}", text(&o));
+    let o = hopprobe(&["run", "--interval", "0s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = hopprobe(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn without_privilege_check_and_run_say_so() {
+    if !testkit::root::available("without_privilege_check_and_run_say_so") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = world_executable_copy(dir.path());
+
+    let o = as_nobody(&bin, &["check"]);
+    assert_eq!(o.status.code(), Some(UNSUPPORTED), "{}", text(&o));
+    assert!(text(&o).contains("missing privilege"), "{}", text(&o));
+    assert!(text(&o).contains("NOT OK"), "{}", text(&o));
+
+    let o = as_nobody(&bin, &["run", "--duration", "1s"]);
+    assert_eq!(o.status.code(), Some(UNSUPPORTED), "{}", text(&o));
+    assert!(text(&o).contains("missing privilege"), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+/// `CONFIG_<name>` from the running kernel's config, when the kernel exposes it.
+fn kernel_config(name: &str) -> Option<bool> {
+    let mut gz = Vec::new();
+    std::fs::File::open("/proc/config.gz")
+        .ok()?
+        .read_to_end(&mut gz)
+        .ok()?;
+    let mut config = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut config)
+        .ok()?;
+    let set = format!("CONFIG_{name}=y");
+    Some(config.lines().any(|l| l == set))
+}
+
+#[test]
+fn check_reports_this_kernels_hooks_truthfully() {
+    if !testkit::root::available("check_reports_this_kernels_hooks_truthfully") {
+        return;
+    }
+    let o = hopprobe(&["check", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("check --json is JSON");
+    let available = |hook: &str| -> bool {
+        report["hooks"]
+            .as_array()
+            .expect("hooks")
+            .iter()
+            .find(|h| h["hook"] == hook)
+            .unwrap_or_else(|| panic!("{hook} missing from {report:#}"))["available"]
+            .as_bool()
+            .expect("bool")
+    };
+    for hook in [
+        "tracepoint",
+        "tc_clsact",
+        "cgroup_skb",
+        "sock_ops",
+        "ring_buffer",
+    ] {
+        assert!(available(hook), "{hook} should be available: {report:#}");
+    }
+    // kprobes exist exactly when the kernel was built with them.
+    if let Some(kprobes) = kernel_config("KPROBES") {
+        assert_eq!(available("kprobe"), kprobes, "{report:#}");
+    }
+    // fentry needs BPF trampolines, which need CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS on x86.
+    if let Some(false) = kernel_config("DYNAMIC_FTRACE_WITH_DIRECT_CALLS") {
+        assert!(!available("fentry"), "{report:#}");
+    }
+    assert_eq!(report["programs"][0]["hook"], "tracepoint", "{report:#}");
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_detaches_everything() {
+    if !testkit::root::available("sigterm_detaches_everything") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("s.json");
+    let mut probe = Hopprobe::start(
+        Path::new(BIN),
+        &["run", "--json", json.to_str().expect("utf-8")],
+    );
+    // Positive control: while running, its programs are loaded.
+    let loaded = leftovers::bpf_programs();
+    assert!(
+        loaded.iter().any(|p| p.starts_with("hp_sock_set_st"))
+            && loaded.contains(&"hp_syn_ingress".to_owned()),
+        "programs while running: {loaded:?}"
+    );
+    probe.signal(Signal::SIGTERM);
+    let status = probe.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status}; {}", probe.stderr());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    assert_eq!(summary["stopped_by"], "SIGTERM");
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+#[test]
+fn duration_ends_the_run_and_sigkill_leaves_nothing_attached() {
+    if !testkit::root::available("duration_ends_the_run_and_sigkill_leaves_nothing_attached") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("d.json");
+    let mut probe = Hopprobe::start(
+        Path::new(BIN),
+        &[
+            "run",
+            "--duration",
+            "1s",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+    );
+    let status = probe.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status}; {}", probe.stderr());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    assert_eq!(summary["stopped_by"], "duration");
+    let d = summary["duration_s"].as_f64().expect("duration_s");
+    assert!((1.0..5.0).contains(&d), "ran {d} s");
+
+    // A killed probe cannot clean up; the kernel must, because every attachment is a link
+    // or perf event owned by the process's file descriptors.
+    let probe = Hopprobe::start(Path::new(BIN), &["run"]);
+    assert!(!leftovers::bpf_programs().is_empty());
+    probe.signal(Signal::SIGKILL);
+    drop(probe);
+    // Program release is asynchronous (RCU); give it a moment.
+    let mut left = leftovers::all();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = leftovers::all();
+    }
+    assert_eq!(left, Vec::<String>::new());
+}

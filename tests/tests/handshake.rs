@@ -1,0 +1,172 @@
+//! hopprobe counts every TCP handshake and connection lifetime between two network namespaces.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    time::Duration,
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::signal::Signal,
+};
+use serde_json::Value;
+use testkit::{leftovers, netns::Link, probe::Hopprobe};
+
+const CONNECTIONS: usize = 20;
+const REFUSED: usize = 3;
+/// The server leaves each connection this long in its accept queue.
+const ACCEPT_DELAY: Duration = Duration::from_millis(30);
+
+fn serve(listener: TcpListener, n: usize) {
+    for _ in 0..n {
+        // Wait for an established connection to be queued, then delay accepting it.
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
+        assert_eq!(ready, 1, "no connection within 10 s");
+        std::thread::sleep(ACCEPT_DELAY);
+        let (mut s, _) = listener.accept().expect("accept");
+        s.write_all(b"ok").expect("write");
+    }
+}
+
+/// The cgroup v2 id (directory inode) of this process.
+fn own_cgroup_id() -> u64 {
+    let root = probe_user::cgroup::v2_mount().expect("cgroup v2 mounted");
+    let rel = std::fs::read_to_string("/proc/self/cgroup")
+        .expect("read /proc/self/cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .expect("a cgroup v2 line");
+    let dir = root.join(rel.trim_start_matches('/'));
+    std::fs::metadata(dir).expect("stat cgroup").ino()
+}
+
+fn series<'a>(summary: &'a Value, metric: &str, direction: &str, port: u16) -> Vec<&'a Value> {
+    let port_field = if direction == "active" {
+        "remote_port"
+    } else {
+        "local_port"
+    };
+    summary["series"]
+        .as_array()
+        .expect("series array")
+        .iter()
+        .filter(|s| {
+            s["metric"] == metric && s["direction"] == direction && s[port_field] == u64::from(port)
+        })
+        .collect()
+}
+
+fn count(series: &[&Value]) -> u64 {
+    series
+        .iter()
+        .map(|s| s["count"].as_u64().expect("count"))
+        .sum()
+}
+
+#[test]
+fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
+    if !testkit::root::available("counts_every_handshake_and_lifetime_across_a_veth_pair") {
+        return;
+    }
+    let link = Link::new().expect("create namespaces");
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let refused_port = port + 1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("summary.json");
+
+    let mut probe = Hopprobe::start(
+        Path::new(env!("CARGO_BIN_EXE_hopprobe")),
+        &[
+            "run",
+            "--interval",
+            "1s",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+    );
+
+    let server_addr = SocketAddr::new(link.right_addr.into(), port);
+    let listener = link
+        .right
+        .run(|| TcpListener::bind(server_addr))
+        .expect("enter server namespace")
+        .expect("bind");
+    let server = std::thread::spawn(move || serve(listener, CONNECTIONS));
+    link.left
+        .run(|| {
+            for _ in 0..CONNECTIONS {
+                let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
+                    .expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut reply = Vec::new();
+                s.read_to_end(&mut reply).expect("read");
+                assert_eq!(reply, b"ok");
+            }
+            let refused = SocketAddr::new(link.right_addr.into(), refused_port);
+            for _ in 0..REFUSED {
+                let err = TcpStream::connect_timeout(&refused, Duration::from_secs(5))
+                    .expect_err("nobody listens there");
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+        })
+        .expect("enter client namespace");
+    server.join().expect("server thread");
+    // The last closes complete within a round trip on the veth; leave ample room.
+    std::thread::sleep(Duration::from_millis(300));
+
+    probe.signal(Signal::SIGINT);
+    let status = probe.wait(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "hopprobe exited {status}; stderr:\n{}",
+        probe.stderr()
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary written"))
+            .expect("summary is JSON");
+    let context = format!("summary:\n{summary:#}\nstderr:\n{}", probe.stderr());
+    assert_eq!(summary["stopped_by"], "SIGINT", "{context}");
+    assert_eq!(summary["counters"]["ringbuf_drops"], 0, "{context}");
+
+    let n = CONNECTIONS as u64;
+    let active_hs = series(&summary, "handshake", "active", port);
+    let passive_hs = series(&summary, "handshake", "passive", port);
+    assert_eq!(count(&active_hs), n, "active handshakes; {context}");
+    assert_eq!(count(&passive_hs), n, "passive handshakes; {context}");
+    // Every passive handshake was timed from its SYN, which the cgroup_skb hook stamped.
+    for s in &passive_hs {
+        assert!(s.get("timed_from_syn_recv").is_none(), "{context}");
+    }
+    let delay_us = ACCEPT_DELAY.as_micros() as f64;
+    for direction in ["active", "passive"] {
+        let lifetimes = series(&summary, "lifetime", direction, port);
+        assert_eq!(count(&lifetimes), n, "{direction} lifetimes; {context}");
+        for s in &lifetimes {
+            let min = s["min_us"].as_f64().expect("min");
+            assert!(
+                min >= delay_us,
+                "{direction} lifetime {min} µs < {delay_us}; {context}"
+            );
+        }
+    }
+    assert_eq!(
+        count(&series(&summary, "failed_connect", "active", refused_port)),
+        REFUSED as u64,
+        "refused connects; {context}"
+    );
+
+    // Both sides belong to this test process, whose cgroup the probe must have found.
+    let cgroup = own_cgroup_id();
+    for s in active_hs.iter().chain(&passive_hs) {
+        assert_eq!(s["cgroup_id"], cgroup, "cgroup attribution; {context}");
+    }
+
+    drop(link);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
