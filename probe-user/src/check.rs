@@ -216,7 +216,10 @@ pub fn run() -> Report {
     };
 
     let mut hooks = Vec::new();
-    let mut ebpf = match ebpf::load(layout.as_ref().unwrap_or(&SetStateLayout::DEFAULT)) {
+    let mut ebpf = match ebpf::load(
+        layout.as_ref().unwrap_or(&SetStateLayout::DEFAULT),
+        ebpf::MapSizes::default(),
+    ) {
         Ok(ebpf) => Some(ebpf),
         Err(e) => {
             let why = error_chain(&e);

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
-use crate::{check, exit, run};
+use crate::{
+    check,
+    ebpf::{self, MapSizes},
+    exit, run,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +45,11 @@ pub struct RunArgs {
     /// cgroup v2 root to attach to [default: the cgroup2 mount in /proc/self/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
+    /// Size of the event ring buffer in bytes (a power of two, at least 4096). Events that do
+    /// not fit are dropped and counted in `ringbuf_drops`.
+    #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().ring_bytes,
+          value_parser = parse_ring_size)]
+    pub ring_size: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +61,16 @@ pub struct CheckArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 10s or 2m: {e}"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let bytes: u32 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
+    match ebpf::ring_size_problem(bytes) {
+        Some(problem) => Err(problem),
+        None => Ok(bytes),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -84,6 +103,9 @@ fn run_cmd(args: RunArgs) -> i32 {
         interval: args.interval,
         json: args.json,
         cgroup_root: args.cgroup_root,
+        sizes: MapSizes {
+            ring_bytes: args.ring_size,
+        },
     };
     match run::run(&opts) {
         Ok(_) => 0,
@@ -151,5 +173,12 @@ mod tests {
             Cli::try_parse_from(["hopprobe", "run", "--duration", "ten"]).expect_err("rejected");
         assert!(err.to_string().contains("is not a duration"), "{err}");
         assert!(Cli::try_parse_from(["hopprobe", "run", "--interval", "0s"]).is_err());
+        for bad in ["5000", "1024", "lots"] {
+            assert!(
+                Cli::try_parse_from(["hopprobe", "run", "--ring-size", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--ring-size", "8192"]).is_ok());
     }
 }

@@ -15,13 +15,36 @@ pub enum LoadError {
     Load(#[from] aya::EbpfError),
 }
 
+/// Sizes of the maps that bound the probe's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Bytes of the event ring buffer: a power of two, at least one page.
+    pub ring_bytes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why a ring size is unusable, or `None` when the kernel will take it.
+pub fn ring_size_problem(bytes: u32) -> Option<String> {
+    let page = 4096;
+    (!bytes.is_power_of_two() || bytes < page)
+        .then(|| format!("{bytes} is not a power of two of at least {page} bytes"))
+}
+
 /// Loads the object's maps and BTF; programs are loaded individually by their users.
-pub fn load(layout: &SetStateLayout) -> Result<Ebpf, LoadError> {
+pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
     }
     Ok(EbpfLoader::new()
         .override_global("SET_STATE_LAYOUT", layout, true)
+        .map_max_entries("EVENTS", sizes.ring_bytes)
         .load(OBJECT)?)
 }
 

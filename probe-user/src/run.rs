@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::{
     cgroup::{self, Resolver},
     conn::{Aggregator, SeriesSummary},
-    ebpf::{self, LoadError, error_chain},
+    ebpf::{self, LoadError, MapSizes, error_chain},
     privilege, table,
     tracefs::{self, TracefsError},
 };
@@ -90,7 +90,7 @@ pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
 pub const SYN_PROGRAM: &str = "hp_syn_ingress";
 
 impl Probe {
-    pub fn attach(cgroup_root: Option<&Path>) -> Result<Self, AttachError> {
+    pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
         if let Some(missing) = privilege::missing(privilege::effective_caps()) {
             return Err(AttachError::Privilege(missing));
         }
@@ -108,7 +108,7 @@ impl Probe {
             source,
         })?;
 
-        let mut ebpf = ebpf::load(&layout)?;
+        let mut ebpf = ebpf::load(&layout, sizes)?;
         let mut hooks = Vec::new();
 
         let program_err = |program| move |source| AttachError::Program { program, source };
@@ -206,6 +206,7 @@ pub struct RunOptions {
     pub interval: Duration,
     pub json: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
+    pub sizes: MapSizes,
 }
 
 /// What `--json` writes.
@@ -261,7 +262,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
 
-    let mut probe = Probe::attach(opts.cgroup_root.as_deref())?;
+    let mut probe = Probe::attach(opts.cgroup_root.as_deref(), opts.sizes)?;
     let ring = probe.take_events()?;
     let stats = probe.take_stats()?;
     // SAFETY: the RingBuf owns its map fd and always returns that same fd until dropped.

@@ -46,6 +46,60 @@ pub fn run(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl TestTotals {
+    /// Adds a libtest summary line: `test result: ok. 5 passed; 0 failed; ...`.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test`, passing its output through, and sums its result lines. Fails when the
+/// command fails.
+pub fn run_counting_tests(c: &mut Command) -> Result<TestTotals> {
+    use std::io::{BufRead, BufReader, Write};
+    let line = describe(c);
+    eprintln!("xtask: $ {line}");
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{line}`"))?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let mut out = std::io::stdout().lock();
+    for l in BufReader::new(stdout).lines() {
+        let l = l.context("reading test output")?;
+        totals.add_line(&l);
+        writeln!(out, "{l}")?;
+    }
+    drop(out);
+    let status = child.wait()?;
+    if !status.success() {
+        println!("{} passed, {} failed", totals.passed, totals.failed);
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(totals)
+}
+
 /// Runs and captures; `None` when the program does not exist.
 pub fn output(program: impl AsRef<OsStr>, args: &[&str]) -> Option<Output> {
     Command::new(program).args(args).output().ok()
@@ -63,4 +117,26 @@ pub fn exec(program: &Path, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let err = Command::new(program).args(args).exec();
     Err(err).with_context(|| format!("running {}", program.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.70s");
+        t.add_line(
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("test foo ... ok");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 6,
+                failed: 2
+            }
+        );
+    }
 }

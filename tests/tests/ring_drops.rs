@@ -1,0 +1,62 @@
+//! When userspace falls behind and the ring buffer fills, every lost event is counted.
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use probe_user::{
+    ebpf::MapSizes,
+    run::{Probe, read_counters},
+};
+use testkit::leftovers;
+
+const CONNECTIONS: u64 = 100;
+
+#[test]
+fn a_full_ring_buffer_counts_its_drops() {
+    if !testkit::root::available("a_full_ring_buffer_counts_its_drops") {
+        return;
+    }
+    // One page holds about 50 events; the connections below make 4 each and nobody reads.
+    let mut probe = Probe::attach(None, MapSizes { ring_bytes: 4096 }).expect("attach");
+    let mut ring = probe.take_events().expect("ring");
+    let stats = probe.take_stats().expect("stats");
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            drop(listener.accept().expect("accept"));
+        }
+    });
+    for _ in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    server.join().expect("server");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(probe);
+
+    let mut received = 0u64;
+    while ring.next().is_some() {
+        received += 1;
+    }
+    let counters = read_counters(&stats);
+    eprintln!("received {received}, counters {counters:?}");
+    let (sent, dropped) = (counters["events_sent"], counters["ringbuf_drops"]);
+    assert!(
+        dropped > 0,
+        "a 4 KiB ring cannot hold {CONNECTIONS} connections: {counters:?}"
+    );
+    assert_eq!(
+        received, sent,
+        "every event the kernel sent arrived: {counters:?}"
+    );
+    // Other traffic on the machine may add events, never remove them.
+    assert!(sent + dropped >= 4 * CONNECTIONS, "{counters:?}");
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
