@@ -77,27 +77,32 @@ impl NetNs {
         ip(&args)
     }
 
-    /// Runs `f` on a thread that has entered this namespace. Sockets created there stay in it
-    /// after the thread ends, which is how a test puts servers and clients in namespaces
-    /// without extra processes.
+    /// Runs `f` on a thread that has entered this namespace; see [`run_in`].
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).map_err(|source| NetnsError::Open {
-            name: self.name.clone(),
-            source,
-        })?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-                    name: self.name.clone(),
-                    source,
-                })?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        run_in(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has entered the named namespace. Sockets created there stay in it
+/// after the thread ends, which is how a test puts servers and clients in namespaces without
+/// extra processes.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).map_err(|source| NetnsError::Open {
+        name: name.to_owned(),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                name: name.to_owned(),
+                source,
+            })?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 impl Drop for NetNs {

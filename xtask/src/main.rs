@@ -25,6 +25,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The lab: `lab up [--mesh none|sidecar] [--ingress] ...`, `lab status`, `lab down`
+    /// (see `cargo xtask lab help`).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
     /// included when run as root).
     Test,
@@ -43,6 +49,13 @@ fn main() -> Result<()> {
             full.extend(args);
             cmd::exec(&bin, &full)?;
         }
+        Task::Lab { args } => {
+            if system::is_root() {
+                system::ensure_packages(&system::LAB_PACKAGES)?;
+            }
+            cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
+            cmd::exec(&cmd::workspace_root().join("target/debug/hoplab"), &args)?;
+        }
         Task::Test => test()?,
     }
     Ok(())
@@ -52,6 +65,7 @@ fn test() -> Result<()> {
     let root = system::is_root();
     if root {
         system::ensure_packages(&system::TEST_PACKAGES)?;
+        system::ensure_packages(&system::LAB_PACKAGES)?;
     } else {
         eprintln!(
             "xtask: not root: the root-only integration tests (eBPF, network namespaces) will be \

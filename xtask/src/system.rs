@@ -12,6 +12,15 @@ pub type Package = (&'static str, &'static str);
 /// What the integration tests run besides hopprobe.
 pub const TEST_PACKAGES: [Package; 1] = [("/usr/sbin/ip", "iproute2")];
 
+/// What the lab runs: kube-proxy's and Istio's rules, sysctl, and haproxy for the
+/// bring-your-own-proxy example.
+pub const LAB_PACKAGES: [Package; 4] = [
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/iptables-restore", "iptables"),
+    ("/usr/sbin/sysctl", "procps"),
+    ("/usr/sbin/haproxy", "haproxy"),
+];
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

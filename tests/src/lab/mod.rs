@@ -1,0 +1,484 @@
+//! The lab: a Kubernetes node with a Bookinfo-shaped app and an optional service mesh, built
+//! from network namespaces, veths, iptables and cgroups, with processes for the apps and
+//! proxies. `Lab::up` builds it; dropping the `Lab` (or `down`) removes all of it.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod names;
+pub mod proxy;
+pub mod spawn;
+pub mod state;
+pub mod teardown;
+pub mod topology;
+
+use std::{
+    fs,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use config::{LabConfig, Mesh, SERVICES, calls};
+use names::{
+    APP_PORT, INGRESS_SERVICE, NODE_IP, NODEPORT_INGRESS, NODEPORT_PRODUCTPAGE, Names, PROXY_UID,
+    Pod, SIDECAR_INBOUND_PORT, pod,
+};
+use state::{ContainerState, LabState, PodState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("lab `{0}` is already up; run `lab down` first (or `lab status` to see it)")]
+    AlreadyUp(String),
+    #[error("no lab named `{0}` is up")]
+    NotUp(String),
+    #[error("the lab needs root (network namespaces, cgroups, iptables)")]
+    NotRoot,
+    #[error("no cgroup v2 mount found")]
+    NoCgroup2,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("the lab did not become ready: {0}")]
+    NotReady(String),
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let context = context.into();
+    move |source| LabError::Io { context, source }
+}
+
+/// A running lab. Dropping it tears it down unless [`Lab::keep`] was called.
+pub struct Lab {
+    pub state: LabState,
+    keep: bool,
+}
+
+/// The container that runs a pod's app or proxy.
+fn app_container(service: &str) -> &str {
+    service
+}
+
+pub const SIDECAR_CONTAINER: &str = "istio-proxy";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Lab {
+    /// Builds the lab. `exe` is the `hoplab` binary whose `app`/`proxy` subcommands become the
+    /// containers' processes.
+    pub fn up(config: LabConfig, exe: &Path) -> Result<Self, LabError> {
+        config.validate().map_err(LabError::Invalid)?;
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let names = Names::new(&config.name);
+        if state::load(&names).is_some_and(|s| s.healthy()) {
+            return Err(LabError::AlreadyUp(config.name.clone()));
+        }
+        // Whatever an earlier, killed run left behind goes first.
+        teardown::down(&config.name)?;
+
+        let v2 = probe_user::cgroup::v2_mount().ok_or(LabError::NoCgroup2)?;
+        let cgroup_root = names.cgroup_root(&v2);
+        let mut pods: Vec<Pod> = SERVICES.iter().map(|s| pod(s)).collect();
+        if config.ingress {
+            pods.push(pod(INGRESS_SERVICE));
+        }
+        let mut lab = Lab {
+            state: LabState::new(config, &names, cgroup_root),
+            keep: false,
+        };
+        // From here on an error drops `lab`, which tears down what was built.
+        fs::create_dir_all(names.state_dir()).map_err(io_err("creating the state directory"))?;
+        state::save(&lab.state)?;
+        fs::create_dir_all(&lab.state.cgroup_root).map_err(io_err(format!(
+            "creating {}",
+            lab.state.cgroup_root.display()
+        )))?;
+
+        for role in ["client", "node"] {
+            topology::create_netns(&names.netns(role))?;
+        }
+        topology::uplink(&names)?;
+        for p in &pods {
+            topology::create_netns(&names.netns(p.service))?;
+            topology::pod_network(&names, p)?;
+        }
+        topology::apply_rules(
+            &names.netns("node"),
+            &topology::kube_proxy_rules(&pods, lab.state.config.ingress),
+        )?;
+        if lab.state.config.mesh == Mesh::Sidecar {
+            for s in SERVICES {
+                let upstreams: Vec<Pod> = calls(s).iter().map(|c| pod(c)).collect();
+                topology::apply_rules(
+                    &names.netns(s),
+                    &topology::sidecar_rules(&pod(s), &upstreams),
+                )?;
+            }
+        }
+        for p in &pods {
+            lab.start_pod(&names, p, exe)?;
+        }
+        state::save(&lab.state)?;
+        lab.wait_ready(Duration::from_secs(20))?;
+        Ok(lab)
+    }
+
+    fn start_pod(&mut self, names: &Names, p: &Pod, exe: &Path) -> Result<(), LabError> {
+        let cfg = self.state.config.clone();
+        let ns = names.netns(p.service);
+        let mut containers = Vec::new();
+        if p.service == INGRESS_SERVICE {
+            let upstream = pod("productpage").service_addr();
+            let args = match (&cfg.ingress_cmd, &cfg.ingress_template) {
+                (Some(cmd), Some(tmpl)) => byo_args(
+                    names,
+                    p,
+                    "ingress",
+                    cmd,
+                    tmpl,
+                    &[
+                        ("listen_port", p.port().to_string()),
+                        ("upstream", upstream.to_string()),
+                    ],
+                    &[],
+                )?,
+                _ => proxy_args(
+                    &cfg.name,
+                    &[(
+                        SocketAddr::new([0, 0, 0, 0].into(), p.port()),
+                        upstream,
+                        cfg.ingress_delay.to_string(),
+                    )],
+                ),
+            };
+            containers.push(self.start_container(names, p, "ingress", &ns, exe, args, None)?);
+        } else {
+            let mut args = vec![
+                "app".to_owned(),
+                "--lab".into(),
+                cfg.name.clone(),
+                "--name".into(),
+                p.service.into(),
+                "--listen".into(),
+                SocketAddr::new([0, 0, 0, 0].into(), APP_PORT).to_string(),
+                "--delay".into(),
+                cfg.delay_of(p.service).to_string(),
+                "--workers".into(),
+                cfg.workers_of(p.service).to_string(),
+            ];
+            for c in calls(p.service) {
+                args.push("--upstream".into());
+                args.push(format!("{c}={}", pod(c).service_addr()));
+            }
+            containers.push(self.start_container(
+                names,
+                p,
+                app_container(p.service),
+                &ns,
+                exe,
+                args,
+                None,
+            )?);
+            if cfg.mesh == Mesh::Sidecar {
+                let inbound = SocketAddr::new([0, 0, 0, 0].into(), SIDECAR_INBOUND_PORT);
+                let app = SocketAddr::new([127, 0, 0, 1].into(), APP_PORT);
+                let args = match (&cfg.sidecar_cmd, &cfg.sidecar_template) {
+                    (Some(cmd), Some(tmpl)) => {
+                        let outbound: Vec<Vec<(&str, String)>> = calls(p.service)
+                            .iter()
+                            .map(|c| {
+                                let up = pod(c);
+                                vec![
+                                    ("name", (*c).to_owned()),
+                                    ("outbound_port", up.outbound_port().to_string()),
+                                    ("upstream", up.service_addr().to_string()),
+                                ]
+                            })
+                            .collect();
+                        byo_args(
+                            names,
+                            p,
+                            "sidecar",
+                            cmd,
+                            tmpl,
+                            &[
+                                ("inbound_port", SIDECAR_INBOUND_PORT.to_string()),
+                                ("app", app.to_string()),
+                                ("pod_ip", p.ip().to_string()),
+                            ],
+                            &outbound,
+                        )?
+                    }
+                    _ => {
+                        let mut routes =
+                            vec![(inbound, app, cfg.sidecar_delay.inbound.to_string())];
+                        for c in calls(p.service) {
+                            let up = pod(c);
+                            routes.push((
+                                SocketAddr::new([0, 0, 0, 0].into(), up.outbound_port()),
+                                up.service_addr(),
+                                cfg.sidecar_delay.outbound.to_string(),
+                            ));
+                        }
+                        proxy_args(&cfg.name, &routes)
+                    }
+                };
+                containers.push(self.start_container(
+                    names,
+                    p,
+                    SIDECAR_CONTAINER,
+                    &ns,
+                    exe,
+                    args,
+                    Some(PROXY_UID),
+                )?);
+            }
+        }
+        self.state.pods.push(PodState {
+            service: p.service.to_owned(),
+            netns: ns,
+            ip: p.ip(),
+            cluster_ip: p.cluster_ip(),
+            host_veth: names.host_veth(p),
+            uid: names.pod_uid(p),
+            containers,
+        });
+        Ok(())
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per container kind"
+    )]
+    fn start_container(
+        &self,
+        names: &Names,
+        p: &Pod,
+        container: &str,
+        ns: &str,
+        exe: &Path,
+        args: Vec<String>,
+        uid: Option<u32>,
+    ) -> Result<ContainerState, LabError> {
+        let cgroup = self
+            .state
+            .cgroup_root
+            .join(names.container_cgroup(p, container));
+        fs::create_dir_all(&cgroup).map_err(io_err(format!("creating {}", cgroup.display())))?;
+        let log = names
+            .state_dir()
+            .join(format!("{}-{container}.log", p.service));
+        let (program, args) = match args.first().map(String::as_str) {
+            // A bring-your-own proxy runs through the shell so its command line can be any.
+            Some("/bin/sh") => (PathBuf::from("/bin/sh"), args[1..].to_vec()),
+            _ => (exe.to_path_buf(), args),
+        };
+        let pid = spawn::spawn(
+            &program,
+            &args,
+            &spawn::Placement {
+                netns: ns,
+                cgroup: &cgroup,
+                uid,
+                log: &log,
+            },
+        )
+        .map_err(io_err(format!("starting {container} in {ns}")))?;
+        let cgroup_id = fs::metadata(&cgroup).map(|m| m.ino()).unwrap_or(0);
+        Ok(ContainerState {
+            name: container.to_owned(),
+            cgroup,
+            cgroup_id,
+            pid,
+            command: std::iter::once(program.display().to_string())
+                .chain(args)
+                .collect::<Vec<_>>()
+                .join(" "),
+            log,
+        })
+    }
+
+    /// Ready when a page request from the client succeeds through every entry point.
+    fn wait_ready(&self, timeout: Duration) -> Result<(), LabError> {
+        let until = Instant::now() + timeout;
+        for url in self.entry_points() {
+            loop {
+                let last = match self.get(url, "/productpage") {
+                    Ok(resp) if resp.status() == Some(200) => break,
+                    Ok(resp) => format!("{url} answered {:?}", resp.status()),
+                    Err(e) => format!("{url}: {e}"),
+                };
+                if let Some(dead) = self.state.dead_containers().first() {
+                    return Err(LabError::NotReady(format!(
+                        "{dead} exited; its log:\n{}",
+                        self.state.log_tail(dead)
+                    )));
+                }
+                if Instant::now() > until {
+                    return Err(LabError::NotReady(last));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the client reaches the page: the NodePort, and the ingress when there is one.
+    pub fn entry_points(&self) -> Vec<SocketAddr> {
+        let mut v = vec![self.nodeport()];
+        if let Some(i) = self.ingress() {
+            v.push(i);
+        }
+        v
+    }
+
+    pub fn nodeport(&self) -> SocketAddr {
+        SocketAddr::new(NODE_IP.into(), NODEPORT_PRODUCTPAGE)
+    }
+
+    pub fn ingress(&self) -> Option<SocketAddr> {
+        self.state
+            .config
+            .ingress
+            .then(|| SocketAddr::new(NODE_IP.into(), NODEPORT_INGRESS))
+    }
+
+    pub fn client_netns(&self) -> String {
+        Names::new(&self.state.config.name).netns("client")
+    }
+
+    /// One GET from the client namespace, on a connection of its own.
+    pub fn get(&self, addr: SocketAddr, path: &str) -> Result<http::Message, LabError> {
+        let ns = self.client_netns();
+        crate::netns::run_in(&ns, || http::get(addr, path))
+            .map_err(|e| LabError::Invalid(e.to_string()))?
+            .map_err(io_err(format!("GET http://{addr}{path}")))
+    }
+
+    /// Leaves the lab running after this value is dropped (for `lab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = teardown::down(&self.state.config.name)
+        {
+            eprintln!("warning: tearing down lab {}: {e}", self.state.config.name);
+        }
+    }
+}
+
+fn proxy_args(lab: &str, routes: &[(SocketAddr, SocketAddr, String)]) -> Vec<String> {
+    let mut args = vec!["proxy".to_owned(), "--lab".into(), lab.to_owned()];
+    for (listen, upstream, delay) in routes {
+        args.push("--route".into());
+        args.push(format!("{listen}={upstream}@{delay}"));
+    }
+    args
+}
+
+/// Renders a bring-your-own proxy's config template and returns the shell command that runs
+/// it. `{key}` placeholders are replaced; lines between `{outbound_begin}` and
+/// `{outbound_end}` repeat once per upstream service.
+fn byo_args(
+    names: &Names,
+    p: &Pod,
+    role: &str,
+    cmd: &str,
+    template_path: &str,
+    vars: &[(&str, String)],
+    repeated: &[Vec<(&str, String)>],
+) -> Result<Vec<String>, LabError> {
+    let template = fs::read_to_string(template_path)
+        .map_err(io_err(format!("reading template {template_path}")))?;
+    let rendered = render_template(&template, vars, repeated);
+    let path = names.state_dir().join(format!("{}-{role}.cfg", p.service));
+    fs::write(&path, rendered).map_err(io_err(format!("writing {}", path.display())))?;
+    let command = cmd.replace("{config}", &path.display().to_string());
+    // The marker lets teardown find the process by its command line.
+    Ok(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("exec {command}"),
+        format!("--lab={}", names.lab),
+    ])
+}
+
+pub fn render_template(
+    template: &str,
+    vars: &[(&str, String)],
+    repeated: &[Vec<(&str, String)>],
+) -> String {
+    let fill = |text: &str, vars: &[(&str, String)]| {
+        vars.iter().fold(text.to_owned(), |t, (k, v)| {
+            t.replace(&format!("{{{k}}}"), v)
+        })
+    };
+    let mut out = String::new();
+    let mut block: Option<String> = None;
+    for line in template.lines() {
+        match (line.trim(), &mut block) {
+            ("{outbound_begin}", None) => block = Some(String::new()),
+            ("{outbound_end}", Some(b)) => {
+                for item in repeated {
+                    out.push_str(&fill(&fill(b, item), vars));
+                }
+                block = None;
+            }
+            (_, Some(b)) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (_, None) => {
+                out.push_str(&fill(line, vars));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_and_repeat() {
+        let t = "listen {inbound_port}\n{outbound_begin}\nfrontend {name} :{outbound_port} -> {upstream}\n{outbound_end}\nend\n";
+        let out = render_template(
+            t,
+            &[("inbound_port", "15006".into())],
+            &[
+                vec![
+                    ("name", "details".into()),
+                    ("outbound_port", "15101".into()),
+                    ("upstream", "10.96.0.11:9080".into()),
+                ],
+                vec![
+                    ("name", "reviews".into()),
+                    ("outbound_port", "15102".into()),
+                    ("upstream", "10.96.0.12:9080".into()),
+                ],
+            ],
+        );
+        assert_eq!(
+            out,
+            "listen 15006\nfrontend details :15101 -> 10.96.0.11:9080\nfrontend reviews :15102 -> 10.96.0.12:9080\nend\n"
+        );
+    }
+}
