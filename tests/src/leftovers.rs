@@ -26,7 +26,8 @@ pub fn network() -> Vec<String> {
     found
 }
 
-/// `hopprobe check` makes private cgroups named `hopprobe-check-<pid>` under the v2 root.
+/// Cgroups of `hopprobe check` (`hopprobe-check-<pid>`) and of labs the tests made
+/// (`hopprobe-lab-hpt…`); a lab a user brought up is not a test's leftover.
 pub fn cgroups() -> Vec<String> {
     let Some(root) = probe_user::cgroup::v2_mount() else {
         return Vec::new();
@@ -35,7 +36,10 @@ pub fn cgroups() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("hopprobe-"))
+                .filter(|n| {
+                    n.starts_with("hopprobe-check-")
+                        || n.starts_with(&format!("hopprobe-lab-{PREFIX}"))
+                })
                 .collect()
         })
         .unwrap_or_default()
