@@ -6,5 +6,6 @@
 #![no_std]
 
 pub mod conn;
+pub mod exchange;
 pub mod layout;
 pub mod stats;

@@ -12,7 +12,14 @@ pub const EVENTS_SENT: u32 = 3;
 /// evicted from the LRU map).
 pub const UNTRACKED_CLOSE: u32 = 4;
 
-pub const COUNT: u32 = 5;
+/// An exchange record could not be reserved in its ring buffer.
+pub const EXCHANGE_DROPS: u32 = 5;
+/// A socket's exchange could not be tracked because the map rejected the insert.
+pub const EXCHANGE_INSERT_FAILED: u32 = 6;
+/// Exchange records written.
+pub const EXCHANGES_SENT: u32 = 7;
+
+pub const COUNT: u32 = 8;
 
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_drops",
@@ -20,4 +27,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "syn_insert_failed",
     "events_sent",
     "untracked_close",
+    "exchange_drops",
+    "exchange_insert_failed",
+    "exchanges_sent",
 ];

@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     conn::{ConnState, FlowKey, SynSeen},
+    exchange::Exchange,
     layout::SetStateLayout,
     stats,
 };
@@ -22,6 +23,13 @@ pub static SYNS: LruHashMap<FlowKey, SynSeen> = LruHashMap::with_max_entries(163
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// In-progress exchange per socket cookie.
+#[map]
+pub static EXCHANGES: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static EXCHANGE_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -80,10 +80,11 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
-        "hp_syn_ingress",
-        "first SYN of passive handshakes, socket owner's cgroup",
+        "hp_skb_in",
+        "first SYN of passive handshakes; exchanges (bytes in)",
         &[Hook::CgroupSkb],
     ),
+    ("hp_skb_out", "exchanges (bytes out)", &[Hook::CgroupSkb]),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -476,7 +477,7 @@ mod tests {
         let plan = r
             .programs
             .iter()
-            .find(|p| p.program == "hp_syn_ingress")
+            .find(|p| p.program == "hp_skb_in")
             .expect("listed");
         assert_eq!(plan.hook, None);
         assert!(r.render().contains("missing required hooks: cgroup_skb"));

@@ -50,6 +50,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().ring_bytes,
           value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +109,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         sizes: MapSizes {
             ring_bytes: args.ring_size,
         },
+        records: args.records,
     };
     match run::run(&opts) {
         Ok(_) => 0,

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
 use probe_common::conn::{ConnEvent, ConnEventKind, FLAG_PASSIVE, FLAG_START_FROM_SYN};
 use serde::Serialize;
 
-use crate::cgroup::Resolver;
+use crate::{
+    cgroup::Resolver,
+    latency::{Latency, Summary},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,8 +64,9 @@ impl SeriesKey {
     }
 }
 
+#[derive(Default)]
 struct Series {
-    hist: Histogram<u64>,
+    latency: Latency,
     /// Passive handshakes timed from SYN_RECV only (no SYN stamp): they miss the round trip.
     from_syn_recv: u64,
 }
@@ -87,13 +90,8 @@ pub struct SeriesSummary {
     pub cgroup: Option<String>,
     pub local_port: Option<u16>,
     pub remote_port: Option<u16>,
-    pub count: u64,
-    pub min_us: f64,
-    pub mean_us: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
+    #[serde(flatten)]
+    pub latency: Summary,
     /// Passive handshakes timed from SYN_RECV because no SYN was stamped (cgroup_skb hook
     /// missing, or the connection began before hopprobe attached).
     #[serde(skip_serializing_if = "is_zero")]
@@ -104,10 +102,6 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-fn us(ns: f64) -> f64 {
-    (ns / 100.0).round() / 10.0
-}
-
 impl Aggregator {
     pub fn record(&mut self, event: &ConnEvent) {
         self.events += 1;
@@ -115,13 +109,8 @@ impl Aggregator {
             self.unknown += 1;
             return;
         };
-        let series = self.series.entry(key).or_insert_with(|| Series {
-            hist: Histogram::new(3).expect("3 significant digits is valid"),
-            from_syn_recv: 0,
-        });
-        // The histogram resizes itself to the largest value seen (`saturating_record` would clamp
-        // to its initial range instead). Zero-length durations exist; its floor is 1 ns.
-        if series.hist.record(event.duration_ns.max(1)).is_err() {
+        let series = self.series.entry(key).or_default();
+        if !series.latency.record(event.duration_ns) {
             self.unknown += 1;
         }
         if key.metric == Metric::Handshake
@@ -139,24 +128,15 @@ impl Aggregator {
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<SeriesSummary> {
         self.series
             .iter()
-            .map(|(key, s)| {
-                let h = &s.hist;
-                SeriesSummary {
-                    metric: key.metric,
-                    direction: key.direction,
-                    cgroup_id: key.cgroup_id,
-                    cgroup: resolver.resolve(key.cgroup_id),
-                    local_port: key.local_port,
-                    remote_port: key.remote_port,
-                    count: h.len(),
-                    min_us: us(h.min() as f64),
-                    mean_us: us(h.mean()),
-                    p50_us: us(h.value_at_quantile(0.50) as f64),
-                    p90_us: us(h.value_at_quantile(0.90) as f64),
-                    p99_us: us(h.value_at_quantile(0.99) as f64),
-                    max_us: us(h.max() as f64),
-                    timed_from_syn_recv: s.from_syn_recv,
-                }
+            .map(|(key, s)| SeriesSummary {
+                metric: key.metric,
+                direction: key.direction,
+                cgroup_id: key.cgroup_id,
+                cgroup: resolver.resolve(key.cgroup_id),
+                local_port: key.local_port,
+                remote_port: key.remote_port,
+                latency: s.latency.summary(),
+                timed_from_syn_recv: s.from_syn_recv,
             })
             .collect()
     }
@@ -208,22 +188,6 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_in_microseconds() {
-        let mut agg = Aggregator::default();
-        for i in 1..=100u64 {
-            agg.record(&event(ConnEventKind::Lifetime, 0, i * 1_000));
-        }
-        let s = &agg.summaries(&mut resolver())[0];
-        assert_eq!(s.count, 100);
-        assert_eq!(s.min_us, 1.0);
-        assert_eq!(s.p50_us, 50.0);
-        assert_eq!(s.p90_us, 90.0);
-        assert_eq!(s.p99_us, 99.0);
-        assert_eq!(s.max_us, 100.0);
-        assert_eq!(s.mean_us, 50.5);
-    }
-
-    #[test]
     fn unknown_kinds_are_counted_not_recorded() {
         let mut agg = Aggregator::default();
         let mut e = event(ConnEventKind::Lifetime, 0, 5);
@@ -243,6 +207,6 @@ mod tests {
             10,
         ));
         let s = &agg.summaries(&mut resolver())[0];
-        assert_eq!((s.count, s.timed_from_syn_recv), (2, 1));
+        assert_eq!((s.latency.count, s.timed_from_syn_recv), (2, 1));
     }
 }

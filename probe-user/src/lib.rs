@@ -5,6 +5,8 @@ pub mod check;
 pub mod cli;
 pub mod conn;
 pub mod ebpf;
+pub mod hops;
+pub mod latency;
 pub mod privilege;
 pub mod run;
 pub mod table;

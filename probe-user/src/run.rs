@@ -13,7 +13,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use probe_common::{conn::ConnEvent, stats};
+use probe_common::{conn::ConnEvent, exchange::Exchange, stats};
 use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
@@ -26,6 +26,7 @@ use crate::{
     cgroup::{self, Resolver},
     conn::{Aggregator, SeriesSummary},
     ebpf::{self, LoadError, MapSizes, error_chain},
+    hops::{HopAggregator, HopSummary, Record},
     privilege, table,
     tracefs::{self, TracefsError},
 };
@@ -87,7 +88,8 @@ pub struct Probe {
 }
 
 pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
-pub const SYN_PROGRAM: &str = "hp_syn_ingress";
+pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
+pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
 
 impl Probe {
     pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
@@ -126,17 +128,32 @@ impl Probe {
             target: "sock:inet_sock_set_state".into(),
         });
 
-        // Without the SYN stamp passive handshakes are still counted, timed from SYN_RECV.
-        match attach_syn_stamp(&mut ebpf, &cgroup_dir) {
-            Ok(()) => hooks.push(ActiveHook {
-                program: SYN_PROGRAM,
-                hook: "cgroup_skb/ingress",
-                target: cgroup_root.display().to_string(),
-            }),
-            Err(err) => warn!(
-                error = %ebpf::error_brief(&err),
-                "cgroup_skb unavailable: passive handshakes will be timed from SYN_RECV"
+        // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
+        // timed from SYN_RECV); exchanges are not.
+        for (program, attach_type, hook) in [
+            (
+                SKB_IN_PROGRAM,
+                CgroupSkbAttachType::Ingress,
+                "cgroup_skb/ingress",
             ),
+            (
+                SKB_OUT_PROGRAM,
+                CgroupSkbAttachType::Egress,
+                "cgroup_skb/egress",
+            ),
+        ] {
+            match attach_cgroup_skb(&mut ebpf, program, &cgroup_dir, attach_type) {
+                Ok(()) => hooks.push(ActiveHook {
+                    program,
+                    hook,
+                    target: cgroup_root.display().to_string(),
+                }),
+                Err(err) => warn!(
+                    program,
+                    error = %ebpf::error_brief(&err),
+                    "cgroup_skb unavailable: no exchanges; passive handshakes timed from SYN_RECV"
+                ),
+            }
         }
         Ok(Self {
             ebpf,
@@ -146,14 +163,19 @@ impl Probe {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        self.take_ring("EVENTS")
+    }
+
+    pub fn take_exchanges(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        self.take_ring("EXCHANGE_EVENTS")
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, AttachError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(AttachError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map {
-            name: "EVENTS",
-            source,
-        })
+            .take_map(name)
+            .ok_or(AttachError::MissingMap(name))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map { name, source })
     }
 
     pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
@@ -168,20 +190,21 @@ impl Probe {
     }
 }
 
-fn attach_syn_stamp(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), ProgramError> {
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup_dir: &File,
+    attach_type: CgroupSkbAttachType,
+) -> Result<(), ProgramError> {
     let prog: &mut CgroupSkb = ebpf
-        .program_mut(SYN_PROGRAM)
+        .program_mut(name)
         .ok_or(ProgramError::NotLoaded)?
         .try_into()?;
     prog.load()?;
     // On the kernels hopprobe supports (ringbuf needs 5.8) aya attaches through a bpf_link,
     // which always coexists with other programs on the cgroup (systemd's, Cilium's); the kernel
     // rejects the ALLOW_MULTI flag there, so "Single" is the mode that means "no flags".
-    prog.attach(
-        cgroup_dir,
-        CgroupSkbAttachType::Ingress,
-        CgroupAttachMode::Single,
-    )?;
+    prog.attach(cgroup_dir, attach_type, CgroupAttachMode::Single)?;
     Ok(())
 }
 
@@ -207,6 +230,8 @@ pub struct RunOptions {
     pub json: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
     pub sizes: MapSizes,
+    /// Write every exchange here as JSON Lines.
+    pub records: Option<PathBuf>,
 }
 
 /// What `--json` writes.
@@ -218,6 +243,7 @@ pub struct Summary {
     pub hooks: Vec<ActiveHook>,
     pub counters: BTreeMap<&'static str, u64>,
     pub series: Vec<SeriesSummary>,
+    pub hops: Vec<HopSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,15 +270,37 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         .block_on(run_async(opts))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, agg: &mut Aggregator) {
+/// Reads every item of a ring buffer as a `T`; items too short to be one are counted.
+fn drain<T: Copy>(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&T), short: &mut u64) {
     while let Some(item) = ring.next() {
-        if item.len() >= size_of::<ConnEvent>() {
-            // SAFETY: the kernel wrote a whole ConnEvent; read_unaligned copes with any offset.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
-            tracing::trace!(?event, "event");
-            agg.record(&event);
+        if item.len() >= size_of::<T>() {
+            // SAFETY: T is plain data written whole by the kernel; read_unaligned copes with
+            // any offset.
+            let value = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) };
+            each(&value);
         } else {
-            agg.unknown += 1;
+            *short += 1;
+        }
+    }
+}
+
+/// Where exchanges go: the hop histograms and, with `--records`, a JSON Lines file.
+struct ExchangeSink {
+    hops: HopAggregator,
+    records: Option<std::io::BufWriter<File>>,
+    write_error: Option<std::io::Error>,
+}
+
+impl ExchangeSink {
+    fn add(&mut self, x: &Exchange) {
+        self.hops.record(x);
+        if let Some(w) = self.records.as_mut() {
+            let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
+            if let Err(e) = writeln!(w, "{line}") {
+                // Stop writing, keep measuring; the run reports the error at the end.
+                self.write_error = Some(e);
+                self.records = None;
+            }
         }
     }
 }
@@ -262,8 +310,15 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
 
+    let records = match &opts.records {
+        Some(path) => Some(std::io::BufWriter::new(
+            File::create(path).map_err(io(format!("creating {}", path.display())))?,
+        )),
+        None => None,
+    };
     let mut probe = Probe::attach(opts.cgroup_root.as_deref(), opts.sizes)?;
     let ring = probe.take_events()?;
+    let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
     // SAFETY: the RingBuf owns its map fd and always returns that same fd until dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -271,6 +326,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             context: "polling the ring buffer".into(),
             source: e.into(),
         })?;
+    // SAFETY: as above.
+    let mut exchanges =
+        unsafe { AsyncFd::register_with_interest(exchanges, tokio::io::Interest::READABLE) }
+            .map_err(|e| RunError::Io {
+                context: "polling the exchange ring buffer".into(),
+                source: e.into(),
+            })?;
+    let mut sink = ExchangeSink {
+        hops: HopAggregator::default(),
+        records,
+        write_error: None,
+    };
     let hooks = probe.hooks.clone();
     let cgroup_root = probe.cgroup_root.clone();
     info!(
@@ -288,7 +355,16 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(io("polling the ring buffer"))?;
-                drain(guard.get_inner_mut(), &mut agg);
+                let mut short = 0;
+                drain(guard.get_inner_mut(), |e: &ConnEvent| agg.record(e), &mut short);
+                agg.unknown += short;
+                guard.clear_ready();
+            }
+            guard = exchanges.readable_mut() => {
+                let mut guard = guard.map_err(io("polling the exchange ring buffer"))?;
+                let mut short = 0;
+                drain(guard.get_inner_mut(), |x: &Exchange| sink.add(x), &mut short);
+                agg.unknown += short;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -302,9 +378,22 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     // Detach first, then read what the programs wrote before they went.
     drop(probe);
     let mut ring = ring.into_inner();
-    drain(&mut ring, &mut agg);
+    let mut short = 0;
+    drain(&mut ring, |e: &ConnEvent| agg.record(e), &mut short);
+    drain(
+        &mut exchanges.into_inner(),
+        |x: &Exchange| sink.add(x),
+        &mut short,
+    );
+    agg.unknown += short;
     let mut counters = read_counters(&stats);
     counters.insert("unknown_events", agg.unknown);
+    counters.insert("unanswered_exchanges", sink.hops.unanswered);
+    if let Some(mut w) = sink.records.take()
+        && let Err(e) = w.flush()
+    {
+        sink.write_error = Some(e);
+    }
     info!(stopped_by, "detached");
 
     let summary = Summary {
@@ -314,10 +403,17 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         hooks,
         counters,
         series: agg.summaries(&mut resolver),
+        hops: sink.hops.summaries(&mut resolver),
     };
     print_summary(&summary);
     if let Some(path) = &opts.json {
         write_json(path, &summary)?;
+    }
+    if let (Some(e), Some(path)) = (sink.write_error, &opts.records) {
+        return Err(RunError::Io {
+            context: format!("writing {}", path.display()),
+            source: e,
+        });
     }
     Ok(summary)
 }
@@ -352,6 +448,9 @@ fn print_summary(summary: &Summary) {
         out.push_str("(no TCP connections measured)\n");
     } else {
         out.push_str(&table::series(&summary.series));
+    }
+    if !summary.hops.is_empty() {
+        out.push_str(&table::hops(&summary.hops));
     }
     let counters: Vec<String> = summary
         .counters

@@ -1,6 +1,9 @@
 //! Plain-text tables for the terminal.
 
-use crate::conn::{Direction, Metric, SeriesSummary};
+use crate::{
+    conn::{Direction, Metric, SeriesSummary},
+    hops::{Hop, HopSummary},
+};
 
 /// Renders rows under a header with each column as wide as its widest cell; a column whose
 /// cells are all numbers is right-aligned, header included.
@@ -63,12 +66,12 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
                     .unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
                 port(s.local_port),
                 port(s.remote_port),
-                s.count.to_string(),
-                ms(s.min_us),
-                ms(s.p50_us),
-                ms(s.p90_us),
-                ms(s.p99_us),
-                ms(s.max_us),
+                s.latency.count.to_string(),
+                ms(s.latency.min_us),
+                ms(s.latency.p50_us),
+                ms(s.latency.p90_us),
+                ms(s.latency.p99_us),
+                ms(s.latency.max_us),
             ]
         })
         .collect();
@@ -76,6 +79,39 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
         &[
             "series", "side", "cgroup", "lport", "rport", "count", "min_ms", "p50_ms", "p90_ms",
             "p99_ms", "max_ms",
+        ],
+        &rows,
+    )
+}
+
+/// The app and upstream hops, times in milliseconds.
+pub fn hops(summaries: &[HopSummary]) -> String {
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|s| {
+            vec![
+                match s.hop {
+                    Hop::App => "app",
+                    Hop::Upstream => "upstream",
+                }
+                .to_owned(),
+                s.cgroup
+                    .clone()
+                    .unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
+                s.local_port
+                    .map_or_else(|| "*".to_owned(), |p| p.to_string()),
+                s.peer.clone().unwrap_or_else(|| "*".to_owned()),
+                s.latency.count.to_string(),
+                ms(s.latency.p50_us),
+                ms(s.latency.p90_us),
+                ms(s.latency.p99_us),
+                ms(s.latency.max_us),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "hop", "cgroup", "lport", "peer", "count", "p50_ms", "p90_ms", "p99_ms", "max_ms",
         ],
         &rows,
     )

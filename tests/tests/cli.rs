@@ -151,7 +151,8 @@ fn sigterm_detaches_everything() {
     let loaded = leftovers::bpf_programs();
     assert!(
         loaded.iter().any(|p| p.starts_with("hp_sock_set_st"))
-            && loaded.contains(&"hp_syn_ingress".to_owned()),
+            && loaded.contains(&"hp_skb_in".to_owned())
+            && loaded.contains(&"hp_skb_out".to_owned()),
         "programs while running: {loaded:?}"
     );
     probe.signal(Signal::SIGTERM);

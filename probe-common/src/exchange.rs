@@ -1,0 +1,43 @@
+//! Request/response exchanges seen at a socket, without parsing payloads.
+//!
+//! On each TCP socket, bytes arriving after bytes were sent open a new request (server side);
+//! bytes sent after bytes arrived open its response. A client socket is the mirror image. This
+//! works for any protocol that alternates, HTTP/1.1 and TLS included, and captures no payload.
+
+use core::mem::size_of;
+
+use crate::conn::FlowKey;
+
+/// The socket received the first payload: it serves requests.
+pub const ROLE_SERVER: u8 = 1;
+/// The socket sent the first payload: it makes requests.
+pub const ROLE_CLIENT: u8 = 2;
+
+pub const PHASE_REQUEST: u8 = 1;
+pub const PHASE_RESPONSE: u8 = 2;
+
+/// One exchange as the socket saw it; also the per-socket state while it is in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    pub req_first_ns: u64,
+    pub req_last_ns: u64,
+    /// 0 while no response byte has been seen.
+    pub resp_first_ns: u64,
+    pub resp_last_ns: u64,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+    pub cgroup_id: u64,
+    pub cookie: u64,
+    /// Local and remote as seen by this socket (after any NAT in front of it).
+    pub flow: FlowKey,
+    pub role: u8,
+    pub phase: u8,
+    /// Explicit so the struct has no implicit padding.
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<Exchange>() == 112);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C) plain data without implicit padding (asserted above).
+unsafe impl aya::Pod for Exchange {}

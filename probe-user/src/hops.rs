@@ -1,0 +1,218 @@
+//! Hop series from request/response exchanges seen at sockets.
+//!
+//! - `app`: on a server socket, first request byte in → first response byte out: the time the
+//!   process that owns the socket took to answer, including its own upstream calls.
+//! - `upstream`: on a client socket, first request byte out → first response byte in: a call
+//!   the process made, per destination.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use probe_common::{
+    conn::{AF_INET, FlowKey},
+    exchange::{Exchange, ROLE_SERVER},
+};
+use serde::Serialize;
+
+use crate::{
+    cgroup::Resolver,
+    latency::{Latency, Summary},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    App,
+    Upstream,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HopKey {
+    pub hop: Hop,
+    pub cgroup_id: u64,
+    /// The serving port, for `app`.
+    pub local_port: Option<u16>,
+    /// The destination as this socket addressed it, for `upstream` (a ClusterIP before
+    /// kube-proxy's DNAT, a sidecar's port after its REDIRECT).
+    pub peer: Option<SocketAddr>,
+}
+
+pub fn addr(flow: &FlowKey, local: bool) -> SocketAddr {
+    let (bytes, port) = if local {
+        (flow.local_addr, flow.local_port)
+    } else {
+        (flow.remote_addr, flow.remote_port)
+    };
+    let ip = if flow.family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    };
+    SocketAddr::new(ip, port)
+}
+
+impl HopKey {
+    pub fn of(x: &Exchange) -> Self {
+        if x.role == ROLE_SERVER {
+            Self {
+                hop: Hop::App,
+                cgroup_id: x.cgroup_id,
+                local_port: Some(x.flow.local_port),
+                peer: None,
+            }
+        } else {
+            Self {
+                hop: Hop::Upstream,
+                cgroup_id: x.cgroup_id,
+                local_port: None,
+                peer: Some(addr(&x.flow, false)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HopSummary {
+    pub hop: Hop,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub local_port: Option<u16>,
+    pub peer: Option<String>,
+    #[serde(flatten)]
+    pub latency: Summary,
+}
+
+#[derive(Default)]
+pub struct HopAggregator {
+    series: BTreeMap<HopKey, Latency>,
+    pub exchanges: u64,
+    /// Exchanges that ended (FIN, RST) before any response byte.
+    pub unanswered: u64,
+}
+
+impl HopAggregator {
+    pub fn record(&mut self, x: &Exchange) {
+        self.exchanges += 1;
+        if x.resp_first_ns == 0 {
+            self.unanswered += 1;
+            return;
+        }
+        self.series
+            .entry(HopKey::of(x))
+            .or_default()
+            .record(x.resp_first_ns.saturating_sub(x.req_first_ns));
+    }
+
+    pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
+        self.series
+            .iter()
+            .map(|(k, l)| HopSummary {
+                hop: k.hop,
+                cgroup_id: k.cgroup_id,
+                cgroup: resolver.resolve(k.cgroup_id),
+                local_port: k.local_port,
+                peer: k.peer.map(|p| p.to_string()),
+                latency: l.summary(),
+            })
+            .collect()
+    }
+}
+
+/// One line of `--records`: an exchange with its CLOCK_MONOTONIC timestamps.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub role: &'static str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub req_first_ns: u64,
+    pub req_last_ns: u64,
+    pub resp_first_ns: Option<u64>,
+    pub resp_last_ns: Option<u64>,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+}
+
+impl From<&Exchange> for Record {
+    fn from(x: &Exchange) -> Self {
+        let answered = x.resp_first_ns != 0;
+        Self {
+            cookie: x.cookie,
+            cgroup_id: x.cgroup_id,
+            role: if x.role == ROLE_SERVER {
+                "server"
+            } else {
+                "client"
+            },
+            local: addr(&x.flow, true),
+            remote: addr(&x.flow, false),
+            req_first_ns: x.req_first_ns,
+            req_last_ns: x.req_last_ns,
+            resp_first_ns: answered.then_some(x.resp_first_ns),
+            resp_last_ns: answered.then_some(x.resp_last_ns),
+            req_bytes: x.req_bytes,
+            resp_bytes: x.resp_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::exchange::{PHASE_RESPONSE, ROLE_CLIENT};
+
+    fn exchange(role: u8, req: u64, resp: u64) -> Exchange {
+        let mut flow = FlowKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 9080,
+            remote_port: 40000,
+            family: AF_INET,
+            _pad: 0,
+        };
+        flow.local_addr[..4].copy_from_slice(&[10, 78, 0, 10]);
+        flow.remote_addr[..4].copy_from_slice(&[10, 96, 0, 11]);
+        Exchange {
+            req_first_ns: req,
+            req_last_ns: req,
+            resp_first_ns: resp,
+            resp_last_ns: resp,
+            req_bytes: 10,
+            resp_bytes: 20,
+            cgroup_id: 5,
+            cookie: 1,
+            flow,
+            role,
+            phase: PHASE_RESPONSE,
+            _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn servers_are_app_hops_clients_are_upstream_per_peer() {
+        assert_eq!(HopKey::of(&exchange(ROLE_SERVER, 1, 2)).hop, Hop::App);
+        let up = HopKey::of(&exchange(ROLE_CLIENT, 1, 2));
+        assert_eq!(up.hop, Hop::Upstream);
+        assert_eq!(up.peer, Some("10.96.0.11:40000".parse().expect("addr")));
+    }
+
+    #[test]
+    fn duration_is_first_request_byte_to_first_response_byte() {
+        let mut agg = HopAggregator::default();
+        agg.record(&exchange(ROLE_SERVER, 1_000_000, 3_000_000));
+        agg.record(&exchange(ROLE_SERVER, 1_000_000, 0));
+        let s = &agg.summaries(&mut Resolver::new("/nonexistent".into()))[0];
+        assert_eq!((s.latency.count, s.latency.p50_us), (1, 2000.0));
+        assert_eq!((agg.exchanges, agg.unanswered), (2, 1));
+    }
+
+    #[test]
+    fn records_say_when_there_was_no_response() {
+        let r = Record::from(&exchange(ROLE_CLIENT, 7, 0));
+        assert_eq!((r.role, r.resp_first_ns), ("client", None));
+        assert_eq!(r.local.to_string(), "10.78.0.10:9080");
+    }
+}

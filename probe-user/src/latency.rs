@@ -1,0 +1,77 @@
+//! Latency histograms and their summary, shared by every series hopprobe reports.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Nanosecond values with three significant digits. The histogram resizes itself to the
+/// largest value seen (`saturating_record` would clamp to its initial range instead).
+#[derive(Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new(3).expect("3 significant digits is valid"))
+    }
+}
+
+impl Latency {
+    /// Zero-length durations exist (same-tick events); the histogram's floor is 1 ns. Returns
+    /// false when the value cannot be recorded.
+    pub fn record(&mut self, ns: u64) -> bool {
+        self.0.record(ns.max(1)).is_ok()
+    }
+
+    pub fn summary(&self) -> Summary {
+        let h = &self.0;
+        let us = |ns: f64| (ns / 100.0).round() / 10.0;
+        Summary {
+            count: h.len(),
+            min_us: us(h.min() as f64),
+            mean_us: us(h.mean()),
+            p50_us: us(h.value_at_quantile(0.50) as f64),
+            p90_us: us(h.value_at_quantile(0.90) as f64),
+            p99_us: us(h.value_at_quantile(0.99) as f64),
+            max_us: us(h.max() as f64),
+        }
+    }
+}
+
+/// Count and percentiles in microseconds, rounded to 0.1 µs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub count: u64,
+    pub min_us: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_in_microseconds() {
+        let mut l = Latency::default();
+        for i in 1..=100u64 {
+            assert!(l.record(i * 1_000));
+        }
+        let s = l.summary();
+        assert_eq!(
+            (
+                s.count, s.min_us, s.p50_us, s.p90_us, s.p99_us, s.max_us, s.mean_us
+            ),
+            (100, 1.0, 50.0, 90.0, 99.0, 100.0, 50.5)
+        );
+    }
+
+    #[test]
+    fn grows_to_hours_and_keeps_zero() {
+        let mut l = Latency::default();
+        assert!(l.record(0));
+        assert!(l.record(3_600_000_000_000));
+        assert_eq!(l.summary().max_us.round(), 3_600_000_000.0_f64.round());
+    }
+}
