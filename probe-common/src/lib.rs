@@ -7,5 +7,6 @@
 
 pub mod conn;
 pub mod exchange;
+pub mod hist;
 pub mod layout;
 pub mod stats;

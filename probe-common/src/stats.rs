@@ -19,7 +19,14 @@ pub const EXCHANGE_INSERT_FAILED: u32 = 6;
 /// Exchange records written.
 pub const EXCHANGES_SENT: u32 = 7;
 
-pub const COUNT: u32 = 8;
+/// Packets reaching a pod's veth that were seen before (at the uplink or another pod's veth):
+/// matched across NAT.
+pub const POD_IN_MATCHED: u32 = 8;
+/// Packets reaching a pod's veth without an earlier sighting (started on the node itself, or
+/// the earlier point is not attached, or NAT changed what the key is made of).
+pub const POD_IN_UNMATCHED: u32 = 9;
+
+pub const COUNT: u32 = 10;
 
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_drops",
@@ -30,4 +37,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "exchange_drops",
     "exchange_insert_failed",
     "exchanges_sent",
+    "pod_in_matched",
+    "pod_in_unmatched",
 ];

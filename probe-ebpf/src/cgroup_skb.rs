@@ -15,10 +15,14 @@ use aya_ebpf::{
 use probe_common::{
     conn::{AF_INET, AF_INET6, FlowKey, SynSeen},
     exchange::{Exchange, PHASE_REQUEST, PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
+    hist::{POINT_SOCKET_IN, POINT_SOCKET_OUT},
     stats,
 };
 
-use crate::maps::{EXCHANGE_EVENTS, EXCHANGES, SYNS, count};
+use crate::{
+    datapath,
+    maps::{EXCHANGE_EVENTS, EXCHANGES, SYNS, count},
+};
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_FIN: u8 = 0x01;
@@ -43,8 +47,16 @@ enum Dir {
     Out,
 }
 
+fn cgroup_of(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the skb pointer is the program's context.
+    unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }
+}
+
 #[cgroup_skb]
 pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
+    if let Ok(k) = datapath::key(&ctx.skb, 0) {
+        datapath::pass(&k, POINT_SOCKET_IN, 0, cgroup_of(&ctx));
+    }
     if let Ok(seg) = parse(&ctx, Dir::In) {
         if seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             stamp_syn(&ctx, &seg);
@@ -58,6 +70,9 @@ pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn hp_skb_out(ctx: SkBuffContext) -> i32 {
+    if let Ok(k) = datapath::key(&ctx.skb, 0) {
+        datapath::pass(&k, POINT_SOCKET_OUT, 0, cgroup_of(&ctx));
+    }
     if let Ok(seg) = parse(&ctx, Dir::Out) {
         track(&ctx, &seg, Dir::Out);
     }

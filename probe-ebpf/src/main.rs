@@ -9,7 +9,11 @@ mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod check;
 #[cfg(target_arch = "bpf")]
+mod datapath;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod tc;
 #[cfg(target_arch = "bpf")]
 mod tracepoints;
 

@@ -1,12 +1,14 @@
 //! Maps and globals shared by the programs.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
     conn::{ConnState, FlowKey, SynSeen},
     exchange::Exchange,
+    hist::{Hist, HistKey, PktKey, PktSeen},
     layout::SetStateLayout,
     stats,
 };
@@ -30,6 +32,19 @@ pub static EXCHANGES: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(6
 
 #[map]
 pub static EXCHANGE_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Where each packet was last seen, keyed by what NAT does not change.
+#[map]
+pub static PKT_SEEN: LruHashMap<PktKey, PktSeen> = LruHashMap::with_max_entries(65536, 0);
+
+/// Hop histograms per CPU; allocated as hops appear (4 KiB per key and CPU).
+#[map]
+pub static HIST: PerCpuHashMap<HistKey, Hist> =
+    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// One zeroed histogram to initialise new keys from.
+#[map]
+pub static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -7,7 +7,7 @@ use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    check,
+    check, datapath,
     ebpf::{self, MapSizes},
     exit, run,
 };
@@ -53,6 +53,19 @@ pub struct RunArgs {
     /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
+    /// The node's uplink [default: the interface of the default route].
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// Host-side veths of pods, as comma-separated globs.
+    #[arg(long, value_name = "GLOB", default_value = datapath::DEFAULT_POD_IFACES)]
+    pub pod_ifaces: String,
+    /// Network namespace of the node's interfaces (e.g. /run/netns/hpl-node for the lab)
+    /// [default: hopprobe's own].
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// Leave the datapath hops out (attach no TC programs).
+    #[arg(long, conflicts_with_all = ["uplink", "netns"])]
+    pub no_datapath: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +114,18 @@ pub fn main() -> ExitCode {
 }
 
 fn run_cmd(args: RunArgs) -> i32 {
+    let pod_ifaces = match datapath::parse_patterns(&args.pod_ifaces) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("--pod-ifaces: {e}");
+            return 2;
+        }
+    };
+    let datapath = (!args.no_datapath).then_some(datapath::DatapathOptions {
+        netns: args.netns,
+        uplink: args.uplink,
+        pod_ifaces,
+    });
     let opts = run::RunOptions {
         duration: args.duration,
         interval: args.interval,
@@ -110,6 +135,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             ring_bytes: args.ring_size,
         },
         records: args.records,
+        datapath,
     };
     match run::run(&opts) {
         Ok(_) => 0,

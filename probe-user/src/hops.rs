@@ -13,6 +13,10 @@ use std::{
 use probe_common::{
     conn::{AF_INET, FlowKey},
     exchange::{Exchange, ROLE_SERVER},
+    hist::{
+        BUCKETS, HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey,
+        bucket_low,
+    },
 };
 use serde::Serialize;
 
@@ -24,8 +28,29 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hop {
+    /// Node uplink (or another pod's veth) → the pod's veth.
+    DatapathIn,
+    /// The pod's veth → the receiving socket (the pod's interception rules).
+    PodDelivery,
     App,
     Upstream,
+    /// The sending socket → the pod's veth.
+    PodSend,
+    /// The pod's veth → the node's uplink.
+    DatapathOut,
+}
+
+impl Hop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hop::DatapathIn => "datapath_in",
+            Hop::DatapathOut => "datapath_out",
+            Hop::PodDelivery => "pod_delivery",
+            Hop::PodSend => "pod_send",
+            Hop::App => "app",
+            Hop::Upstream => "upstream",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +101,8 @@ impl HopKey {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HopSummary {
     pub hop: Hop,
+    /// The pod's host-side veth, for datapath and pod hops.
+    pub interface: Option<String>,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub local_port: Option<u16>,
@@ -110,6 +137,7 @@ impl HopAggregator {
             .iter()
             .map(|(k, l)| HopSummary {
                 hop: k.hop,
+                interface: None,
                 cgroup_id: k.cgroup_id,
                 cgroup: resolver.resolve(k.cgroup_id),
                 local_port: k.local_port,
@@ -118,6 +146,49 @@ impl HopAggregator {
             })
             .collect()
     }
+}
+
+/// Summaries of the histograms the kernel keeps per hop: `(hop, ifindex, cgroup) → counts`.
+pub fn kernel_hops(
+    hists: impl IntoIterator<Item = (HistKey, Vec<u64>)>,
+    ifnames: &BTreeMap<u32, String>,
+    resolver: &mut Resolver,
+) -> Vec<HopSummary> {
+    let mut out = Vec::new();
+    for (k, counts) in hists {
+        let hop = match k.hop {
+            HOP_DATAPATH_IN => Hop::DatapathIn,
+            HOP_DATAPATH_OUT => Hop::DatapathOut,
+            HOP_POD_DELIVERY => Hop::PodDelivery,
+            HOP_POD_SEND => Hop::PodSend,
+            _ => continue,
+        };
+        let mut latency = Latency::default();
+        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            // The middle of the bucket: off by at most half a bucket width (1/64).
+            let low = bucket_low(i);
+            let high = if i + 1 < BUCKETS {
+                bucket_low(i + 1)
+            } else {
+                low + 1
+            };
+            latency.record_n(low + (high - low) / 2, n);
+        }
+        out.push(HopSummary {
+            hop,
+            interface: ifnames
+                .get(&k.ifindex)
+                .cloned()
+                .or_else(|| (k.ifindex != 0).then(|| format!("ifindex {}", k.ifindex))),
+            cgroup_id: k.cgroup_id,
+            cgroup: resolver.resolve(k.cgroup_id),
+            local_port: None,
+            peer: None,
+            latency: latency.summary(),
+        });
+    }
+    out.sort_by(|a, b| (a.hop, &a.interface, a.cgroup_id).cmp(&(b.hop, &b.interface, b.cgroup_id)));
+    out
 }
 
 /// One line of `--records`: an exchange with its CLOCK_MONOTONIC timestamps.
@@ -205,8 +276,40 @@ mod tests {
         agg.record(&exchange(ROLE_SERVER, 1_000_000, 3_000_000));
         agg.record(&exchange(ROLE_SERVER, 1_000_000, 0));
         let s = &agg.summaries(&mut Resolver::new("/nonexistent".into()))[0];
-        assert_eq!((s.latency.count, s.latency.p50_us), (1, 2000.0));
+        assert_eq!(s.latency.count, 1);
+        // Three significant digits: within 0.1 %.
+        assert!((s.latency.p50_us - 2000.0).abs() <= 2.0, "{:?}", s.latency);
         assert_eq!((agg.exchanges, agg.unanswered), (2, 1));
+    }
+
+    #[test]
+    fn kernel_histograms_become_percentiles_per_interface() {
+        let mut counts = vec![0u64; BUCKETS];
+        counts[probe_common::hist::bucket(10_000)] = 9;
+        counts[probe_common::hist::bucket(1_000_000)] = 1;
+        let key = HistKey {
+            hop: HOP_DATAPATH_IN,
+            ifindex: 7,
+            cgroup_id: 0,
+        };
+        let names = BTreeMap::from([(7, "eni0".to_owned())]);
+        let s = &kernel_hops([(key, counts)], &names, &mut Resolver::new("/x".into()))[0];
+        assert_eq!(
+            (s.hop, s.interface.as_deref()),
+            (Hop::DatapathIn, Some("eni0"))
+        );
+        assert_eq!(s.latency.count, 10);
+        // Within the bucket's width (1/32) of the recorded values.
+        assert!(
+            (s.latency.p50_us - 10.0).abs() < 10.0 / 32.0,
+            "{:?}",
+            s.latency
+        );
+        assert!(
+            (s.latency.max_us - 1000.0).abs() < 1000.0 / 32.0,
+            "{:?}",
+            s.latency
+        );
     }
 
     #[test]

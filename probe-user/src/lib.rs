@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod conn;
+pub mod datapath;
 pub mod ebpf;
 pub mod hops;
 pub mod latency;

@@ -10,10 +10,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use probe_common::{conn::ConnEvent, exchange::Exchange, stats};
+use probe_common::{
+    conn::ConnEvent,
+    exchange::Exchange,
+    hist::{BUCKETS, Hist, HistKey},
+    stats,
+};
 use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
@@ -25,8 +30,9 @@ use tracing::{info, warn};
 use crate::{
     cgroup::{self, Resolver},
     conn::{Aggregator, SeriesSummary},
+    datapath::{Datapath, DatapathOptions},
     ebpf::{self, LoadError, MapSizes, error_chain},
-    hops::{HopAggregator, HopSummary, Record},
+    hops::{HopAggregator, HopSummary, Record, kernel_hops},
     privilege, table,
     tracefs::{self, TracefsError},
 };
@@ -178,6 +184,21 @@ impl Probe {
         RingBuf::try_from(map).map_err(|source| AttachError::Map { name, source })
     }
 
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn take_hists(&mut self) -> Result<PerCpuHashMap<MapData, HistKey, Hist>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("HIST")
+            .ok_or(AttachError::MissingMap("HIST"))?;
+        PerCpuHashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "HIST",
+            source,
+        })
+    }
+
     pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
         let map = self
             .ebpf
@@ -232,6 +253,24 @@ pub struct RunOptions {
     pub sizes: MapSizes,
     /// Write every exchange here as JSON Lines.
     pub records: Option<PathBuf>,
+    /// Where to attach the datapath's TC programs; `None` leaves the datapath hops out.
+    pub datapath: Option<DatapathOptions>,
+}
+
+/// Sums each kernel histogram over the CPUs.
+pub fn read_hists(map: &PerCpuHashMap<MapData, HistKey, Hist>) -> Vec<(HistKey, Vec<u64>)> {
+    map.iter()
+        .flatten()
+        .map(|(k, per_cpu)| {
+            let mut counts = vec![0u64; BUCKETS];
+            for h in per_cpu.iter() {
+                for (c, n) in counts.iter_mut().zip(h.counts.iter()) {
+                    *c += u64::from(*n);
+                }
+            }
+            (k, counts)
+        })
+        .collect()
 }
 
 /// What `--json` writes.
@@ -320,6 +359,24 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let ring = probe.take_events()?;
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
+    let hists = probe.take_hists()?;
+    let mut datapath = match opts.datapath.clone() {
+        Some(o) => match Datapath::attach(probe.ebpf_mut(), o) {
+            Ok(d) => {
+                probe.hooks.push(ActiveHook {
+                    program: "hp_tc_node_in/out, hp_tc_pod_in/out",
+                    hook: "tc",
+                    target: format!("uplink {} and pod veths", d.uplink),
+                });
+                Some(d)
+            }
+            Err(e) => {
+                warn!(error = %e, "datapath hops unavailable");
+                None
+            }
+        },
+        None => None,
+    };
     // SAFETY: the RingBuf owns its map fd and always returns that same fd until dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| RunError::Io {
@@ -349,6 +406,10 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let deadline = opts.duration.map(|d| started + d);
     let mut tick = tokio::time::interval_at(started + opts.interval, opts.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // New pods must be picked up within 2 s.
+    let rescan_every = Duration::from_secs(1);
+    let mut rescan = tokio::time::interval_at(started + rescan_every, rescan_every);
+    rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut agg = Aggregator::default();
     let mut resolver = Resolver::new(cgroup_root.clone());
     let stopped_by = loop {
@@ -370,12 +431,23 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             _ = tick.tick() => {
                 print_live(started.elapsed(), &agg, &mut resolver);
             }
+            _ = rescan.tick(), if datapath.is_some() => {
+                if let Some(dp) = datapath.as_mut()
+                    && let Err(e) = dp.scan(probe.ebpf_mut())
+                {
+                    warn!(error = %e, "rescanning interfaces");
+                }
+            }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             _ = sleep_until(deadline) => break "duration",
         }
     };
     // Detach first, then read what the programs wrote before they went.
+    let ifnames = datapath.as_ref().map(Datapath::names).unwrap_or_default();
+    if let Some(mut dp) = datapath.take() {
+        dp.detach_all(probe.ebpf_mut());
+    }
     drop(probe);
     let mut ring = ring.into_inner();
     let mut short = 0;
@@ -403,7 +475,12 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         hooks,
         counters,
         series: agg.summaries(&mut resolver),
-        hops: sink.hops.summaries(&mut resolver),
+        hops: {
+            let mut hops = kernel_hops(read_hists(&hists), &ifnames, &mut resolver);
+            hops.extend(sink.hops.summaries(&mut resolver));
+            hops.sort_by_key(|h| h.hop);
+            hops
+        },
     };
     print_summary(&summary);
     if let Some(path) = &opts.json {

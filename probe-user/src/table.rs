@@ -2,7 +2,7 @@
 
 use crate::{
     conn::{Direction, Metric, SeriesSummary},
-    hops::{Hop, HopSummary},
+    hops::HopSummary,
 };
 
 /// Renders rows under a header with each column as wide as its widest cell; a column whose
@@ -84,20 +84,19 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
     )
 }
 
-/// The app and upstream hops, times in milliseconds.
+/// The hops in the order a request passes them, times in milliseconds.
 pub fn hops(summaries: &[HopSummary]) -> String {
     let rows: Vec<Vec<String>> = summaries
         .iter()
         .map(|s| {
             vec![
-                match s.hop {
-                    Hop::App => "app",
-                    Hop::Upstream => "upstream",
-                }
-                .to_owned(),
-                s.cgroup
-                    .clone()
-                    .unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
+                s.hop.name().to_owned(),
+                s.interface.clone().unwrap_or_else(|| "*".to_owned()),
+                match (&s.cgroup, s.cgroup_id) {
+                    (Some(c), _) => c.clone(),
+                    (None, 0) => "*".to_owned(),
+                    (None, id) => format!("id:{id}"),
+                },
                 s.local_port
                     .map_or_else(|| "*".to_owned(), |p| p.to_string()),
                 s.peer.clone().unwrap_or_else(|| "*".to_owned()),

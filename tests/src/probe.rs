@@ -32,7 +32,8 @@ impl Hopprobe {
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(" attached") {
+                // The last line of attaching; interfaces may be logged before it.
+                if line.contains(" attached hooks=") {
                     let _ = tx.send(());
                 }
                 let mut log = log.lock().expect("not poisoned");

@@ -93,6 +93,18 @@ pub fn uplink(names: &Names) -> Result<(), LabError> {
         ])?;
         ip_(&["-n", ns, "link", "set", "eth0", "up"])?;
     }
+    // A node's default route leaves by its uplink; hopprobe finds the uplink by it.
+    ip_(&[
+        "-n",
+        &node,
+        "route",
+        "add",
+        "default",
+        "via",
+        &CLIENT_IP.to_string(),
+        "dev",
+        "eth0",
+    ])?;
     sysctl(&node, "net.ipv4.ip_forward", "1")?;
     Ok(())
 }

@@ -1,0 +1,351 @@
+//! The TC side of the datapath hops: which interfaces to watch (the node's uplink and the
+//! host-side veths of pods), attaching to the ones that appear, forgetting the ones that go,
+//! and removing exactly what hopprobe added when it stops.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::{
+    Ebpf,
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    util::KernelVersion,
+};
+use tracing::{info, warn};
+
+use crate::ebpf::error_brief;
+
+pub const NODE_IN: &str = "hp_tc_node_in";
+pub const NODE_OUT: &str = "hp_tc_node_out";
+pub const POD_IN: &str = "hp_tc_pod_in";
+pub const POD_OUT: &str = "hp_tc_pod_out";
+
+/// Host-side veth names of the common CNIs: AWS VPC CNI, Calico, Cilium, generic, GKE, Azure.
+pub const DEFAULT_POD_IFACES: &str = "eni*,cali*,lxc*,veth*,gke*,azv*";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("opening network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("entering network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: nix::Error },
+    #[error("no default route to find the uplink by; pass --uplink")]
+    NoUplink,
+    #[error("uplink {0} does not exist")]
+    UplinkMissing(String),
+    #[error("listing interfaces: {0}")]
+    List(nix::Error),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("bad interface pattern `{0}`: {1}")]
+    Pattern(String, glob::PatternError),
+}
+
+#[derive(Debug, Clone)]
+pub struct DatapathOptions {
+    /// The node's network namespace (`/run/netns/<name>`); hopprobe's own when `None`.
+    pub netns: Option<PathBuf>,
+    pub uplink: Option<String>,
+    pub pod_ifaces: Vec<glob::Pattern>,
+}
+
+pub fn parse_patterns(s: &str) -> Result<Vec<glob::Pattern>, DatapathError> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| glob::Pattern::new(p.trim()).map_err(|e| DatapathError::Pattern(p.into(), e)))
+        .collect()
+}
+
+/// The interface of the default route in a `/proc/net/route` text.
+pub fn default_route_iface(route: &str) -> Option<String> {
+    route.lines().skip(1).find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (iface, dest) = (f.next()?, f.next()?);
+        (dest == "00000000").then(|| iface.to_owned())
+    })
+}
+
+struct Attached {
+    ifindex: u32,
+    links: Vec<(&'static str, SchedClassifierLinkId)>,
+    /// hopprobe added the clsact qdisc (kernels before 6.6), so it removes it again.
+    added_clsact: bool,
+}
+
+pub struct Datapath {
+    opts: DatapathOptions,
+    netns: Option<File>,
+    pub uplink: String,
+    attached: BTreeMap<String, Attached>,
+}
+
+/// Runs `f` on a thread inside `netns` (or this one's): interface names and indexes, netlink
+/// and TCX attachments all resolve in the caller's network namespace.
+fn in_netns<T: Send>(
+    netns: Option<&File>,
+    path: Option<&Path>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, DatapathError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    DatapathError::Enter {
+                        path: path.map(Path::to_path_buf).unwrap_or_default(),
+                        source,
+                    }
+                })?;
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn interfaces() -> Result<Vec<(String, u32)>, DatapathError> {
+    Ok(nix::net::if_::if_nameindex()
+        .map_err(DatapathError::List)?
+        .iter()
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .collect())
+}
+
+/// Kernels from 6.6 attach TC programs through TCX links; older ones need a clsact qdisc.
+fn needs_clsact() -> bool {
+    KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+}
+
+impl Datapath {
+    /// Loads the TC programs, finds the uplink, attaches to it and to every pod veth present.
+    pub fn attach(ebpf: &mut Ebpf, opts: DatapathOptions) -> Result<Self, DatapathError> {
+        let netns = match &opts.netns {
+            Some(p) => Some(File::open(p).map_err(|source| DatapathError::Netns {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let uplink = match &opts.uplink {
+            Some(u) => u.clone(),
+            None => in_netns(netns.as_ref(), opts.netns.as_deref(), || {
+                std::fs::read_to_string("/proc/thread-self/net/route")
+                    .ok()
+                    .and_then(|r| default_route_iface(&r))
+            })?
+            .ok_or(DatapathError::NoUplink)?,
+        };
+        for program in [NODE_IN, NODE_OUT, POD_IN, POD_OUT] {
+            classifier(ebpf, program)?
+                .load()
+                .map_err(|source| DatapathError::Program { program, source })?;
+        }
+        let mut dp = Self {
+            opts,
+            netns,
+            uplink,
+            attached: BTreeMap::new(),
+        };
+        let present = dp.scan(ebpf)?;
+        if !present.contains(&dp.uplink) {
+            dp.detach_all(ebpf);
+            return Err(DatapathError::UplinkMissing(dp.uplink.clone()));
+        }
+        Ok(dp)
+    }
+
+    /// Attaches to interfaces that appeared and forgets the ones that went; returns the names
+    /// present now.
+    pub fn scan(&mut self, ebpf: &mut Ebpf) -> Result<BTreeSet<String>, DatapathError> {
+        let uplink = self.uplink.clone();
+        let patterns = self.opts.pod_ifaces.clone();
+        let attached: BTreeMap<String, u32> = self
+            .attached
+            .iter()
+            .map(|(n, a)| (n.clone(), a.ifindex))
+            .collect();
+        let netns = self.netns.as_ref();
+        let path = self.opts.netns.clone();
+        let (present, new) = in_netns(netns, path.as_deref(), || -> Result<_, DatapathError> {
+            let ifaces = interfaces()?;
+            let present: BTreeSet<String> = ifaces.iter().map(|(n, _)| n.clone()).collect();
+            let mut new = Vec::new();
+            for (name, index) in ifaces {
+                // A re-created interface may reuse the name with a new index.
+                if attached.get(&name) == Some(&index) {
+                    continue;
+                }
+                let programs: &[(&'static str, TcAttachType)] = if name == uplink {
+                    &[
+                        (NODE_IN, TcAttachType::Ingress),
+                        (NODE_OUT, TcAttachType::Egress),
+                    ]
+                } else if patterns.iter().any(|p| p.matches(&name)) {
+                    // The host side of a pod's veth: its egress goes into the pod.
+                    &[
+                        (POD_IN, TcAttachType::Egress),
+                        (POD_OUT, TcAttachType::Ingress),
+                    ]
+                } else {
+                    continue;
+                };
+                new.push((name, index, programs));
+            }
+            Ok((present, new))
+        })??;
+
+        let gone: Vec<String> = self
+            .attached
+            .keys()
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(a) = self.attached.remove(&name) {
+                // The kernel dropped the attachment with the interface; forget our handle.
+                for (program, link) in a.links {
+                    if let Ok(p) = classifier(ebpf, program) {
+                        let _ = p.detach(link);
+                    }
+                }
+                info!(interface = %name, "interface gone");
+            }
+        }
+        for (name, ifindex, programs) in new {
+            match self.attach_iface(ebpf, &name, programs) {
+                Ok((added_clsact, links)) => {
+                    info!(interface = %name, ifindex, "watching interface");
+                    self.attached.insert(
+                        name,
+                        Attached {
+                            ifindex,
+                            links,
+                            added_clsact,
+                        },
+                    );
+                }
+                Err(e) => warn!(interface = %name, error = %e, "not attached"),
+            }
+        }
+        Ok(present)
+    }
+
+    #[expect(clippy::type_complexity, reason = "a private helper's result")]
+    fn attach_iface(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &str,
+        programs: &[(&'static str, TcAttachType)],
+    ) -> Result<(bool, Vec<(&'static str, SchedClassifierLinkId)>), String> {
+        let netns = self.netns.as_ref();
+        let path = self.opts.netns.clone();
+        let mut links = Vec::new();
+        let mut added = false;
+        let mut result = Ok(());
+        for &(program, attach_type) in programs {
+            let prog = classifier(ebpf, program).map_err(|e| e.to_string())?;
+            let r = in_netns(netns, path.as_deref(), || {
+                if needs_clsact() && tc::qdisc_add_clsact(name).is_ok() {
+                    added = true;
+                }
+                prog.attach(name, attach_type)
+            })
+            .map_err(|e| e.to_string())?;
+            match r {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    result = Err(error_brief(&e));
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => Ok((added, links)),
+            Err(e) => {
+                for (program, link) in links {
+                    if let Ok(p) = classifier(ebpf, program) {
+                        let _ = p.detach(link);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// interface index → name, for naming the hop series.
+    pub fn names(&self) -> BTreeMap<u32, String> {
+        self.attached
+            .iter()
+            .map(|(n, a)| (a.ifindex, n.clone()))
+            .collect()
+    }
+
+    /// Detaches everything and removes the qdiscs hopprobe added — only those: another
+    /// program (Cilium's) may own a clsact qdisc of its own.
+    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        let netns = self.netns.as_ref();
+        let path = self.opts.netns.clone();
+        for (name, a) in std::mem::take(&mut self.attached) {
+            for (program, link) in a.links {
+                if let Ok(p) = classifier(ebpf, program) {
+                    let _ = p.detach(link);
+                }
+            }
+            if a.added_clsact {
+                let _ = in_netns(netns, path.as_deref(), || {
+                    Command::new("tc")
+                        .args(["qdisc", "del", "dev", &name, "clsact"])
+                        .status()
+                });
+            }
+        }
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(program)
+        .ok_or(DatapathError::Program {
+            program,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { program, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_default_route_interface() {
+        let route = "Iface\tDestination\tGateway\tFlags\n\
+                     eth1\t0000A8C0\t00000000\t0001\n\
+                     ens5\t00000000\t0100A8C0\t0003\n";
+        assert_eq!(default_route_iface(route).as_deref(), Some("ens5"));
+        assert_eq!(default_route_iface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn default_patterns_match_cni_veths_only() {
+        let p = parse_patterns(DEFAULT_POD_IFACES).expect("valid");
+        for name in ["eni9d1d55b9c11", "cali12345", "lxc_health", "veth0a1b"] {
+            assert!(p.iter().any(|g| g.matches(name)), "{name}");
+        }
+        for name in ["eth0", "lo", "docker0", "ens5"] {
+            assert!(!p.iter().any(|g| g.matches(name)), "{name}");
+        }
+        assert!(parse_patterns("eni[").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Datapath and pod-delivery hops: packets matched at the node's uplink, the pods' veths and
+//! their sockets, across kube-proxy's DNAT and masquerade; new pod veths picked up while
+//! running.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use testkit::{
+    lab::{Lab, config::LabConfig},
+    leftovers,
+    netns::{Link, ip},
+    probe::Hopprobe,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hopprobe");
+const REQUESTS: usize = 20;
+
+#[test]
+fn datapath_hops_are_matched_across_nodeport_and_clusterip_nat() {
+    if !testkit::root::available("datapath_hops_are_matched_across_nodeport_and_clusterip_nat") {
+        return;
+    }
+    let name = format!("hpt{}p", std::process::id() % 100_000);
+    let lab = Lab::up(
+        LabConfig::new(&name),
+        Path::new(env!("CARGO_BIN_EXE_hoplab")),
+    )
+    .expect("lab up");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("s.json");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let mut probe = Hopprobe::start(
+        Path::new(BIN),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+    );
+    for _ in 0..REQUESTS {
+        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+        assert_eq!(resp.status(), Some(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    probe.signal(Signal::SIGINT);
+    assert!(
+        probe.wait(Duration::from_secs(15)).success(),
+        "{}",
+        probe.stderr()
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    let hops = summary["hops"].as_array().expect("hops").clone();
+    let context = format!("{:#}", summary["hops"]);
+    let find = |hop: &str, iface: &str| -> Option<Value> {
+        hops.iter()
+            .find(|h| h["hop"] == hop && h["interface"] == iface)
+            .cloned()
+    };
+    for pod in &lab.state.pods {
+        for hop in ["datapath_in", "pod_delivery"] {
+            let h = find(hop, &pod.host_veth).unwrap_or_else(|| {
+                panic!("no {hop} at {} ({}): {context}", pod.host_veth, pod.service)
+            });
+            let (count, p50) = (
+                h["count"].as_u64().expect("count"),
+                h["p50_us"].as_f64().expect("p50"),
+            );
+            // Every request crosses every pod: at least its SYN and its request.
+            assert!(
+                count >= 2 * REQUESTS as u64,
+                "{hop} {}: {count}; {context}",
+                pod.service
+            );
+            assert!(
+                p50 > 0.0 && p50 < 1000.0,
+                "{hop} {}: p50 {p50} µs; {context}",
+                pod.service
+            );
+        }
+        let app = pod.containers.first().expect("app container");
+        let delivery = find("pod_delivery", &pod.host_veth).expect("checked above");
+        assert_eq!(
+            delivery["cgroup_id"], app.cgroup_id,
+            "{}: {context}",
+            pod.service
+        );
+    }
+    // Responses to the client leave productpage's pod for the uplink.
+    let pp = &lab.state.pods[0];
+    assert_eq!(pp.service, "productpage");
+    let out = find("datapath_out", &pp.host_veth).unwrap_or_else(|| panic!("{context}"));
+    assert!(
+        out["count"].as_u64().expect("count") >= REQUESTS as u64,
+        "{context}"
+    );
+
+    let matched = summary["counters"]["pod_in_matched"]
+        .as_f64()
+        .expect("counter");
+    let unmatched = summary["counters"]["pod_in_unmatched"]
+        .as_f64()
+        .expect("counter");
+    let rate = matched / (matched + unmatched);
+    eprintln!(
+        "match rate {rate:.4} ({matched} of {})",
+        matched + unmatched
+    );
+    assert!(rate >= 0.99, "match rate {rate}");
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+fn wait_for_log(probe: &Hopprobe, needle: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while !probe.stderr().contains(needle) {
+        assert!(
+            start.elapsed() < within,
+            "no `{needle}` within {within:?}:\n{}",
+            probe.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn new_pod_veths_are_picked_up_within_two_seconds_and_forgotten_when_gone() {
+    if !testkit::root::available("new_pod_veths_are_picked_up_within_two_seconds") {
+        return;
+    }
+    // A "node" whose uplink is one end of a veth pair, with a default route through it.
+    let link = Link::new().expect("namespaces");
+    let node = &link.left;
+    let uplink = node
+        .exec(&["ip", "-o", "link", "show", "type", "veth"])
+        .expect("list")
+        .split(':')
+        .nth(1)
+        .expect("an interface")
+        .trim()
+        .split('@')
+        .next()
+        .expect("name")
+        .to_owned();
+    node.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &link.right_addr.to_string(),
+    ])
+    .expect("default route");
+    let netns = format!("/run/netns/{}", node.name);
+    let probe = Hopprobe::start(
+        Path::new(BIN),
+        &["run", "--netns", &netns, "--duration", "30s"],
+    );
+    assert!(
+        probe.stderr().contains(&format!("interface={uplink}")),
+        "{}",
+        probe.stderr()
+    );
+
+    let pod = testkit::netns::NetNs::new("p").expect("pod namespace");
+    ip(&[
+        "-n", &node.name, "link", "add", "enihpt0", "type", "veth", "peer", "name", "eth0",
+        "netns", &pod.name,
+    ])
+    .expect("pod veth");
+    let took = wait_for_log(
+        &probe,
+        "watching interface interface=enihpt0",
+        Duration::from_secs(2),
+    );
+    eprintln!("new veth attached after {took:?}");
+    drop(pod);
+    wait_for_log(&probe, "interface gone", Duration::from_secs(2));
+    drop(probe);
+    drop(link);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
