@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     check, datapath,
     ebpf::{self, MapSizes},
-    exit, run,
+    exit, metadata, run,
 };
 
 #[derive(Parser, Debug)]
@@ -24,6 +24,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum Command {
     /// Attach the probes, print a live table, and a summary when stopped.
     Run(RunArgs),
@@ -63,6 +64,12 @@ pub struct RunArgs {
     /// [default: hopprobe's own].
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Names for cgroups and interfaces: a JSON file as `hoplab` writes it (see README).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+    /// Containers that are proxies: their exchanges pair into sidecar hops.
+    #[arg(long, value_name = "NAMES", default_value = metadata::DEFAULT_PROXY_CONTAINERS)]
+    pub proxy_containers: String,
     /// Leave the datapath hops out (attach no TC programs).
     #[arg(long, conflicts_with_all = ["uplink", "netns"])]
     pub no_datapath: bool,
@@ -126,6 +133,16 @@ fn run_cmd(args: RunArgs) -> i32 {
         uplink: args.uplink,
         pod_ifaces,
     });
+    let metadata = match &args.metadata {
+        Some(path) => match metadata::Metadata::load(path) {
+            Ok(m) => m,
+            Err(e) => {
+                error!("--metadata: {e}");
+                return 2;
+            }
+        },
+        None => metadata::Metadata::default(),
+    };
     let opts = run::RunOptions {
         duration: args.duration,
         interval: args.interval,
@@ -136,6 +153,13 @@ fn run_cmd(args: RunArgs) -> i32 {
         },
         records: args.records,
         datapath,
+        metadata,
+        proxy_containers: args
+            .proxy_containers
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
     };
     match run::run(&opts) {
         Ok(_) => 0,

@@ -23,6 +23,8 @@ use serde::Serialize;
 use crate::{
     cgroup::Resolver,
     latency::{Latency, Summary},
+    metadata::Metadata,
+    sidecar::{Direction, SidecarHop},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -32,6 +34,8 @@ pub enum Hop {
     DatapathIn,
     /// The pod's veth → the receiving socket (the pod's interception rules).
     PodDelivery,
+    /// What a proxy container added to a request it forwarded (see `sidecar`).
+    Sidecar,
     App,
     Upstream,
     /// The sending socket → the pod's veth.
@@ -47,6 +51,7 @@ impl Hop {
             Hop::DatapathOut => "datapath_out",
             Hop::PodDelivery => "pod_delivery",
             Hop::PodSend => "pod_send",
+            Hop::Sidecar => "sidecar",
             Hop::App => "app",
             Hop::Upstream => "upstream",
         }
@@ -62,6 +67,8 @@ pub struct HopKey {
     /// The destination as this socket addressed it, for `upstream` (a ClusterIP before
     /// kube-proxy's DNAT, a sidecar's port after its REDIRECT).
     pub peer: Option<SocketAddr>,
+    /// For `sidecar`: into the pod or out of it.
+    pub direction: Option<Direction>,
 }
 
 pub fn addr(flow: &FlowKey, local: bool) -> SocketAddr {
@@ -86,6 +93,7 @@ impl HopKey {
                 cgroup_id: x.cgroup_id,
                 local_port: Some(x.flow.local_port),
                 peer: None,
+                direction: None,
             }
         } else {
             Self {
@@ -93,6 +101,7 @@ impl HopKey {
                 cgroup_id: x.cgroup_id,
                 local_port: None,
                 peer: Some(addr(&x.flow, false)),
+                direction: None,
             }
         }
     }
@@ -101,6 +110,10 @@ impl HopKey {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HopSummary {
     pub hop: Hop,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub direction: Option<Direction>,
     /// The pod's host-side veth, for datapath and pod hops.
     pub interface: Option<String>,
     pub cgroup_id: u64,
@@ -132,11 +145,29 @@ impl HopAggregator {
             .record(x.resp_first_ns.saturating_sub(x.req_first_ns));
     }
 
+    /// A paired sidecar hop (see `sidecar::pair`).
+    pub fn record_sidecar(&mut self, cgroup_id: u64, hop: SidecarHop) {
+        self.series
+            .entry(HopKey {
+                hop: Hop::Sidecar,
+                cgroup_id,
+                local_port: None,
+                peer: None,
+                direction: Some(hop.direction),
+            })
+            .or_default()
+            .record(hop.ns);
+    }
+
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
         self.series
             .iter()
             .map(|(k, l)| HopSummary {
                 hop: k.hop,
+                namespace: None,
+                pod: None,
+                container: None,
+                direction: k.direction,
                 interface: None,
                 cgroup_id: k.cgroup_id,
                 cgroup: resolver.resolve(k.cgroup_id),
@@ -176,6 +207,10 @@ pub fn kernel_hops(
         }
         out.push(HopSummary {
             hop,
+            namespace: None,
+            pod: None,
+            container: None,
+            direction: None,
             interface: ifnames
                 .get(&k.ifindex)
                 .cloned()
@@ -189,6 +224,20 @@ pub fn kernel_hops(
     }
     out.sort_by(|a, b| (a.hop, &a.interface, a.cgroup_id).cmp(&(b.hop, &b.interface, b.cgroup_id)));
     out
+}
+
+/// Fills in namespace, pod and container names where the metadata knows them.
+pub fn name(hops: &mut [HopSummary], metadata: &Metadata) {
+    for h in hops {
+        if let Some(c) = h.cgroup.as_deref().and_then(|c| metadata.lookup(c)) {
+            h.namespace = Some(c.namespace.clone());
+            h.pod = Some(c.pod.clone());
+            h.container = Some(c.container.clone());
+        } else if let Some(i) = h.interface.as_deref().and_then(|i| metadata.interface(i)) {
+            h.namespace = Some(i.namespace.clone());
+            h.pod = Some(i.pod.clone());
+        }
+    }
 }
 
 /// One line of `--records`: an exchange with its CLOCK_MONOTONIC timestamps.

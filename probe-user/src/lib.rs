@@ -8,8 +8,10 @@ pub mod datapath;
 pub mod ebpf;
 pub mod hops;
 pub mod latency;
+pub mod metadata;
 pub mod privilege;
 pub mod run;
+pub mod sidecar;
 pub mod table;
 pub mod tracefs;
 

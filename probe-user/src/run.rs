@@ -1,7 +1,7 @@
 //! `hopprobe run`: attach, aggregate until told to stop, detach, report.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     io::Write,
     path::{Path, PathBuf},
@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
 use probe_common::{
@@ -32,8 +32,11 @@ use crate::{
     conn::{Aggregator, SeriesSummary},
     datapath::{Datapath, DatapathOptions},
     ebpf::{self, LoadError, MapSizes, error_chain},
-    hops::{HopAggregator, HopSummary, Record, kernel_hops},
-    privilege, table,
+    hops::{self, HopAggregator, HopSummary, Record, kernel_hops},
+    metadata::Metadata,
+    privilege,
+    sidecar::Pairer,
+    table,
     tracefs::{self, TracefsError},
 };
 
@@ -255,6 +258,10 @@ pub struct RunOptions {
     pub records: Option<PathBuf>,
     /// Where to attach the datapath's TC programs; `None` leaves the datapath hops out.
     pub datapath: Option<DatapathOptions>,
+    /// Names for cgroups and interfaces.
+    pub metadata: Metadata,
+    /// Container names whose exchanges pair into sidecar hops.
+    pub proxy_containers: Vec<String>,
 }
 
 /// Sums each kernel histogram over the CPUs.
@@ -323,16 +330,40 @@ fn drain<T: Copy>(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&T), short: 
     }
 }
 
-/// Where exchanges go: the hop histograms and, with `--records`, a JSON Lines file.
-struct ExchangeSink {
+/// Where exchanges go: the hop histograms, the sidecar pairer for proxy containers and, with
+/// `--records`, a JSON Lines file.
+struct ExchangeSink<'a> {
     hops: HopAggregator,
+    pairer: Pairer,
+    proxies: HashMap<u64, bool>,
+    opts: &'a RunOptions,
     records: Option<std::io::BufWriter<File>>,
     write_error: Option<std::io::Error>,
 }
 
-impl ExchangeSink {
-    fn add(&mut self, x: &Exchange) {
+impl ExchangeSink<'_> {
+    fn is_proxy(&mut self, cgroup_id: u64, resolver: &mut Resolver) -> bool {
+        if let Some(&known) = self.proxies.get(&cgroup_id) {
+            return known;
+        }
+        let Some(path) = resolver.resolve(cgroup_id) else {
+            // Not resolvable yet (a new cgroup): ask again next time.
+            return false;
+        };
+        let proxy = self
+            .opts
+            .metadata
+            .lookup(&path)
+            .is_some_and(|c| self.opts.proxy_containers.contains(&c.container));
+        self.proxies.insert(cgroup_id, proxy);
+        proxy
+    }
+
+    fn add(&mut self, x: &Exchange, resolver: &mut Resolver) {
         self.hops.record(x);
+        if self.is_proxy(x.cgroup_id, resolver) {
+            self.pairer.add(x);
+        }
         if let Some(w) = self.records.as_mut() {
             let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
             if let Err(e) = writeln!(w, "{line}") {
@@ -360,6 +391,16 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
     let hists = probe.take_hists()?;
+    let in_progress: AyaHashMap<MapData, u64, Exchange> = probe
+        .ebpf_mut()
+        .take_map("EXCHANGES")
+        .ok_or(AttachError::MissingMap("EXCHANGES"))
+        .and_then(|m| {
+            AyaHashMap::try_from(m).map_err(|source| AttachError::Map {
+                name: "EXCHANGES",
+                source,
+            })
+        })?;
     let mut datapath = match opts.datapath.clone() {
         Some(o) => match Datapath::attach(probe.ebpf_mut(), o) {
             Ok(d) => {
@@ -392,6 +433,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             })?;
     let mut sink = ExchangeSink {
         hops: HopAggregator::default(),
+        pairer: Pairer::default(),
+        proxies: HashMap::new(),
+        opts,
         records,
         write_error: None,
     };
@@ -424,7 +468,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             guard = exchanges.readable_mut() => {
                 let mut guard = guard.map_err(io("polling the exchange ring buffer"))?;
                 let mut short = 0;
-                drain(guard.get_inner_mut(), |x: &Exchange| sink.add(x), &mut short);
+                drain(guard.get_inner_mut(), |x: &Exchange| sink.add(x, &mut resolver), &mut short);
                 agg.unknown += short;
                 guard.clear_ready();
             }
@@ -454,13 +498,24 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     drain(&mut ring, |e: &ConnEvent| agg.record(e), &mut short);
     drain(
         &mut exchanges.into_inner(),
-        |x: &Exchange| sink.add(x),
+        |x: &Exchange| sink.add(x, &mut resolver),
         &mut short,
     );
     agg.unknown += short;
+    // Exchanges still open (kept-alive connections) have answered requests too.
+    for (_, x) in in_progress.iter().flatten() {
+        if x.resp_first_ns != 0 {
+            sink.add(&x, &mut resolver);
+        }
+    }
     let mut counters = read_counters(&stats);
     counters.insert("unknown_events", agg.unknown);
     counters.insert("unanswered_exchanges", sink.hops.unanswered);
+    let (sidecar_hops, unpaired) = std::mem::take(&mut sink.pairer).finish();
+    for (cgroup, hop) in sidecar_hops {
+        sink.hops.record_sidecar(cgroup, hop);
+    }
+    counters.insert("sidecar_unpaired", unpaired);
     if let Some(mut w) = sink.records.take()
         && let Err(e) = w.flush()
     {
@@ -479,6 +534,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             let mut hops = kernel_hops(read_hists(&hists), &ifnames, &mut resolver);
             hops.extend(sink.hops.summaries(&mut resolver));
             hops.sort_by_key(|h| h.hop);
+            hops::name(&mut hops, &opts.metadata);
             hops
         },
     };

@@ -90,12 +90,17 @@ pub fn hops(summaries: &[HopSummary]) -> String {
         .iter()
         .map(|s| {
             vec![
-                s.hop.name().to_owned(),
+                match s.direction {
+                    Some(d) => format!("{} {}", s.hop.name(), d.name()),
+                    None => s.hop.name().to_owned(),
+                },
                 s.interface.clone().unwrap_or_else(|| "*".to_owned()),
-                match (&s.cgroup, s.cgroup_id) {
-                    (Some(c), _) => c.clone(),
-                    (None, 0) => "*".to_owned(),
-                    (None, id) => format!("id:{id}"),
+                match (&s.pod, &s.container, &s.cgroup, s.cgroup_id) {
+                    (Some(p), Some(c), _, _) => format!("{p}/{c}"),
+                    (Some(p), None, _, _) => p.clone(),
+                    (_, _, Some(c), _) => c.clone(),
+                    (_, _, None, 0) => "*".to_owned(),
+                    (_, _, None, id) => format!("id:{id}"),
                 },
                 s.local_port
                     .map_or_else(|| "*".to_owned(), |p| p.to_string()),
@@ -110,7 +115,16 @@ pub fn hops(summaries: &[HopSummary]) -> String {
         .collect();
     render(
         &[
-            "hop", "cgroup", "lport", "peer", "count", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+            "hop",
+            "iface",
+            "pod/container",
+            "lport",
+            "peer",
+            "count",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
         ],
         &rows,
     )

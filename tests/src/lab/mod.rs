@@ -131,6 +131,15 @@ impl Lab {
             lab.start_pod(&names, p, exe)?;
         }
         state::save(&lab.state)?;
+        let metadata =
+            serde_json::to_string_pretty(&lab.state.metadata()).map_err(|e| LabError::Io {
+                context: "serialising the lab's metadata".into(),
+                source: e.into(),
+            })?;
+        fs::write(&lab.state.metadata_file, metadata).map_err(io_err(format!(
+            "writing {}",
+            lab.state.metadata_file.display()
+        )))?;
         lab.wait_ready(Duration::from_secs(20))?;
         Ok(lab)
     }
@@ -299,6 +308,7 @@ impl Lab {
         let cgroup_id = fs::metadata(&cgroup).map(|m| m.ino()).unwrap_or(0);
         Ok(ContainerState {
             name: container.to_owned(),
+            container_id: names.container_id(p, container),
             cgroup,
             cgroup_id,
             pid,

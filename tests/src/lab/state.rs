@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use probe_user::metadata::{ContainerMeta, InterfaceMeta, MetadataFile};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -19,6 +20,7 @@ use super::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerState {
     pub name: String,
+    pub container_id: String,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub pid: u32,
@@ -44,6 +46,20 @@ pub struct LabState {
     pub node_netns: String,
     pub cgroup_root: PathBuf,
     pub pods: Vec<PodState>,
+    /// Names of the lab's containers and veths for `hopprobe run --metadata`.
+    pub metadata_file: PathBuf,
+}
+
+/// The Kubernetes namespace the lab's pods are in.
+pub const NAMESPACE: &str = "bookinfo";
+
+/// Pod names as a Deployment would give them.
+pub fn pod_name(service: &str) -> String {
+    if service == super::names::INGRESS_SERVICE {
+        "istio-ingressgateway".into()
+    } else {
+        format!("{service}-v1")
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -65,6 +81,7 @@ impl LabState {
             config,
             cgroup_root,
             pods: Vec::new(),
+            metadata_file: names.state_dir().join("metadata.json"),
         }
     }
 
@@ -97,6 +114,28 @@ impl LabState {
             .unwrap_or_default()
     }
 
+    /// The lab as a Kubernetes API would name it, for `hopprobe run --metadata`.
+    pub fn metadata(&self) -> MetadataFile {
+        let mut m = MetadataFile::default();
+        for p in &self.pods {
+            let pod = pod_name(&p.service);
+            m.interfaces.push(InterfaceMeta {
+                interface: p.host_veth.clone(),
+                namespace: NAMESPACE.into(),
+                pod: pod.clone(),
+            });
+            for c in &p.containers {
+                m.containers.push(ContainerMeta {
+                    container_id: c.container_id.clone(),
+                    namespace: NAMESPACE.into(),
+                    pod: pod.clone(),
+                    container: c.name.clone(),
+                });
+            }
+        }
+        m
+    }
+
     /// What `lab status` prints.
     pub fn render(&self) -> String {
         let c = &self.config;
@@ -116,10 +155,13 @@ impl LabState {
         }
         out.push_str(&format!(
             "  e.g. ip netns exec {} curl http://{NODE_IP}:{NODEPORT_PRODUCTPAGE}/productpage\n\n\
-             node namespace {} (uplink eth0 {NODE_IP}), cgroup root {}\n\n",
+             node namespace {} (uplink eth0 {NODE_IP}), cgroup root {}\n\
+             measure it: hopprobe run --netns /run/netns/{} --metadata {}\n\n",
             self.client_netns,
             self.node_netns,
-            self.cgroup_root.display()
+            self.cgroup_root.display(),
+            self.node_netns,
+            self.metadata_file.display()
         ));
         out.push_str("injected:\n");
         for p in &self.pods {

@@ -1,0 +1,217 @@
+//! The sidecar hop: what a proxy adds to each request it forwards.
+//!
+//! A proxy container's server-side exchange (downstream: the request it received and the
+//! response it returned) encloses the client-side exchange it made for it (upstream). The hop
+//! is the downstream exchange's time minus the upstream one's: the request's way through the
+//! proxy plus the response's way back.
+//!
+//! Pairing: each upstream exchange goes to the not yet paired downstream exchange of the same
+//! proxy that encloses it (request started before, response returned after) and whose request
+//! finished last before the upstream request began — the one the proxy most plausibly was
+//! forwarding. At concurrency 1 this is exact. Under concurrency, two requests that overlap
+//! inside the proxy within a few microseconds can be swapped; each paired hop then stays within
+//! the enclosing exchange and the distribution of hops is what is reported. Downstream exchanges
+//! with no enclosed upstream one (the proxy answered itself, or the upstream exchange had not
+//! completed) are counted as `unpaired`.
+
+use std::collections::HashMap;
+
+use probe_common::exchange::{Exchange, ROLE_SERVER};
+
+use crate::hops::addr;
+
+/// Which way the proxy forwarded: into its pod (to the app) or out of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// One paired hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidecarHop {
+    pub direction: Direction,
+    pub ns: u64,
+}
+
+/// Exchanges of proxy containers, kept until the end of the run to pair.
+#[derive(Default)]
+pub struct Pairer {
+    by_cgroup: HashMap<u64, (Vec<Exchange>, Vec<Exchange>)>,
+    kept: usize,
+    /// Exchanges not kept because the buffer was full.
+    pub overflow: u64,
+}
+
+/// Bounds memory on long runs: about 112 MB at the limit.
+const MAX_KEPT: usize = 1_000_000;
+
+impl Pairer {
+    pub fn add(&mut self, x: &Exchange) {
+        if x.resp_first_ns == 0 {
+            return;
+        }
+        if self.kept >= MAX_KEPT {
+            self.overflow += 1;
+            return;
+        }
+        self.kept += 1;
+        let (down, up) = self.by_cgroup.entry(x.cgroup_id).or_default();
+        if x.role == ROLE_SERVER {
+            down.push(*x);
+        } else {
+            up.push(*x);
+        }
+    }
+
+    /// Pairs everything kept: (cgroup, hop) per pair, and the number of unpaired downstream
+    /// exchanges.
+    pub fn finish(self) -> (Vec<(u64, SidecarHop)>, u64) {
+        let mut hops = Vec::new();
+        let mut unpaired = 0;
+        for (cgroup, (down, up)) in self.by_cgroup {
+            let (pairs, left) = pair(&down, &up);
+            unpaired += left;
+            hops.extend(pairs.into_iter().map(|h| (cgroup, h)));
+        }
+        (hops, unpaired)
+    }
+}
+
+fn direction(down: &Exchange, up: &Exchange) -> Direction {
+    // Forwarded to loopback or to the pod's own address: into the pod.
+    let to = addr(&up.flow, false).ip();
+    if to.is_loopback() || to == addr(&down.flow, true).ip() {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    }
+}
+
+pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
+    let mut down: Vec<&Exchange> = down.iter().collect();
+    let mut up: Vec<&Exchange> = up.iter().collect();
+    down.sort_by_key(|x| x.req_first_ns);
+    up.sort_by_key(|x| x.req_first_ns);
+    let mut taken = vec![false; down.len()];
+    let mut hops = Vec::new();
+    for u in up {
+        // Downstream exchanges that began before this upstream request; the latest first.
+        let end = down.partition_point(|d| d.req_first_ns <= u.req_first_ns);
+        let best = (0..end)
+            .filter(|&i| !taken[i] && down[i].resp_first_ns >= u.resp_first_ns)
+            .max_by_key(|&i| down[i].req_last_ns.min(u.req_first_ns));
+        if let Some(i) = best {
+            taken[i] = true;
+            let d = down[i];
+            let total = d.resp_first_ns - d.req_first_ns;
+            let inner = u.resp_first_ns.saturating_sub(u.req_first_ns);
+            hops.push(SidecarHop {
+                direction: direction(d, u),
+                ns: total.saturating_sub(inner),
+            });
+        }
+    }
+    let unpaired = taken.iter().filter(|t| !**t).count() as u64;
+    (hops, unpaired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{
+        conn::{AF_INET, FlowKey},
+        exchange::{PHASE_RESPONSE, ROLE_CLIENT},
+    };
+
+    fn x(role: u8, remote: [u8; 4], req: u64, resp: u64) -> Exchange {
+        let mut flow = FlowKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 15006,
+            remote_port: 9080,
+            family: AF_INET,
+            _pad: 0,
+        };
+        flow.local_addr[..4].copy_from_slice(&[10, 78, 0, 11]);
+        flow.remote_addr[..4].copy_from_slice(&remote);
+        Exchange {
+            req_first_ns: req,
+            req_last_ns: req,
+            resp_first_ns: resp,
+            resp_last_ns: resp,
+            req_bytes: 1,
+            resp_bytes: 1,
+            cgroup_id: 9,
+            cookie: 0,
+            flow,
+            role,
+            phase: PHASE_RESPONSE,
+            _pad: [0; 6],
+        }
+    }
+
+    const CLIENT: [u8; 4] = [10, 78, 0, 10];
+    const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+    const SERVICE: [u8; 4] = [10, 96, 0, 13];
+
+    #[test]
+    fn one_request_at_a_time_pairs_exactly() {
+        // Downstream 0..10 ms; the proxy forwarded at 2 ms and got the answer at 7 ms.
+        let down = [x(ROLE_SERVER, CLIENT, 0, 10_000_000)];
+        let up = [x(ROLE_CLIENT, LOOPBACK, 2_000_000, 7_000_000)];
+        let (hops, unpaired) = pair(&down, &up);
+        assert_eq!(
+            hops,
+            vec![SidecarHop {
+                direction: Direction::Inbound,
+                ns: 5_000_000
+            }]
+        );
+        assert_eq!(unpaired, 0);
+    }
+
+    #[test]
+    fn outbound_calls_go_to_services() {
+        let down = [x(ROLE_SERVER, CLIENT, 0, 4_000)];
+        let up = [x(ROLE_CLIENT, SERVICE, 1_000, 3_000)];
+        assert_eq!(pair(&down, &up).0[0].direction, Direction::Outbound);
+    }
+
+    #[test]
+    fn overlapping_requests_pair_with_the_latest_enclosing_one() {
+        // Two downstream requests 1 ms apart, each forwarded 0.5 ms after it arrived.
+        let down = [
+            x(ROLE_SERVER, CLIENT, 0, 10_000),
+            x(ROLE_SERVER, CLIENT, 1_000, 11_000),
+        ];
+        let up = [
+            x(ROLE_CLIENT, LOOPBACK, 500, 9_000),
+            x(ROLE_CLIENT, LOOPBACK, 1_500, 10_000),
+        ];
+        let (hops, unpaired) = pair(&down, &up);
+        let ns: Vec<u64> = hops.iter().map(|h| h.ns).collect();
+        assert_eq!((ns, unpaired), (vec![1_500, 1_500], 0));
+    }
+
+    #[test]
+    fn a_downstream_exchange_without_an_upstream_one_is_unpaired() {
+        let down = [
+            x(ROLE_SERVER, CLIENT, 0, 10),
+            x(ROLE_SERVER, CLIENT, 20, 30),
+        ];
+        let up = [x(ROLE_CLIENT, LOOPBACK, 2, 8)];
+        let (hops, unpaired) = pair(&down, &up);
+        assert_eq!((hops.len(), unpaired), (1, 1));
+    }
+}
