@@ -1,22 +1,22 @@
-//! `loadgen`: an oha-compatible HTTP load generator (its own issue fills this in).
+//! `loadgen` binary: see the README's "loadgen" section.
 
 use clap::Parser;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "loadgen",
-    version,
-    about = "oha-compatible HTTP load generator (not yet implemented)"
-)]
-struct Cli {
-    /// Target URL.
-    url: Option<String>,
-}
-
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    anyhow::bail!(
-        "loadgen is not implemented yet (target {:?}); use oha or wrk meanwhile",
-        cli.url
-    )
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = loadgen::cli::Opts::parse();
+    let code = match loadgen::app::run(&opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::{leftovers, probe::Hopprobe};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hopprobe");
+const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
 const UNSUPPORTED: i32 = 3;
 
 fn hopprobe(args: &[&str]) -> Output {

@@ -16,7 +16,7 @@ use testkit::{
     probe::Hopprobe,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_hopprobe");
+const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
 const REQUESTS: usize = 20;
 
 #[test]

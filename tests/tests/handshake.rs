@@ -80,7 +80,7 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     let json = dir.path().join("summary.json");
 
     let mut probe = Hopprobe::start(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe")),
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
         &[
             "run",
             "--interval",

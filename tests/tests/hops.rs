@@ -43,7 +43,7 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (json, records) = (dir.path().join("s.json"), dir.path().join("r.jsonl"));
     let mut probe = Hopprobe::start(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe")),
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
         &[
             "run",
             "--json",
@@ -131,7 +131,7 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), f64>, 
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
     let mut probe = Hopprobe::start(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe")),
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
         &[
             "run",
             "--netns",

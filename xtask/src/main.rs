@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. See the README for what each one does.
 
+mod bench_loadgen;
 mod cmd;
 mod ebpf;
 mod system;
@@ -34,6 +35,9 @@ enum Task {
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
     /// included when run as root).
     Test,
+    /// Benchmark loadgen against oha and wrk on a private loopback nginx (installs what is
+    /// missing when run as root; takes a few minutes; not part of `test`).
+    BenchLoadgen,
 }
 
 fn main() -> Result<()> {
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
             cmd::exec(&cmd::workspace_root().join("target/debug/hoplab"), &args)?;
         }
         Task::Test => test()?,
+        Task::BenchLoadgen => bench_loadgen::bench()?,
     }
     Ok(())
 }

@@ -1,0 +1,340 @@
+//! The validated run configuration: everything that can be wrong with the command line is
+//! found here, before any request is sent (exit code 2).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use base64::Engine;
+
+use crate::cli::{Opts, OutputFormat};
+
+/// Used when `-t` is absent: bounded, so that a server that never answers cannot hang a run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no target: give a URL or --target NAME=URL")]
+    NoTarget,
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("HTTP version {0:?} is not supported yet (only 1.1)")]
+    HttpVersion(String),
+    #[error("invalid method {0:?}")]
+    Method(String),
+    #[error("-q must be a positive number of requests per second")]
+    Rate,
+    #[error("reading the body file {path}: {source}")]
+    BodyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading --cacert {path}: {reason}")]
+    CaCert { path: PathBuf, reason: String },
+    #[error("duplicate target name {0:?}")]
+    DuplicateTarget(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The full request, written as is for every request.
+    pub request: Arc<[u8]>,
+    /// HEAD responses carry no body whatever their headers say.
+    pub head: bool,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub targets: Vec<Target>,
+    pub requests: Option<u64>,
+    pub duration: Option<Duration>,
+    pub wait_ongoing: bool,
+    pub connections: u32,
+    pub qps: Option<f64>,
+    pub latency_correction: bool,
+    pub open_model: bool,
+    pub max_in_flight: u32,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub keepalive: bool,
+    pub insecure: bool,
+    pub family: Family,
+    pub cacert: Option<Vec<u8>>,
+    pub warmup: u64,
+    pub threads: usize,
+    pub records: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub format: OutputFormat,
+    pub progress: bool,
+}
+
+impl Config {
+    pub fn from_opts(o: &Opts) -> Result<Config, ConfigError> {
+        let version = if o.http2 {
+            Some("2")
+        } else {
+            o.http_version.as_deref()
+        };
+        if let Some(v) = version
+            && !matches!(v, "1.1" | "1")
+        {
+            return Err(ConfigError::HttpVersion(v.to_owned()));
+        }
+        let method = o.method.to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+            return Err(ConfigError::Method(o.method.clone()));
+        }
+        if let Some(q) = o.qps
+            && !(q.is_finite() && q > 0.0)
+        {
+            return Err(ConfigError::Rate);
+        }
+        let body: Vec<u8> = match (&o.body_string, &o.body_path) {
+            (Some(s), _) => s.clone().into_bytes(),
+            (None, Some(p)) => std::fs::read(p).map_err(|source| ConfigError::BodyFile {
+                path: p.clone(),
+                source,
+            })?,
+            (None, None) => Vec::new(),
+        };
+        let cacert = match &o.cacert {
+            Some(p) => Some(std::fs::read(p).map_err(|e| ConfigError::CaCert {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+
+        let mut named: Vec<(String, String)> = Vec::new();
+        if let Some(u) = &o.url {
+            named.push(("default".to_owned(), u.clone()));
+        }
+        named.extend(o.targets.iter().cloned());
+        if named.is_empty() {
+            return Err(ConfigError::NoTarget);
+        }
+        let mut targets = Vec::new();
+        for (name, url) in named {
+            if targets.iter().any(|t: &Target| t.name == name) {
+                return Err(ConfigError::DuplicateTarget(name));
+            }
+            targets.push(build_target(o, name, &url, &method, &body)?);
+        }
+
+        let threads = o.threads.map(|t| t as usize).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let format = o.format();
+        let progress = !o.no_tui && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Ok(Config {
+            targets,
+            requests: if o.duration.is_some() {
+                None
+            } else {
+                Some(o.n_requests)
+            },
+            duration: o.duration,
+            wait_ongoing: o.wait_ongoing,
+            connections: o.connections,
+            qps: o.qps,
+            latency_correction: o.latency_correction || o.open_model,
+            open_model: o.open_model,
+            max_in_flight: o.max_in_flight.max(1),
+            timeout: o.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            connect_timeout: o.connect_timeout,
+            keepalive: !o.disable_keepalive,
+            insecure: o.insecure,
+            family: if o.ipv4 {
+                Family::V4
+            } else if o.ipv6 {
+                Family::V6
+            } else {
+                Family::Any
+            },
+            cacert,
+            warmup: o.warmup,
+            threads,
+            records: o.records.clone(),
+            output: o.output.clone(),
+            format,
+            progress,
+        })
+    }
+}
+
+fn build_target(
+    o: &Opts,
+    name: String,
+    raw: &str,
+    method: &str,
+    body: &[u8],
+) -> Result<Target, ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidUrl {
+        url: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(invalid(&format!("scheme {other:?} is not http or https"))),
+    };
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err(invalid("no host")),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid("no port"))?;
+    let host_header = match (&o.host, url.port()) {
+        (Some(h), _) => h.clone(),
+        (None, Some(p)) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
+        (None, None) => url.host_str().unwrap_or(&host).to_owned(),
+    };
+    let mut path = url.path().to_owned();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), host_header),
+        ("accept".into(), o.accept.clone().unwrap_or("*/*".into())),
+    ];
+    if !o.disable_compression {
+        headers.push((
+            "accept-encoding".into(),
+            "gzip, compress, deflate, br".into(),
+        ));
+    }
+    headers.push((
+        "user-agent".into(),
+        concat!("loadgen/", env!("CARGO_PKG_VERSION")).into(),
+    ));
+    if let Some(ct) = &o.content_type {
+        headers.push(("content-type".into(), ct.clone()));
+    }
+    if let Some(auth) = &o.basic_auth {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(auth);
+        headers.push(("authorization".into(), format!("Basic {b64}")));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        headers.push(("content-length".into(), body.len().to_string()));
+    }
+    // User headers replace the defaults of the same name, as in oha.
+    for (n, v) in &o.headers {
+        headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
+        headers.push((n.clone(), v.clone()));
+    }
+
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    for (n, v) in &headers {
+        req.push_str(n);
+        req.push_str(": ");
+        req.push_str(v);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    Ok(Target {
+        name,
+        url: raw.to_owned(),
+        tls,
+        host,
+        port,
+        request: bytes.into(),
+        head: method == "HEAD",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["loadgen"];
+        full.extend_from_slice(args);
+        Config::from_opts(&Opts::try_parse_from(full).unwrap())
+    }
+
+    #[test]
+    fn request_bytes_follow_the_flags() {
+        let c = config(&[
+            "http://example.test:8080/a?b=1",
+            "-m",
+            "post",
+            "-d",
+            "hi",
+            "-H",
+            "user-agent: me",
+            "--disable-compression",
+        ])
+        .unwrap();
+        let req = String::from_utf8(c.targets[0].request.to_vec()).unwrap();
+        assert!(req.starts_with("POST /a?b=1 HTTP/1.1\r\nhost: example.test:8080\r\n"));
+        assert!(req.contains("content-length: 2\r\n"));
+        assert!(req.contains("user-agent: me\r\n"));
+        assert!(!req.contains("loadgen/"));
+        assert!(!req.contains("accept-encoding"));
+        assert!(req.ends_with("\r\n\r\nhi"));
+        assert_eq!(c.targets[0].port, 8080);
+    }
+
+    #[test]
+    fn invalid_input_is_a_config_error() {
+        assert!(matches!(
+            config(&["not a url"]),
+            Err(ConfigError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            config(&["ftp://127.0.0.1/"]),
+            Err(ConfigError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            config(&["http://127.0.0.1/", "--http-version", "2"]),
+            Err(ConfigError::HttpVersion(_))
+        ));
+        assert!(matches!(
+            config(&["http://127.0.0.1/", "-q", "0"]),
+            Err(ConfigError::Rate)
+        ));
+        assert!(matches!(
+            config(&["http://127.0.0.1/", "-D", "/nonexistent/body"]),
+            Err(ConfigError::BodyFile { .. })
+        ));
+        assert!(matches!(
+            config(&[
+                "--target",
+                "a=http://127.0.0.1/",
+                "--target",
+                "a=http://[::1]/"
+            ]),
+            Err(ConfigError::DuplicateTarget(_))
+        ));
+    }
+
+    #[test]
+    fn https_defaults_to_443_and_ipv6_hosts_are_bare() {
+        let c = config(&["https://[::1]/"]).unwrap();
+        assert!(c.targets[0].tls);
+        assert_eq!(c.targets[0].port, 443);
+        assert_eq!(c.targets[0].host, "::1");
+    }
+}

@@ -1,0 +1,152 @@
+//! Opening a connection to a target: cached DNS, TCP connect, TLS handshake, each timed on
+//! CLOCK_MONOTONIC.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use crate::{clock::mono_ns, config::Family, error::ErrorKind};
+
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+pub struct Connection {
+    pub stream: Stream,
+    pub id: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// How a new connection came about (all absolute CLOCK_MONOTONIC ns but `dns_ns`, a duration).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Dial {
+    pub dns_ns: Option<u64>,
+    pub connect_start_ns: Option<u64>,
+    pub connect_end_ns: Option<u64>,
+    pub tls_end_ns: Option<u64>,
+    pub tls_resumed: Option<bool>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+}
+
+/// Per target: where to connect and how. The DNS answer is cached after the first success (as
+/// oha's pre-lookup does), so later connections pay only the cache lookup.
+pub struct Dialer {
+    host: String,
+    port: u16,
+    family: Family,
+    literal: Option<IpAddr>,
+    cache: Mutex<Option<SocketAddr>>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+}
+
+impl Dialer {
+    pub fn new(
+        host: &str,
+        port: u16,
+        family: Family,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+        connect_timeout: Duration,
+    ) -> Dialer {
+        Dialer {
+            host: host.to_owned(),
+            port,
+            family,
+            literal: host.parse().ok(),
+            cache: Mutex::new(None),
+            tls: tls.map(|(c, n)| (TlsConnector::from(c), n)),
+            connect_timeout,
+        }
+    }
+
+    fn wanted(&self, a: &SocketAddr) -> bool {
+        match self.family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        }
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, ErrorKind> {
+        if let Some(ip) = self.literal {
+            let a = SocketAddr::new(ip, self.port);
+            return if self.wanted(&a) {
+                Ok(a)
+            } else {
+                Err(ErrorKind::Dns)
+            };
+        }
+        if let Some(a) = *self.cache.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(a);
+        }
+        let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
+        let addrs = tokio::time::timeout(self.connect_timeout, lookup)
+            .await
+            .map_err(|_| ErrorKind::Dns)?
+            .map_err(|_| ErrorKind::Dns)?;
+        let mut found = None;
+        for a in addrs {
+            if self.wanted(&a) {
+                found = Some(a);
+                break;
+            }
+        }
+        let a = found.ok_or(ErrorKind::Dns)?;
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+        Ok(a)
+    }
+
+    /// Opens a connection, filling `dial` as it goes so that a failure still says how far
+    /// it got.
+    pub async fn dial(&self, id: u64, dial: &mut Dial) -> Result<Connection, ErrorKind> {
+        let t0 = mono_ns();
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let remote = self.resolve().await?;
+        let t1 = mono_ns();
+        dial.dns_ns = Some(t1 - t0);
+        dial.connect_start_ns = Some(t1);
+        dial.remote = Some(remote);
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(remote)).await {
+            Err(_) => return Err(ErrorKind::ConnectTimeout),
+            Ok(Err(e)) => return Err(ErrorKind::from_connect(&e)),
+            Ok(Ok(s)) => s,
+        };
+        dial.connect_end_ns = Some(mono_ns());
+        // Requests are small and latency is what we measure: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map_err(|e| ErrorKind::from_connect(&e))?;
+        dial.local = Some(local);
+        let stream = match &self.tls {
+            None => Stream::Tcp(tcp),
+            Some((connector, name)) => {
+                let hs = connector.connect(name.clone(), tcp);
+                let tls = match tokio::time::timeout_at(deadline, hs).await {
+                    Err(_) => return Err(ErrorKind::ConnectTimeout),
+                    Ok(Err(e)) => return Err(ErrorKind::from_tls(&e)),
+                    Ok(Ok(s)) => s,
+                };
+                dial.tls_end_ns = Some(mono_ns());
+                dial.tls_resumed = Some(matches!(
+                    tls.get_ref().1.handshake_kind(),
+                    Some(rustls::HandshakeKind::Resumed)
+                ));
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        Ok(Connection {
+            stream,
+            id,
+            local,
+            remote,
+        })
+    }
+}

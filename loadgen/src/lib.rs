@@ -1,0 +1,15 @@
+//! `loadgen`: an oha-compatible HTTP/1.1 load generator whose per-request records (socket
+//! addresses, CLOCK_MONOTONIC timestamps) join with hopprobe's per-hop events.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod http1;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod tls;

@@ -1,0 +1,202 @@
+//! Per-request records: what one request did, streamed as JSON Lines to `--records` (and as
+//! oha's CSV rows for `--output-format csv`) by a dedicated writer thread behind a bounded
+//! channel, so a slow disk slows the run down instead of filling memory.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    net::SocketAddr,
+    path::Path,
+    thread::JoinHandle,
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{conn::Dial, error::ErrorKind};
+
+/// Records in flight between the workers and the writer thread.
+pub const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug, Default, Clone)]
+pub struct Sample {
+    pub target: usize,
+    pub seq: u64,
+    pub warmup: bool,
+    pub conn_id: u64,
+    /// The request used a connection an earlier request opened.
+    pub reused: bool,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub scheduled_ns: Option<u64>,
+    pub start_ns: u64,
+    /// This request's own dial (not set when `reused`).
+    pub dial: Dial,
+    pub written_ns: Option<u64>,
+    pub first_byte_ns: Option<u64>,
+    pub end_ns: u64,
+    pub status: Option<u16>,
+    pub bytes: u64,
+    pub error: Option<ErrorKind>,
+}
+
+/// First line of a records file: ties CLOCK_MONOTONIC to wall-clock time once per run.
+#[derive(Serialize)]
+pub struct Header<'a> {
+    pub record: &'static str,
+    pub version: u32,
+    pub clock: &'static str,
+    pub monotonic_ns: u64,
+    pub realtime_unix_ns: u64,
+    pub targets: Vec<HeaderTarget<'a>>,
+    pub args: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct HeaderTarget<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    target: &'a str,
+    seq: u64,
+    warmup: bool,
+    conn: u64,
+    reused: bool,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    scheduled_ns: Option<u64>,
+    start_ns: u64,
+    dns_ns: Option<u64>,
+    connect_start_ns: Option<u64>,
+    connect_end_ns: Option<u64>,
+    tls_end_ns: Option<u64>,
+    tls_resumed: Option<bool>,
+    written_ns: Option<u64>,
+    first_byte_ns: Option<u64>,
+    end_ns: u64,
+    status: Option<u16>,
+    bytes: u64,
+    error: Option<&'static str>,
+}
+
+fn line<'a>(s: &Sample, names: &'a [String]) -> Line<'a> {
+    Line {
+        target: names.get(s.target).map_or("", String::as_str),
+        seq: s.seq,
+        warmup: s.warmup,
+        conn: s.conn_id,
+        reused: s.reused,
+        local: s.local,
+        remote: s.remote,
+        scheduled_ns: s.scheduled_ns,
+        start_ns: s.start_ns,
+        dns_ns: s.dial.dns_ns,
+        connect_start_ns: s.dial.connect_start_ns,
+        connect_end_ns: s.dial.connect_end_ns,
+        tls_end_ns: s.dial.tls_end_ns,
+        tls_resumed: s.dial.tls_resumed,
+        written_ns: s.written_ns,
+        first_byte_ns: s.first_byte_ns,
+        end_ns: s.end_ns,
+        status: s.status,
+        bytes: s.bytes,
+        error: s.error.map(ErrorKind::name),
+    }
+}
+
+pub struct CsvSink {
+    pub out: Box<dyn Write + Send>,
+    /// oha's request-start column is relative to the start of the run.
+    pub start_ns: u64,
+}
+
+pub struct Writer {
+    pub tx: mpsc::Sender<Sample>,
+    thread: JoinHandle<std::io::Result<u64>>,
+}
+
+impl Writer {
+    pub fn start(
+        records: Option<&Path>,
+        header: &Header<'_>,
+        csv: Option<CsvSink>,
+        names: Vec<String>,
+    ) -> std::io::Result<Writer> {
+        let mut records = match records {
+            Some(p) => {
+                let mut w = BufWriter::with_capacity(256 * 1024, File::create(p)?);
+                serde_json::to_writer(&mut w, header)?;
+                w.write_all(b"\n")?;
+                Some(w)
+            }
+            None => None,
+        };
+        let mut csv = csv;
+        if let Some(c) = csv.as_mut() {
+            writeln!(
+                c.out,
+                "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status"
+            )?;
+        }
+        let (tx, mut rx) = mpsc::channel::<Sample>(CHANNEL_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("loadgen-records".into())
+            .spawn(move || -> std::io::Result<u64> {
+                let mut n = 0u64;
+                while let Some(s) = rx.blocking_recv() {
+                    if let Some(w) = records.as_mut() {
+                        serde_json::to_writer(&mut *w, &line(&s, &names))?;
+                        w.write_all(b"\n")?;
+                    }
+                    if let Some(c) = csv.as_mut()
+                        && !s.warmup
+                        && s.error.is_none()
+                    {
+                        write_csv(c, &s)?;
+                    }
+                    n += 1;
+                }
+                if let Some(w) = records.as_mut() {
+                    w.flush()?;
+                }
+                if let Some(c) = csv.as_mut() {
+                    c.out.flush()?;
+                }
+                Ok(n)
+            })?;
+        Ok(Writer { tx, thread })
+    }
+
+    /// Waits for every record to be written; call once all senders are dropped.
+    pub fn finish(self) -> std::io::Result<u64> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("records writer panicked")))
+    }
+}
+
+fn write_csv(c: &mut CsvSink, s: &Sample) -> std::io::Result<()> {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let (dns, dialup) = match (s.dial.dns_ns, s.dial.connect_start_ns) {
+        (Some(d), Some(cs)) => {
+            let ready = s.dial.tls_end_ns.or(s.dial.connect_end_ns).unwrap_or(cs);
+            (d, ready - cs)
+        }
+        _ => (0, 0),
+    };
+    writeln!(
+        c.out,
+        "{},{},{},{},{},{},{}",
+        secs(s.start_ns.saturating_sub(c.start_ns)),
+        secs(dns),
+        secs(dialup),
+        secs(s.first_byte_ns.map_or(0, |f| f.saturating_sub(s.start_ns))),
+        secs(s.end_ns.saturating_sub(s.start_ns)),
+        s.bytes,
+        s.status.unwrap_or(0),
+    )
+}

@@ -1,0 +1,337 @@
+//! The engine: one current-thread tokio runtime per worker thread, each holding its share of
+//! the connections and its own statistics (merged at the end), so the hot path takes no lock.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    clock::{instant_at, mono_ns},
+    config::Config,
+    conn::{Connection, Dial, Dialer, Stream},
+    error::ErrorKind,
+    http1::{self, Progress},
+    record::Sample,
+    stats::Stats,
+};
+
+/// Per-target state shared by all worker threads.
+pub struct TargetRun {
+    pub dialer: Dialer,
+    next: AtomicU64,
+    /// Completed requests, warm-up included (for the progress bar).
+    pub done: AtomicU64,
+    /// When the first measured (non-warm-up) request was claimed; 0 until then.
+    pub measured_start_ns: AtomicU64,
+    /// End of a `-z` run, set when the measured phase starts; 0 until then.
+    deadline_ns: AtomicU64,
+    conn_ids: AtomicU64,
+}
+
+pub struct Shared {
+    pub cfg: Config,
+    pub targets: Vec<TargetRun>,
+    pub stop: AtomicBool,
+    pub start_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    seq: u64,
+    warmup: bool,
+    scheduled_ns: Option<u64>,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, dialers: Vec<Dialer>) -> Shared {
+        let targets = dialers
+            .into_iter()
+            .map(|dialer| TargetRun {
+                dialer,
+                next: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                measured_start_ns: AtomicU64::new(0),
+                deadline_ns: AtomicU64::new(0),
+                conn_ids: AtomicU64::new(0),
+            })
+            .collect();
+        Shared {
+            cfg,
+            targets,
+            stop: AtomicBool::new(false),
+            start_ns: mono_ns(),
+        }
+    }
+
+    fn claim(&self, t: usize) -> Option<Slot> {
+        if self.stop.load(Relaxed) {
+            return None;
+        }
+        let tr = &self.targets[t];
+        let seq = tr.next.fetch_add(1, Relaxed);
+        let warmup = seq < self.cfg.warmup;
+        if let Some(n) = self.cfg.requests
+            && seq >= self.cfg.warmup + n
+        {
+            return None;
+        }
+        let scheduled_ns = self
+            .cfg
+            .qps
+            .map(|q| self.start_ns + (seq as f64 * 1e9 / q) as u64);
+        if seq == self.cfg.warmup {
+            let now = scheduled_ns.unwrap_or_else(mono_ns).max(mono_ns());
+            tr.measured_start_ns.store(now, Relaxed);
+            if let Some(d) = self.cfg.duration {
+                tr.deadline_ns.store(now + d.as_nanos() as u64, Relaxed);
+            }
+        }
+        if !warmup && self.cfg.duration.is_some() {
+            let deadline = tr.deadline_ns.load(Relaxed);
+            let when = scheduled_ns.unwrap_or_else(mono_ns);
+            if deadline != 0 && when >= deadline {
+                return None;
+            }
+        }
+        Some(Slot {
+            seq,
+            warmup,
+            scheduled_ns,
+        })
+    }
+
+    pub fn measured_start(&self, t: usize) -> u64 {
+        match self.targets[t].measured_start_ns.load(Relaxed) {
+            0 => self.start_ns,
+            v => v,
+        }
+    }
+}
+
+/// A worker thread's own aggregates and its end of the records channel.
+struct Local {
+    shared: Arc<Shared>,
+    stats: RefCell<Vec<Stats>>,
+    tx: Option<mpsc::Sender<Sample>>,
+}
+
+impl Local {
+    async fn finish(&self, s: Sample) {
+        let t = s.target;
+        if !s.warmup {
+            let start = self.shared.measured_start(t);
+            self.stats.borrow_mut()[t].add(&s, start, self.shared.cfg.latency_correction);
+        }
+        self.shared.targets[t].done.fetch_add(1, Relaxed);
+        if let Some(tx) = &self.tx {
+            // Bounded: when the writer falls behind, requests wait rather than memory grow.
+            let _ = tx.send(s).await;
+        }
+    }
+}
+
+async fn one_request(
+    shared: &Shared,
+    t: usize,
+    conn: &mut Option<Connection>,
+    slot: Slot,
+    buf: &mut Vec<u8>,
+) -> Sample {
+    let cfg = &shared.cfg;
+    let target = &cfg.targets[t];
+    let tr = &shared.targets[t];
+    let start_ns = mono_ns();
+    let mut s = Sample {
+        target: t,
+        seq: slot.seq,
+        warmup: slot.warmup,
+        scheduled_ns: slot.scheduled_ns,
+        start_ns,
+        reused: conn.is_some(),
+        ..Sample::default()
+    };
+    let request_deadline = instant_at(start_ns) + cfg.timeout;
+    let run_deadline = match tr.deadline_ns.load(Relaxed) {
+        0 => None,
+        _ if cfg.wait_ongoing || slot.warmup => None,
+        d => Some(instant_at(d)),
+    };
+    let deadline = run_deadline.map_or(request_deadline, |r| r.min(request_deadline));
+
+    let mut dial = Dial::default();
+    let mut progress = Progress::default();
+    let result = tokio::time::timeout_at(deadline, async {
+        if conn.is_none() {
+            let id = tr.conn_ids.fetch_add(1, Relaxed);
+            *conn = Some(tr.dialer.dial(id, &mut dial).await?);
+        }
+        let Some(c) = conn.as_mut() else {
+            return Err(ErrorKind::Connect);
+        };
+        match &mut c.stream {
+            Stream::Tcp(st) => {
+                http1::exchange(st, &target.request, target.head, buf, &mut progress).await
+            }
+            Stream::Tls(st) => {
+                http1::exchange(
+                    st.as_mut(),
+                    &target.request,
+                    target.head,
+                    buf,
+                    &mut progress,
+                )
+                .await
+            }
+        }
+    })
+    .await;
+
+    let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
+    s.dial = dial;
+    if let Some(c) = conn.as_ref() {
+        s.conn_id = c.id;
+        s.local = Some(c.local);
+        s.remote = Some(c.remote);
+    } else {
+        s.local = dial.local;
+        s.remote = dial.remote;
+    }
+    s.written_ns = progress.written_ns;
+    s.first_byte_ns = progress.first_byte_ns;
+    match result {
+        Ok(Ok(resp)) => {
+            s.status = Some(resp.status);
+            s.bytes = resp.body_bytes;
+            s.end_ns = resp.end_ns;
+            if !resp.reusable || !cfg.keepalive {
+                *conn = None;
+            }
+        }
+        Ok(Err(e)) => {
+            s.error = Some(e);
+            s.end_ns = mono_ns();
+            *conn = None;
+        }
+        Err(_elapsed) => {
+            s.end_ns = mono_ns();
+            let tls_pending = s.dial.local.is_some() && target.tls && s.dial.tls_end_ns.is_none();
+            s.error = Some(if run_deadline.is_some_and(|r| r <= request_deadline) {
+                ErrorKind::AbortedDeadline
+            } else if !dialing_done || (!s.reused && tls_pending) {
+                ErrorKind::ConnectTimeout
+            } else if progress.first_byte_ns.is_none() {
+                ErrorKind::NeverAnswered
+            } else {
+                ErrorKind::Timeout
+            });
+            *conn = None;
+        }
+    }
+    s
+}
+
+/// Closed model: one connection, one request at a time, as oha and wrk do.
+async fn connection_loop(local: Rc<Local>, t: usize) {
+    let shared = local.shared.clone();
+    let mut conn: Option<Connection> = None;
+    let mut buf = Vec::with_capacity(8 * 1024);
+    while let Some(slot) = shared.claim(t) {
+        if let Some(at) = slot.scheduled_ns {
+            tokio::time::sleep_until(instant_at(at)).await;
+        }
+        let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+        local.finish(s).await;
+    }
+}
+
+/// Open model: each request starts at its scheduled time on an idle connection or a new one,
+/// whether or not earlier requests have finished.
+async fn open_loop(local: Rc<Local>, t: usize, max_in_flight: u32) {
+    let shared = local.shared.clone();
+    let pool: Rc<RefCell<Vec<Connection>>> = Rc::new(RefCell::new(Vec::new()));
+    let in_flight = Rc::new(Cell::new(0u32));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(slot) = shared.claim(t) {
+        if let Some(at) = slot.scheduled_ns {
+            tokio::time::sleep_until(instant_at(at)).await;
+        }
+        while tasks.try_join_next().is_some() {}
+        if in_flight.get() >= max_in_flight {
+            let now = mono_ns();
+            let s = Sample {
+                target: t,
+                seq: slot.seq,
+                warmup: slot.warmup,
+                scheduled_ns: slot.scheduled_ns,
+                start_ns: now,
+                end_ns: now,
+                error: Some(ErrorKind::InFlightLimit),
+                ..Sample::default()
+            };
+            local.finish(s).await;
+            continue;
+        }
+        in_flight.set(in_flight.get() + 1);
+        let (local, pool, in_flight, shared) = (
+            local.clone(),
+            pool.clone(),
+            in_flight.clone(),
+            shared.clone(),
+        );
+        tasks.spawn_local(async move {
+            let mut conn = pool.borrow_mut().pop();
+            let mut buf = Vec::with_capacity(8 * 1024);
+            let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+            if let Some(c) = conn {
+                pool.borrow_mut().push(c);
+            }
+            in_flight.set(in_flight.get() - 1);
+            local.finish(s).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Runs worker thread `index` of `threads` to completion; returns its per-target statistics.
+pub fn worker(
+    shared: Arc<Shared>,
+    index: usize,
+    threads: usize,
+    tx: Option<mpsc::Sender<Sample>>,
+) -> std::io::Result<Vec<Stats>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let n_targets = shared.targets.len();
+    let local = Rc::new(Local {
+        shared: shared.clone(),
+        stats: RefCell::new(vec![Stats::default(); n_targets]),
+        tx,
+    });
+    let set = tokio::task::LocalSet::new();
+    let cfg = &shared.cfg;
+    for t in 0..n_targets {
+        if cfg.open_model {
+            let share = (cfg.max_in_flight as usize).div_ceil(threads).max(1) as u32;
+            set.spawn_local(open_loop(local.clone(), t, share));
+        } else {
+            for _ in (index..cfg.connections as usize).step_by(threads) {
+                set.spawn_local(connection_loop(local.clone(), t));
+            }
+        }
+    }
+    rt.block_on(set);
+    let stats = local.stats.borrow().clone();
+    Ok(stats)
+}
+
+/// How long to wait between progress/stop checks in the main thread.
+pub const POLL: Duration = Duration::from_millis(100);

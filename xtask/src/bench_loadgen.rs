@@ -1,0 +1,422 @@
+//! `cargo xtask bench-loadgen`: loadgen against oha and wrk on a private loopback nginx, runs
+//! alternated, with requests/s ratios, client CPU per 100 k requests and peak RSS (from each
+//! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M, and the latency loadgen reports
+//! against a server that answers after exactly 10 ms.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, system};
+
+const PACKAGES: [system::Package; 3] = [
+    ("/usr/sbin/nginx", "nginx-light"),
+    ("/usr/bin/wrk", "wrk"),
+    ("/usr/bin/cmake", "cmake"),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Tool {
+    Loadgen,
+    Oha,
+    Wrk,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Loadgen => "loadgen",
+            Tool::Oha => "oha",
+            Tool::Wrk => "wrk",
+        }
+    }
+}
+
+/// What one child run cost and achieved.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    requests: f64,
+    rps: f64,
+    cpu_s: f64,
+    maxrss_kb: i64,
+}
+
+/// A process stopped (SIGTERM, then SIGKILL) when dropped, on every exit path; it also gets
+/// SIGKILL from the kernel if xtask itself dies.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn die_with_parent(c: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16) -> Result<()> {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+struct Nginx {
+    _guard: Guard,
+    _dir: TempDir,
+    port: u16,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_nginx() -> Result<Nginx> {
+    let dir = TempDir(std::env::temp_dir().join(format!("loadgen-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let port = free_port()?;
+    let d = dir.0.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+           fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+           keepalive_requests 1000000;\n\
+           server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello world\\n\"; }} }}\n}}\n"
+    );
+    let conf_path = dir.0.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut c = Command::new("/usr/sbin/nginx");
+    c.arg("-c").arg(&conf_path).arg("-p").arg(&dir.0);
+    die_with_parent(&mut c);
+    let guard = Guard(c.spawn().context("starting nginx")?);
+    wait_listening(port)?;
+    Ok(Nginx {
+        _guard: guard,
+        _dir: dir,
+        port,
+    })
+}
+
+/// Runs a client to completion; CPU and peak RSS come from wait4 on that very child.
+fn measure(c: &mut Command) -> Result<(String, Run)> {
+    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    die_with_parent(c);
+    let mut child = c.spawn().with_context(|| format!("starting {c:?}"))?;
+    let mut out = String::new();
+    if let Some(mut so) = child.stdout.take() {
+        so.read_to_string(&mut out)?;
+    }
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid out-pointers.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        out,
+        Run {
+            cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime),
+            maxrss_kb: ru.ru_maxrss,
+            ..Run::default()
+        },
+    ))
+}
+
+fn json_field(out: &str, path: &[&str]) -> Option<f64> {
+    // oha and loadgen JSON: a tiny lookup without a JSON dependency in xtask.
+    let mut rest = out;
+    for key in path {
+        let at = rest.find(&format!("\"{key}\""))?;
+        rest = &rest[at + key.len() + 2..];
+    }
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|ch: char| !(ch.is_ascii_digit() || ".eE+-".contains(ch)))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u32) -> Result<Run> {
+    let z = format!("{secs}s");
+    let conns = c.to_string();
+    let mut cmd = match tool {
+        Tool::Loadgen => {
+            let mut k = Command::new(&bins.loadgen);
+            k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
+            k
+        }
+        Tool::Oha => {
+            let mut k = Command::new(&bins.oha);
+            k.args([
+                url,
+                "-c",
+                &conns,
+                "-z",
+                &z,
+                "--no-tui",
+                "--output-format",
+                "json",
+            ]);
+            k
+        }
+        Tool::Wrk => {
+            let mut k = Command::new("/usr/bin/wrk");
+            k.args(["-t2", "-c", &conns, "-d", &z, url]);
+            if !keepalive {
+                // wrk has no client-side close; the nearest is asking the server to close.
+                k.args(["-H", "Connection: close"]);
+            }
+            k
+        }
+    };
+    if !keepalive && !matches!(tool, Tool::Wrk) {
+        cmd.arg("--disable-keepalive");
+    }
+    let (out, mut run) = measure(&mut cmd)?;
+    match tool {
+        Tool::Loadgen | Tool::Oha => {
+            let rps = json_field(&out, &["summary", "requestsPerSec"])
+                .with_context(|| format!("{} printed no requestsPerSec:\n{out}", tool.name()))?;
+            let total = json_field(&out, &["summary", "total"]).unwrap_or(f64::from(secs));
+            run.rps = rps;
+            run.requests = rps * total;
+        }
+        Tool::Wrk => {
+            run.requests = out
+                .lines()
+                .find_map(|l| {
+                    let l = l.trim();
+                    l.split_once(" requests in")
+                        .and_then(|(n, _)| n.trim().parse().ok())
+                })
+                .with_context(|| format!("wrk printed no request count:\n{out}"))?;
+            run.rps = out
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("wrk printed no Requests/sec:\n{out}"))?;
+        }
+    }
+    Ok(run)
+}
+
+struct Bins {
+    loadgen: PathBuf,
+    oha: PathBuf,
+}
+
+fn find_oha() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        candidates.push(PathBuf::from(h).join("bin/oha"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(h).join(".cargo/bin/oha"));
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&p).map(|d| d.join("oha")));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn ensure_tools() -> Result<Bins> {
+    system::ensure_packages(&PACKAGES)?;
+    let oha = match find_oha() {
+        Some(p) => p,
+        None => {
+            if !system::is_root() {
+                bail!("oha is missing; install it with: cargo install oha --locked");
+            }
+            cmd::cargo(&["install", "oha", "--locked"])?;
+            find_oha().context("cargo install oha left no binary")?
+        }
+    };
+    cmd::cargo(&["build", "--release", "-p", "loadgen"])?;
+    Ok(Bins {
+        loadgen: cmd::workspace_root().join("target/release/loadgen"),
+        oha,
+    })
+}
+
+/// Answers every request exactly `delay` after reading it (thread per connection).
+fn delayed_server(delay: Duration) -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..i + 4);
+                        std::thread::sleep(delay);
+                        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(r).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+pub fn bench() -> Result<()> {
+    let bins = ensure_tools()?;
+    let nginx = start_nginx()?;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let secs = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    println!(
+        "nginx (1 worker) on {url}; {rounds} alternated rounds of {secs} s per tool and setting"
+    );
+    println!(
+        "{:<10} {:>4} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "keepalive",
+        "c",
+        "loadgen/s",
+        "oha/s",
+        "wrk/s",
+        "ratio",
+        "cpu lg",
+        "cpu oha",
+        "cpu wrk",
+        "rss lg",
+        "rss oha",
+        "rss wrk"
+    );
+    for keepalive in [true, false] {
+        for c in [32u32, 64, 128] {
+            let mut sums = [Run::default(); 3];
+            for _ in 0..rounds {
+                for (i, tool) in [Tool::Loadgen, Tool::Oha, Tool::Wrk]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let r = run_tool(tool, &bins, &url, c, keepalive, secs)?;
+                    sums[i].requests += r.requests;
+                    sums[i].rps += r.rps / rounds as f64;
+                    sums[i].cpu_s += r.cpu_s;
+                    sums[i].maxrss_kb = sums[i].maxrss_kb.max(r.maxrss_kb);
+                }
+            }
+            let cpu = |r: &Run| r.cpu_s / r.requests * 100_000.0;
+            let best = sums[1].rps.max(sums[2].rps);
+            println!(
+                "{:<10} {:>4} {:>11.0} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}M {:>6}M {:>6}M",
+                if keepalive { "yes" } else { "no" },
+                c,
+                sums[0].rps,
+                sums[1].rps,
+                sums[2].rps,
+                sums[0].rps / best,
+                cpu(&sums[0]),
+                cpu(&sums[1]),
+                cpu(&sums[2]),
+                sums[0].maxrss_kb / 1024,
+                sums[1].maxrss_kb / 1024,
+                sums[2].maxrss_kb / 1024,
+            );
+        }
+    }
+    println!(
+        "ratio = loadgen requests/s / max(oha, wrk); cpu = client CPU seconds per 100k requests"
+    );
+
+    // Peak RSS against -n: histograms, not vectors, so it should not grow.
+    let mut rss = Vec::new();
+    for n in ["10000", "1000000"] {
+        let (_, r) = measure(
+            Command::new(&bins.loadgen).args([&url, "-c", "64", "-n", n, "--no-tui", "-j"]),
+        )?;
+        rss.push(r.maxrss_kb);
+        println!("loadgen -n {n:>7} -c 64: peak RSS {} KiB", r.maxrss_kb);
+    }
+    println!(
+        "peak RSS 1M / 10k = {:.3}",
+        rss[1] as f64 / rss[0].max(1) as f64
+    );
+    drop(nginx);
+
+    let port = delayed_server(Duration::from_millis(10))?;
+    let url10 = format!("http://127.0.0.1:{port}/");
+    let (out, _) = measure(
+        Command::new(&bins.loadgen).args([&url10, "-c", "16", "-z", "3s", "--no-tui", "-j"]),
+    )?;
+    let p50 = json_field(&out, &["latencyPercentiles", "p50"]).context("no p50")?;
+    let p99 = json_field(&out, &["latencyPercentiles", "p99"]).context("no p99")?;
+    println!(
+        "server answering after 10 ms, loadgen -c 16: p50 {:.3} ms ({:+.3}), p99 {:.3} ms ({:+.3})",
+        p50 * 1e3,
+        p50 * 1e3 - 10.0,
+        p99 * 1e3,
+        p99 * 1e3 - 10.0
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_are_found_by_path() {
+        let j = r#"{"summary": {"total": 3.5, "requestsPerSec": 1.25e3},
+                    "latencyPercentiles": {"p50": 0.01, "p99": 0.0105}}"#;
+        assert_eq!(json_field(j, &["summary", "requestsPerSec"]), Some(1250.0));
+        assert_eq!(json_field(j, &["latencyPercentiles", "p99"]), Some(0.0105));
+        assert_eq!(json_field(j, &["nothing"]), None);
+    }
+}
