@@ -27,6 +27,9 @@ pub struct Exchange {
     pub resp_last_ns: u64,
     pub req_bytes: u64,
     pub resp_bytes: u64,
+    /// Server side: when the process first read the request (`sock:sock_recv_length`, Linux
+    /// 6.12+); 0 when not seen. Splits the app's time into queue wait and processing.
+    pub first_read_ns: u64,
     pub cgroup_id: u64,
     pub cookie: u64,
     /// Local and remote as seen by this socket (after any NAT in front of it).
@@ -36,7 +39,7 @@ pub struct Exchange {
     /// Explicit so the struct has no implicit padding.
     pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<Exchange>() == 112);
+const _: () = assert!(size_of::<Exchange>() == 120);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) plain data without implicit padding (asserted above).

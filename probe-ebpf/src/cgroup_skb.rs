@@ -21,7 +21,7 @@ use probe_common::{
 
 use crate::{
     datapath,
-    maps::{EXCHANGE_EVENTS, EXCHANGES, SYNS, count},
+    maps::{EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -205,6 +205,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                         x.resp_first_ns = 0;
                         x.resp_last_ns = 0;
                         x.resp_bytes = 0;
+                        x.first_read_ns = 0;
                         x.phase = PHASE_REQUEST;
                     }
                     x.req_last_ns = t;
@@ -225,6 +226,9 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                 if EXCHANGES.remove(&cookie).is_ok() && done.phase == PHASE_RESPONSE {
                     emit(&done);
                 }
+                if done.role == ROLE_SERVER {
+                    let _ = FLOW_COOKIE.remove(&done.flow);
+                }
             }
         }
         None if seg.payload > 0 && !closing => {
@@ -235,6 +239,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                 resp_last_ns: 0,
                 req_bytes: seg.payload as u64,
                 resp_bytes: 0,
+                first_read_ns: 0,
                 // SAFETY: the skb pointer is the program's context.
                 cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
                 cookie,
@@ -249,6 +254,8 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
             };
             if EXCHANGES.insert(&cookie, &x, 0).is_err() {
                 count(stats::EXCHANGE_INSERT_FAILED);
+            } else if x.role == ROLE_SERVER {
+                let _ = FLOW_COOKIE.insert(&x.flow, &cookie, 0);
             }
         }
         None => {}

@@ -30,6 +30,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static EXCHANGES: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(65536, 0);
 
+/// Socket address → its flow, from the tracepoint, so that `sock_recv_length` (which only
+/// knows the address) finds the socket's exchange.
+#[map]
+pub static SK_FLOW: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// Flow → socket cookie of server-side exchanges, from cgroup_skb.
+#[map]
+pub static FLOW_COOKIE: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 pub static EXCHANGE_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 

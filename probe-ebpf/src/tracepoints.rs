@@ -10,10 +10,11 @@ use probe_common::{
         AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
         FlowKey, SIDE_ACTIVE, SIDE_PASSIVE,
     },
+    exchange::{PHASE_REQUEST, ROLE_SERVER},
     stats,
 };
 
-use crate::maps::{CONNS, EVENTS, SYNS, count, layout};
+use crate::maps::{CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, SK_FLOW, SYNS, count, layout};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
@@ -110,6 +111,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             }
             let t = now();
             state.established_ns = t;
+            let _ = SK_FLOW.insert(&sock.id, &sock.flow, 0);
             let kind = if state.side == SIDE_ACTIVE {
                 ConnEventKind::ActiveHandshake
             } else {
@@ -141,6 +143,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                         );
                     }
                     let _ = CONNS.remove(&sock.id);
+                    let _ = SK_FLOW.remove(&sock.id);
                 }
                 None if old != TCP_LISTEN && old != TCP_CLOSE && old != TCP_SYN_SENT => {
                     count(stats::UNTRACKED_CLOSE)
@@ -197,4 +200,50 @@ fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duratio
     });
     entry.submit(0);
     count(stats::EVENTS_SENT);
+}
+
+/// Offsets in `sock:sock_recv_length` (Linux 6.12+); userspace checks them against tracefs
+/// before attaching.
+const RECV_SK: usize = 8;
+const RECV_PROTOCOL: usize = 18;
+const RECV_RET: usize = 20;
+const RECV_FLAGS: usize = 24;
+const MSG_PEEK: i32 = 2;
+
+/// A process read from a socket: on a server socket with a request waiting, the request has
+/// left the queue and the app starts on it.
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn hp_sock_recv(ctx: TracePointContext) -> u32 {
+    let _ = try_recv(&ctx);
+    0
+}
+
+fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets checked against the tracepoint's format by userspace.
+    let (sk, protocol, ret, flags) = unsafe {
+        (
+            ctx.read_at::<u64>(RECV_SK)?,
+            ctx.read_at::<u16>(RECV_PROTOCOL)?,
+            ctx.read_at::<i32>(RECV_RET)?,
+            ctx.read_at::<i32>(RECV_FLAGS)?,
+        )
+    };
+    if protocol != IPPROTO_TCP || ret <= 0 || flags & MSG_PEEK != 0 {
+        return Ok(());
+    }
+    let Some(flow) = (unsafe { SK_FLOW.get(&sk) }) else {
+        return Ok(());
+    };
+    let Some(cookie) = (unsafe { FLOW_COOKIE.get(flow) }) else {
+        return Ok(());
+    };
+    let Some(x) = EXCHANGES.get_ptr_mut(cookie) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let x = unsafe { &mut *x };
+    if x.role == ROLE_SERVER && x.phase == PHASE_REQUEST && x.first_read_ns == 0 {
+        x.first_read_ns = now();
+    }
+    Ok(())
 }

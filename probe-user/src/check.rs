@@ -80,6 +80,11 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
+        "hp_sock_recv",
+        "app queue wait: when a process reads a request (sock_recv_length, Linux 6.12+)",
+        &[Hook::Tracepoint],
+    ),
+    (
         "hp_skb_in",
         "first SYN of passive handshakes; exchanges (bytes in)",
         &[Hook::CgroupSkb],

@@ -37,6 +37,10 @@ pub enum Hop {
     /// What a proxy container added to a request it forwarded (see `sidecar`).
     Sidecar,
     App,
+    /// Server side: request arrived → the process first read it (accept and receive queues).
+    AppQueue,
+    /// Server side: the process first read the request → first response byte.
+    AppProcessing,
     Upstream,
     /// The sending socket → the pod's veth.
     PodSend,
@@ -53,6 +57,8 @@ impl Hop {
             Hop::PodSend => "pod_send",
             Hop::Sidecar => "sidecar",
             Hop::App => "app",
+            Hop::AppQueue => "app_queue",
+            Hop::AppProcessing => "app_processing",
             Hop::Upstream => "upstream",
         }
     }
@@ -139,8 +145,20 @@ impl HopAggregator {
             self.unanswered += 1;
             return;
         }
+        let key = HopKey::of(x);
+        if key.hop == Hop::App && (x.req_first_ns..=x.resp_first_ns).contains(&x.first_read_ns) {
+            for (hop, ns) in [
+                (Hop::AppQueue, x.first_read_ns - x.req_first_ns),
+                (Hop::AppProcessing, x.resp_first_ns - x.first_read_ns),
+            ] {
+                self.series
+                    .entry(HopKey { hop, ..key.clone() })
+                    .or_default()
+                    .record(ns);
+            }
+        }
         self.series
-            .entry(HopKey::of(x))
+            .entry(key)
             .or_default()
             .record(x.resp_first_ns.saturating_sub(x.req_first_ns));
     }
@@ -252,6 +270,8 @@ pub struct Record {
     pub req_last_ns: u64,
     pub resp_first_ns: Option<u64>,
     pub resp_last_ns: Option<u64>,
+    /// Server side, Linux 6.12+: when the process first read the request.
+    pub first_read_ns: Option<u64>,
     pub req_bytes: u64,
     pub resp_bytes: u64,
 }
@@ -273,6 +293,7 @@ impl From<&Exchange> for Record {
             req_last_ns: x.req_last_ns,
             resp_first_ns: answered.then_some(x.resp_first_ns),
             resp_last_ns: answered.then_some(x.resp_last_ns),
+            first_read_ns: (x.first_read_ns != 0).then_some(x.first_read_ns),
             req_bytes: x.req_bytes,
             resp_bytes: x.resp_bytes,
         }
@@ -302,6 +323,7 @@ mod tests {
             resp_last_ns: resp,
             req_bytes: 10,
             resp_bytes: 20,
+            first_read_ns: 0,
             cgroup_id: 5,
             cookie: 1,
             flow,
@@ -359,6 +381,24 @@ mod tests {
             "{:?}",
             s.latency
         );
+    }
+
+    #[test]
+    fn a_seen_read_splits_the_app_hop_into_queue_and_processing() {
+        let mut agg = HopAggregator::default();
+        let mut x = exchange(ROLE_SERVER, 1_000_000, 11_000_000);
+        x.first_read_ns = 4_000_000;
+        agg.record(&x);
+        let s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        let p50 = |hop| {
+            s.iter()
+                .find(|h| h.hop == hop)
+                .map(|h| h.latency.p50_us)
+                .expect("series")
+        };
+        assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
+        assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
+        assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub struct Probe {
 }
 
 pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
+pub const RECV_PROGRAM: &str = "hp_sock_recv";
 pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
 pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
 
@@ -137,6 +138,14 @@ impl Probe {
             target: "sock:inet_sock_set_state".into(),
         });
 
+        match attach_recv(&mut ebpf, &tracefs.root) {
+            Ok(()) => hooks.push(ActiveHook {
+                program: RECV_PROGRAM,
+                hook: "tracepoint",
+                target: "sock:sock_recv_length".into(),
+            }),
+            Err(why) => info!(%why, "app queue wait unavailable"),
+        }
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
         // timed from SYN_RECV); exchanges are not.
         for (program, attach_type, hook) in [
@@ -212,6 +221,33 @@ impl Probe {
             source,
         })
     }
+}
+
+/// The offsets `hp_sock_recv` reads at, as `probe-ebpf/src/tracepoints.rs` has them.
+const RECV_LAYOUT: [(&str, usize); 4] = [("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)];
+
+/// `sock:sock_recv_length` exists from Linux 6.12; its layout must be the one compiled in.
+fn attach_recv(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), String> {
+    let path = tracefs_root.join("events/sock/sock_recv_length/format");
+    let format = std::fs::read_to_string(&path)
+        .map_err(|_| "this kernel has no sock:sock_recv_length (Linux 6.12+)".to_owned())?;
+    let fields = tracefs::parse_format(&format);
+    for (name, offset) in RECV_LAYOUT {
+        if fields.get(name).map(|f| f.0) != Some(offset) {
+            return Err(format!(
+                "sock:sock_recv_length's field {name} is not at offset {offset}"
+            ));
+        }
+    }
+    let tp: &mut TracePoint = ebpf
+        .program_mut(RECV_PROGRAM)
+        .ok_or("program missing from the eBPF object")?
+        .try_into()
+        .map_err(|e: ProgramError| error_chain(&e))?;
+    tp.load().map_err(|e| ebpf::error_brief(&e))?;
+    tp.attach("sock", "sock_recv_length")
+        .map_err(|e| ebpf::error_brief(&e))?;
+    Ok(())
 }
 
 fn attach_cgroup_skb(

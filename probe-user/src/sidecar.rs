@@ -152,6 +152,7 @@ mod tests {
             resp_last_ns: resp,
             req_bytes: 1,
             resp_bytes: 1,
+            first_read_ns: 0,
             cgroup_id: 9,
             cookie: 0,
             flow,

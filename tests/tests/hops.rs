@@ -236,3 +236,95 @@ fn without_a_mesh_there_is_no_sidecar_hop() {
         assert!(kinds.contains(hop), "{hop} missing: {kinds:?}");
     }
 }
+
+#[test]
+fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
+    if !testkit::root::available("a_saturated_one_worker_app_shows_queue_wait_not_processing") {
+        return;
+    }
+    if !Path::new("/sys/kernel/tracing/events/sock/sock_recv_length").exists()
+        && !Path::new("/sys/kernel/debug/tracing/events/sock/sock_recv_length").exists()
+    {
+        // The split needs Linux 6.12's sock:sock_recv_length; say so instead of passing silently.
+        eprintln!("SKIPPED: this kernel has no sock:sock_recv_length");
+        return;
+    }
+    let name = format!("hpt{}q", std::process::id() % 100_000);
+    let mut config = LabConfig::new(&name);
+    config.app_delay.insert(
+        "productpage".into(),
+        Delay::Fixed(Duration::from_millis(10)),
+    );
+    config
+        .app_workers
+        .insert("productpage".into(), testkit::lab::config::Workers(1));
+    let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("s.json");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let metadata = lab.state.metadata_file.display().to_string();
+    let mut probe = Hopprobe::start(
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--metadata",
+            &metadata,
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+    );
+    let (ns, addr) = (lab.client_netns(), lab.nodeport());
+    let start = std::time::Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                testkit::netns::run_in(&ns, || {
+                    while start.elapsed() < Duration::from_secs(2) {
+                        let resp = testkit::lab::http::get(addr, "/productpage").expect("GET");
+                        assert_eq!(resp.status(), Some(200));
+                    }
+                })
+                .expect("client namespace");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    probe.signal(Signal::SIGINT);
+    assert!(
+        probe.wait(Duration::from_secs(15)).success(),
+        "{}",
+        probe.stderr()
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    let p50 = |hop: &str| -> f64 {
+        summary["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .find(|h| h["hop"] == hop && h["container"] == "productpage")
+            .unwrap_or_else(|| panic!("no {hop}: {:#}", summary["hops"]))["p50_us"]
+            .as_f64()
+            .expect("p50")
+            / 1000.0
+    };
+    let (queue, processing, total) = (p50("app_queue"), p50("app_processing"), p50("app"));
+    eprintln!(
+        "productpage p50: queue {queue:.2} ms + processing {processing:.2} ms; app {total:.2} ms"
+    );
+    // Processing is the 10 ms service time plus two fast calls; the rest is waiting.
+    assert!(
+        (10.0..13.0).contains(&processing),
+        "processing {processing}"
+    );
+    assert!(
+        queue > 3.0 * processing,
+        "queue {queue} vs processing {processing}"
+    );
+}
