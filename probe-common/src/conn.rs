@@ -110,3 +110,9 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::SynSeen {}
 }
+
+/// Per-cgroup TCP event counters, indexed by the `TCP_*` constants.
+pub type TcpCounters = [u64; 3];
+pub const TCP_RETRANSMITS: usize = 0;
+pub const TCP_RESETS_SENT: usize = 1;
+pub const TCP_RESETS_RECEIVED: usize = 2;

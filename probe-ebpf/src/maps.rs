@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    conn::{ConnState, FlowKey, SynSeen},
+    conn::{ConnState, FlowKey, SynSeen, TcpCounters},
     exchange::Exchange,
     hist::{Hist, HistKey, PktKey, PktSeen},
     layout::SetStateLayout,
@@ -54,6 +54,10 @@ pub static HIST: PerCpuHashMap<HistKey, Hist> =
 /// One zeroed histogram to initialise new keys from.
 #[map]
 pub static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// Retransmits and resets per cgroup (0: not a socket hopprobe saw open).
+#[map]
+pub static TCP_COUNTERS: PerCpuHashMap<u64, TcpCounters> = PerCpuHashMap::with_max_entries(4096, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

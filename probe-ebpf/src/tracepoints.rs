@@ -8,13 +8,15 @@ use aya_ebpf::{
 use probe_common::{
     conn::{
         AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
-        FlowKey, SIDE_ACTIVE, SIDE_PASSIVE,
+        FlowKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS,
     },
     exchange::{PHASE_REQUEST, ROLE_SERVER},
     stats,
 };
 
-use crate::maps::{CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, SK_FLOW, SYNS, count, layout};
+use crate::maps::{
+    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, SK_FLOW, SYNS, TCP_COUNTERS, count, layout,
+};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
@@ -246,4 +248,53 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
         x.first_read_ns = now();
     }
     Ok(())
+}
+
+/// Offset of `skaddr` in tcp:tcp_retransmit_skb and tcp:tcp_send_reset (after `skbaddr`), and
+/// in tcp:tcp_receive_reset (first field); userspace checks them against tracefs.
+const SKB_EVENT_SKADDR: usize = 16;
+const SK_EVENT_SKADDR: usize = 8;
+
+fn count_tcp_event(ctx: &TracePointContext, skaddr_at: usize, index: usize) {
+    // SAFETY: offset checked against the format by userspace; the helper bounds the read.
+    let Ok(skaddr) = (unsafe { ctx.read_at::<u64>(skaddr_at) }) else {
+        return;
+    };
+    // Softirq and timer context: the socket's owner comes from when it was opened.
+    let cgroup = match unsafe { CONNS.get(&skaddr) } {
+        Some(c) => c.cgroup_id,
+        None => 0,
+    };
+    let slot = match TCP_COUNTERS.get_ptr_mut(&cgroup) {
+        Some(s) => s,
+        None => {
+            let _ = TCP_COUNTERS.insert(&cgroup, &[0; 3], 0);
+            match TCP_COUNTERS.get_ptr_mut(&cgroup) {
+                Some(s) => s,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's value.
+    if let Some(c) = unsafe { (*slot).get_mut(index) } {
+        *c += 1;
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn hp_tcp_retransmit(ctx: TracePointContext) -> u32 {
+    count_tcp_event(&ctx, SKB_EVENT_SKADDR, TCP_RETRANSMITS);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn hp_tcp_send_reset(ctx: TracePointContext) -> u32 {
+    count_tcp_event(&ctx, SKB_EVENT_SKADDR, TCP_RESETS_SENT);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn hp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    count_tcp_event(&ctx, SK_EVENT_SKADDR, TCP_RESETS_RECEIVED);
+    0
 }

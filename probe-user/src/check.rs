@@ -85,6 +85,21 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
+        "hp_tcp_retransmit",
+        "retransmits per cgroup",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_tcp_send_reset",
+        "resets sent per cgroup",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_tcp_receive_reset",
+        "resets received per cgroup",
+        &[Hook::Tracepoint],
+    ),
+    (
         "hp_skb_in",
         "first SYN of passive handshakes; exchanges (bytes in)",
         &[Hook::CgroupSkb],

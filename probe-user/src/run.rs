@@ -14,7 +14,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
 use probe_common::{
-    conn::ConnEvent,
+    conn::{ConnEvent, TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS, TcpCounters},
     exchange::Exchange,
     hist::{BUCKETS, Hist, HistKey},
     stats,
@@ -97,7 +97,6 @@ pub struct Probe {
 }
 
 pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
-pub const RECV_PROGRAM: &str = "hp_sock_recv";
 pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
 pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
 
@@ -138,13 +137,15 @@ impl Probe {
             target: "sock:inet_sock_set_state".into(),
         });
 
-        match attach_recv(&mut ebpf, &tracefs.root) {
-            Ok(()) => hooks.push(ActiveHook {
-                program: RECV_PROGRAM,
-                hook: "tracepoint",
-                target: "sock:sock_recv_length".into(),
-            }),
-            Err(why) => info!(%why, "app queue wait unavailable"),
+        for tp in OPTIONAL_TRACEPOINTS {
+            match attach_checked_tracepoint(&mut ebpf, &tracefs.root, tp) {
+                Ok(()) => hooks.push(ActiveHook {
+                    program: tp.0,
+                    hook: "tracepoint",
+                    target: format!("{}:{}", tp.1, tp.2),
+                }),
+                Err(why) => info!(program = tp.0, %why, "not attached"),
+            }
         }
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
         // timed from SYN_RECV); exchanges are not.
@@ -211,6 +212,19 @@ impl Probe {
         })
     }
 
+    pub fn take_tcp_counters(
+        &mut self,
+    ) -> Result<PerCpuHashMap<MapData, u64, TcpCounters>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("TCP_COUNTERS")
+            .ok_or(AttachError::MissingMap("TCP_COUNTERS"))?;
+        PerCpuHashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "TCP_COUNTERS",
+            source,
+        })
+    }
+
     pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
         let map = self
             .ebpf
@@ -223,29 +237,58 @@ impl Probe {
     }
 }
 
-/// The offsets `hp_sock_recv` reads at, as `probe-ebpf/src/tracepoints.rs` has them.
-const RECV_LAYOUT: [(&str, usize); 4] = [("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)];
+/// Tracepoints hopprobe attaches when they exist, with the field offsets its programs read
+/// at; a kernel whose format differs is left alone rather than misread.
+const OPTIONAL_TRACEPOINTS: [(&str, &str, &str, &[(&str, usize)]); 4] = [
+    (
+        "hp_sock_recv",
+        "sock",
+        "sock_recv_length",
+        &[("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)],
+    ),
+    (
+        "hp_tcp_retransmit",
+        "tcp",
+        "tcp_retransmit_skb",
+        &[("skaddr", 16)],
+    ),
+    (
+        "hp_tcp_send_reset",
+        "tcp",
+        "tcp_send_reset",
+        &[("skaddr", 16)],
+    ),
+    (
+        "hp_tcp_receive_reset",
+        "tcp",
+        "tcp_receive_reset",
+        &[("skaddr", 8)],
+    ),
+];
 
-/// `sock:sock_recv_length` exists from Linux 6.12; its layout must be the one compiled in.
-fn attach_recv(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), String> {
-    let path = tracefs_root.join("events/sock/sock_recv_length/format");
+fn attach_checked_tracepoint(
+    ebpf: &mut Ebpf,
+    tracefs_root: &Path,
+    (program, category, name, layout): (&str, &str, &str, &[(&str, usize)]),
+) -> Result<(), String> {
+    let path = tracefs_root.join(format!("events/{category}/{name}/format"));
     let format = std::fs::read_to_string(&path)
-        .map_err(|_| "this kernel has no sock:sock_recv_length (Linux 6.12+)".to_owned())?;
+        .map_err(|_| format!("this kernel has no {category}:{name}"))?;
     let fields = tracefs::parse_format(&format);
-    for (name, offset) in RECV_LAYOUT {
-        if fields.get(name).map(|f| f.0) != Some(offset) {
+    for &(field, offset) in layout {
+        if fields.get(field).map(|f| f.0) != Some(offset) {
             return Err(format!(
-                "sock:sock_recv_length's field {name} is not at offset {offset}"
+                "{category}:{name}'s field {field} is not at offset {offset}"
             ));
         }
     }
     let tp: &mut TracePoint = ebpf
-        .program_mut(RECV_PROGRAM)
+        .program_mut(program)
         .ok_or("program missing from the eBPF object")?
         .try_into()
         .map_err(|e: ProgramError| error_chain(&e))?;
     tp.load().map_err(|e| ebpf::error_brief(&e))?;
-    tp.attach("sock", "sock_recv_length")
+    tp.attach(category, name)
         .map_err(|e| ebpf::error_brief(&e))?;
     Ok(())
 }
@@ -326,6 +369,40 @@ pub struct Summary {
     pub counters: BTreeMap<&'static str, u64>,
     pub series: Vec<SeriesSummary>,
     pub hops: Vec<HopSummary>,
+    pub tcp_events: Vec<TcpEvents>,
+}
+
+/// Retransmits and resets of the sockets of one cgroup (0: sockets opened before hopprobe
+/// attached, or resets answering no socket).
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpEvents {
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+fn read_tcp_events(
+    map: &PerCpuHashMap<MapData, u64, TcpCounters>,
+    resolver: &mut Resolver,
+) -> Vec<TcpEvents> {
+    let mut out: Vec<TcpEvents> = map
+        .iter()
+        .flatten()
+        .map(|(cgroup_id, per_cpu)| {
+            let sum = |i: usize| per_cpu.iter().map(|c| c[i]).sum();
+            TcpEvents {
+                cgroup_id,
+                cgroup: resolver.resolve(cgroup_id),
+                retransmits: sum(TCP_RETRANSMITS),
+                resets_sent: sum(TCP_RESETS_SENT),
+                resets_received: sum(TCP_RESETS_RECEIVED),
+            }
+        })
+        .collect();
+    out.sort_by_key(|e| e.cgroup_id);
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -427,6 +504,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
     let hists = probe.take_hists()?;
+    let tcp_counters = probe.take_tcp_counters()?;
     let in_progress: AyaHashMap<MapData, u64, Exchange> = probe
         .ebpf_mut()
         .take_map("EXCHANGES")
@@ -573,6 +651,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             hops::name(&mut hops, &opts.metadata);
             hops
         },
+        tcp_events: read_tcp_events(&tcp_counters, &mut resolver),
     };
     print_summary(&summary);
     if let Some(path) = &opts.json {

@@ -161,6 +161,19 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
         "refused connects; {context}"
     );
 
+    // Each refused connect received a reset, counted for the connecting socket's cgroup.
+    let resets: u64 = summary["tcp_events"]
+        .as_array()
+        .expect("tcp_events")
+        .iter()
+        .filter(|e| e["cgroup_id"] == own_cgroup_id())
+        .map(|e| e["resets_received"].as_u64().expect("count"))
+        .sum();
+    assert!(
+        resets >= REFUSED as u64,
+        "resets received {resets}; {context}"
+    );
+
     // Both sides belong to this test process, whose cgroup the probe must have found.
     let cgroup = own_cgroup_id();
     for s in active_hs.iter().chain(&passive_hs) {
