@@ -140,11 +140,11 @@ impl Probe {
         for tp in OPTIONAL_TRACEPOINTS {
             match attach_checked_tracepoint(&mut ebpf, &tracefs.root, tp) {
                 Ok(()) => hooks.push(ActiveHook {
-                    program: tp.0,
+                    program: tp.program,
                     hook: "tracepoint",
-                    target: format!("{}:{}", tp.1, tp.2),
+                    target: format!("{}:{}", tp.category, tp.name),
                 }),
-                Err(why) => info!(program = tp.0, %why, "not attached"),
+                Err(why) => info!(program = tp.program, %why, "not attached"),
             }
         }
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
@@ -237,40 +237,54 @@ impl Probe {
     }
 }
 
-/// Tracepoints hopprobe attaches when they exist, with the field offsets its programs read
+/// A tracepoint hopprobe attaches when it exists, with the field offsets its program reads
 /// at; a kernel whose format differs is left alone rather than misread.
-const OPTIONAL_TRACEPOINTS: [(&str, &str, &str, &[(&str, usize)]); 4] = [
-    (
-        "hp_sock_recv",
-        "sock",
-        "sock_recv_length",
-        &[("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)],
-    ),
-    (
-        "hp_tcp_retransmit",
-        "tcp",
-        "tcp_retransmit_skb",
-        &[("skaddr", 16)],
-    ),
-    (
-        "hp_tcp_send_reset",
-        "tcp",
-        "tcp_send_reset",
-        &[("skaddr", 16)],
-    ),
-    (
-        "hp_tcp_receive_reset",
-        "tcp",
-        "tcp_receive_reset",
-        &[("skaddr", 8)],
-    ),
+#[derive(Clone, Copy)]
+struct OptionalTracepoint {
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    layout: &'static [(&'static str, usize)],
+}
+
+const OPTIONAL_TRACEPOINTS: [OptionalTracepoint; 4] = [
+    OptionalTracepoint {
+        program: "hp_sock_recv",
+        category: "sock",
+        name: "sock_recv_length",
+        layout: &[("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)],
+    },
+    OptionalTracepoint {
+        program: "hp_tcp_retransmit",
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        layout: &[("skaddr", 16)],
+    },
+    OptionalTracepoint {
+        program: "hp_tcp_send_reset",
+        category: "tcp",
+        name: "tcp_send_reset",
+        layout: &[("skaddr", 16)],
+    },
+    OptionalTracepoint {
+        program: "hp_tcp_receive_reset",
+        category: "tcp",
+        name: "tcp_receive_reset",
+        layout: &[("skaddr", 8)],
+    },
 ];
 
 fn attach_checked_tracepoint(
     ebpf: &mut Ebpf,
     tracefs_root: &Path,
-    (program, category, name, layout): (&str, &str, &str, &[(&str, usize)]),
+    tp: OptionalTracepoint,
 ) -> Result<(), String> {
+    let OptionalTracepoint {
+        program,
+        category,
+        name,
+        layout,
+    } = tp;
     let path = tracefs_root.join(format!("events/{category}/{name}/format"));
     let format = std::fs::read_to_string(&path)
         .map_err(|_| format!("this kernel has no {category}:{name}"))?;
