@@ -124,8 +124,9 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
     assert_eq!(testkit::leftovers::all(), Vec::<String>::new());
 }
 
-/// Sidecar hop p50 (ms) per pod and direction, from a run of `requests` page loads.
-fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), f64>, Value) {
+/// Sidecar hop (min, p50) in ms per pod and direction, from a run of `requests` page loads.
+#[expect(clippy::type_complexity, reason = "a test helper's result")]
+fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, f64)>, Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("s.json");
     let netns = format!("/run/netns/{}", lab.state.node_netns);
@@ -165,7 +166,8 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), f64>, 
                 h["pod"].as_str().unwrap_or("?").to_owned(),
                 h["direction"].as_str().unwrap_or("?").to_owned(),
             );
-            (key, h["p50_us"].as_f64().expect("p50") / 1000.0)
+            let ms = |f: &str| h[f].as_f64().expect("latency") / 1000.0;
+            (key, (ms("min_us"), ms("p50_us")))
         })
         .collect();
     (hops, summary)
@@ -190,19 +192,22 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         assert_eq!(summary["counters"]["sidecar_unpaired"], 0);
         p50.push(hops);
     }
-    for (key, with) in &p50[1] {
-        let without = p50[0][key];
-        let growth = with - without;
-        // A sleep never ends early, so the hop cannot grow by less than the 2 ms injected
-        // (150 µs for measurement noise). It may grow by more: the built-in proxy starts a
-        // thread per connection and its threads wait for a CPU after sleeping, which on a
-        // busy 2-core machine moved single p50s by up to 2 ms. The strict max(10 %, 150 µs)
-        // goal belongs to the accuracy matrix on a quiet machine.
+    for (key, &(min_with, p50_with)) in &p50[1] {
+        let (min_without, _) = p50[0][key];
+        let growth = min_with - min_without;
+        // The minimum over 30 requests: scheduling delays on a busy machine only add time, so
+        // the fastest request of each run shows what the proxy itself did. A sleep never ends
+        // early, so the growth is at least the 2 ms injected (150 µs for measurement noise),
+        // and at most half a millisecond more. The strict max(10 %, 150 µs) goal on p50s
+        // belongs to the accuracy matrix on a quiet machine.
         assert!(
-            (-0.15..=2.0).contains(&(growth - 2.0)),
-            "{key:?}: {without:.3} → {with:.3} ms"
+            (-0.15..=0.5).contains(&(growth - 2.0)),
+            "{key:?}: min {min_without:.3} → {min_with:.3} ms"
         );
-        assert!(*with >= 2.0, "{key:?}: {with:.3} ms < the 2 ms injected");
+        assert!(
+            p50_with >= 2.0,
+            "{key:?}: p50 {p50_with:.3} ms < the 2 ms injected"
+        );
     }
 }
 
