@@ -10,6 +10,7 @@ pub mod hops;
 pub mod latency;
 pub mod metadata;
 pub mod privilege;
+pub mod probe;
 pub mod run;
 pub mod sidecar;
 pub mod table;

@@ -8,7 +8,7 @@ use std::{
 
 use probe_user::{
     ebpf::MapSizes,
-    run::{Probe, read_counters},
+    probe::{Probe, read_counters},
 };
 use testkit::leftovers;
 
