@@ -2,6 +2,7 @@
 
 mod bench_loadgen;
 mod cmd;
+mod demo;
 mod ebpf;
 mod system;
 mod toolchain;
@@ -32,6 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The lab with and without a sidecar mesh under loadgen, measured by hopprobe.
+    Demo,
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
     /// included when run as root).
     Test,
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
             cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
             cmd::exec(&cmd::workspace_root().join("target/debug/hoplab"), &args)?;
         }
+        Task::Demo => demo::demo()?,
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
     }

@@ -45,7 +45,9 @@ struct Conn {
 struct Shared {
     listener: TcpListener,
     idle: Mutex<Vec<Conn>>,
-    leader: Mutex<()>,
+    /// Held by the worker that polls; says whose turn it is: accepting a new connection or
+    /// serving a kept-alive one.
+    leader: Mutex<bool>,
     wake_rx: OwnedFd,
     wake_tx: OwnedFd,
 }
@@ -80,7 +82,7 @@ pub fn serve(opts: AppOptions) -> io::Result<()> {
     let shared = Arc::new(Shared {
         listener,
         idle: Mutex::new(Vec::new()),
-        leader: Mutex::new(()),
+        leader: Mutex::new(false),
         wake_rx,
         wake_tx,
     });
@@ -109,15 +111,25 @@ fn worker(shared: &Shared, opts: &AppOptions) {
     }
 }
 
+fn accept(shared: &Shared) -> Option<Conn> {
+    shared.listener.accept().ok().map(|(stream, _)| {
+        let _ = stream.set_nodelay(true);
+        Conn {
+            reader: BufReader::new(stream),
+        }
+    })
+}
+
 /// Waits, as the leader, until a connection has a request or a new one can be accepted.
 fn next_ready(shared: &Shared) -> Option<Conn> {
-    let _leader = shared.leader.lock().expect("not poisoned");
+    let mut accept_first = shared.leader.lock().expect("not poisoned");
+    *accept_first = !*accept_first;
     loop {
         // A request already buffered by a previous read needs no poll.
         {
             let mut idle = shared.idle.lock().expect("not poisoned");
             if let Some(i) = idle.iter().position(|c| !c.reader.buffer().is_empty()) {
-                return Some(idle.swap_remove(i));
+                return Some(idle.remove(i));
             }
         }
         let fds: Vec<i32> = shared
@@ -150,6 +162,17 @@ fn next_ready(shared: &Shared) -> Option<Conn> {
             let mut buf = [0u8; 64];
             let _ = read(shared.wake_rx.as_raw_fd(), &mut buf);
         }
+        // Turns alternate between accepting and serving kept-alive connections: serving them
+        // first whenever one was ready left new connections (a proxy growing its pool) in the
+        // accept queue for seconds under load.
+        if *accept_first
+            && ready(&pollfds[0])
+            && let Some(conn) = accept(shared)
+        {
+            return Some(conn);
+        }
+        // `idle` is in the order connections were returned: taking the first ready one serves
+        // them round robin, as a server's event loop does.
         if let Some(i) = pollfds[2..].iter().position(ready) {
             let fd = fds[i];
             let mut idle = shared.idle.lock().expect("not poisoned");
@@ -157,17 +180,14 @@ fn next_ready(shared: &Shared) -> Option<Conn> {
                 .iter()
                 .position(|c| c.reader.get_ref().as_raw_fd() == fd)
             {
-                return Some(idle.swap_remove(j));
+                return Some(idle.remove(j));
             }
             continue;
         }
         if ready(&pollfds[0])
-            && let Ok((stream, _)) = shared.listener.accept()
+            && let Some(conn) = accept(shared)
         {
-            let _ = stream.set_nodelay(true);
-            return Some(Conn {
-                reader: BufReader::new(stream),
-            });
+            return Some(conn);
         }
     }
 }

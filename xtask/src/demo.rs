@@ -1,0 +1,242 @@
+//! `cargo xtask demo`: the lab with and without a sidecar mesh, loaded by loadgen with the
+//! published parameters (scaled down), measured by hopprobe; per-hop summaries side by side.
+//! Everything it starts is stopped and the lab removed on every exit path, Ctrl-C included.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, ebpf, system};
+
+const LAB: &str = "hpdemo";
+/// The published runs used 32, 64 and 128 connections with 300 000 requests; the demo keeps
+/// the connections and scales the count down to fit in a few minutes.
+const CONNECTIONS: [u32; 2] = [32, 64];
+const REQUESTS: u32 = 2000;
+/// Bookinfo-like service times, and a productpage capped at a few workers as in the
+/// published runs (where it saturated near one core).
+const APP_DELAY: &str = "productpage=3ms,details=1ms,reviews=2ms,ratings=1ms";
+const APP_WORKERS: &str = "productpage=4";
+
+fn bin(name: &str) -> PathBuf {
+    cmd::workspace_root().join("target/debug").join(name)
+}
+
+/// Takes the lab down when dropped.
+struct LabGuard;
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("hoplab"))
+            .args(["down", "--name", LAB])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Kills a child that is still running when dropped.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Asks the child to stop (SIGINT) and collects what it printed.
+    fn interrupt_and_wait(mut self) -> Result<std::process::Output> {
+        let child = self.0.take().context("child already collected")?;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        child.wait_with_output().context("waiting for hopprobe")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn interrupted(flag: &AtomicBool) -> Result<()> {
+    if flag.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub fn demo() -> Result<()> {
+    if !system::is_root() {
+        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
+    }
+    system::ensure_packages(&system::LAB_PACKAGES)?;
+    ebpf::build()?;
+    cmd::cargo(&[
+        "build",
+        "-p",
+        "probe-user",
+        "-p",
+        "loadgen",
+        "-p",
+        "hopprobe-tests",
+        "--bin",
+        "hopprobe",
+        "--bin",
+        "loadgen",
+        "--bin",
+        "hoplab",
+    ])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Ctrl-C reaches the children too (same process group); this process cleans up.
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let out = cmd::workspace_root().join("target/demo");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let started = Instant::now();
+    let mut summaries = Vec::new();
+    for mesh in ["none", "sidecar"] {
+        for c in CONNECTIONS {
+            interrupted(&stop)?;
+            summaries.push(run_one(mesh, c, &out, &stop)?);
+        }
+    }
+    println!("\n=== demo: loadgen end to end vs hopprobe's hops (p50, ms) ===");
+    for s in &summaries {
+        println!("{s}");
+    }
+    println!(
+        "\nfinished in {:.0} s; per-run JSON (loadgen and hopprobe) and records in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Result<String> {
+    let tag = format!("{mesh}-c{connections}");
+    eprintln!("\n--- {tag}: lab up, hopprobe attached, loadgen -c {connections} -n {REQUESTS}");
+    let _lab = LabGuard;
+    cmd::run(
+        Command::new(bin("hoplab"))
+            .args([
+                "up",
+                "--name",
+                LAB,
+                "--mesh",
+                mesh,
+                "--ingress",
+                "--app-delay",
+                APP_DELAY,
+                "--app-workers",
+                APP_WORKERS,
+            ])
+            .stdout(Stdio::null()),
+    )?;
+    let probe_json = out.join(format!("{tag}-hopprobe.json"));
+    let probe = ChildGuard(Some(
+        Command::new(bin("hopprobe"))
+            .args(["run", "--interval", "1h", "--netns"])
+            .arg(format!("/run/netns/{LAB}-node"))
+            .arg("--metadata")
+            .arg(format!("/run/hopprobe-lab/{LAB}/metadata.json"))
+            .arg("--json")
+            .arg(&probe_json)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting hopprobe")?,
+    ));
+    // hopprobe attaches in well under a second; the loadgen run starts after.
+    std::thread::sleep(Duration::from_secs(2));
+    interrupted(stop)?;
+    let loadgen_json = out.join(format!("{tag}-loadgen.json"));
+    let records = out.join(format!("{tag}-requests.jsonl"));
+    let status = Command::new("ip")
+        .args(["netns", "exec", &format!("{LAB}-client")])
+        .arg(bin("loadgen"))
+        .args([
+            "http://10.77.0.1:30081/productpage",
+            "-c",
+            &connections.to_string(),
+            "-n",
+            &REQUESTS.to_string(),
+            "--disable-keepalive",
+            "--disable-compression",
+            "--insecure",
+            "--ipv4",
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-o",
+        ])
+        .arg(&loadgen_json)
+        .arg("--records")
+        .arg(&records)
+        .status()
+        .context("running loadgen")?;
+    interrupted(stop)?;
+    if !status.success() {
+        bail!("loadgen failed ({status})");
+    }
+    let output = probe.interrupt_and_wait()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("\n{tag}:\n{text}");
+    Ok(format!(
+        "{tag:<12} loadgen {}  |  {}",
+        loadgen_line(&loadgen_json),
+        hops_line(&probe_json)
+    ))
+}
+
+fn json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn loadgen_line(path: &Path) -> String {
+    let Some(v) = json(path) else {
+        return "(no report)".into();
+    };
+    let p50 = v["latencyPercentiles"]["p50"].as_f64().unwrap_or(f64::NAN) * 1e3;
+    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN);
+    format!("p50 {p50:7.2}  req/s {rps:7.1}")
+}
+
+/// p50 of the main hops, productpage's and the ingress's, from hopprobe's summary.
+fn hops_line(path: &Path) -> String {
+    let Some(v) = json(path) else {
+        return "(no hopprobe summary)".into();
+    };
+    let find = |hop: &str, pod: &str, container: &str, direction: Option<&str>| -> String {
+        v["hops"]
+            .as_array()
+            .and_then(|hs| {
+                hs.iter().find(|h| {
+                    h["hop"] == hop
+                        && h["pod"] == pod
+                        && h["container"] == container
+                        && direction.is_none_or(|d| h["direction"] == d)
+                })
+            })
+            .and_then(|h| h["p50_us"].as_f64())
+            .map_or_else(|| "   -  ".into(), |us| format!("{:6.2}", us / 1e3))
+    };
+    format!(
+        "ingress {}  productpage queue {} processing {}  its sidecar in {} out {}",
+        find("app", "istio-ingressgateway", "ingress", None),
+        find("app_queue", "productpage-v1", "productpage", None),
+        find("app_processing", "productpage-v1", "productpage", None),
+        find("sidecar", "productpage-v1", "istio-proxy", Some("inbound")),
+        find("sidecar", "productpage-v1", "istio-proxy", Some("outbound")),
+    )
+}
