@@ -4,6 +4,7 @@ mod cmd;
 mod ebpf;
 mod system;
 mod toolchain;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,8 +27,15 @@ enum Task {
         args: Vec<String>,
     },
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
-    /// included when run as root).
+    /// included when run as root, and then the VM matrix: every test inside Linux 6.1 and 6.12).
     Test,
+    /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
+    /// print a per-kernel table (tests, verifier instruction counts, hooks).
+    VmTest(vm::Args),
+    /// (Runs inside a vm-test VM.) Load every program of these eBPF objects, print what the
+    /// verifier said, fail if it rejected one.
+    #[command(hide = true)]
+    VmLoad { objects: Vec<std::path::PathBuf> },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +52,8 @@ fn main() -> Result<()> {
             cmd::exec(&bin, &full)?;
         }
         Task::Test => test()?,
+        Task::VmTest(args) => vm::run(&args)?,
+        Task::VmLoad { objects } => vm::load::run(&objects)?,
     }
     Ok(())
 }
@@ -52,6 +62,7 @@ fn test() -> Result<()> {
     let root = system::is_root();
     if root {
         system::ensure_packages(&system::TEST_PACKAGES)?;
+        system::ensure_packages(&vm::PACKAGES)?;
     } else {
         eprintln!(
             "xtask: not root: the root-only integration tests (eBPF, network namespaces) will be \
@@ -85,6 +96,19 @@ fn test() -> Result<()> {
     println!("{} passed, {} failed", totals.passed, totals.failed);
     if totals.passed == 0 {
         anyhow::bail!("no test ran");
+    }
+    if root {
+        // The kernels EKS nodes run: the same tests, and hooks this machine lacks (kprobe,
+        // fentry).
+        vm::run(&vm::Args {
+            kernel: vm::KernelChoice::All,
+            extra_objects: Vec::new(),
+            load_only: false,
+            timeout_secs: vm::DEFAULT_TIMEOUT_SECS,
+            write_readme: false,
+        })?;
+    } else {
+        eprintln!("xtask: not root: the VM test matrix (cargo xtask vm-test) is skipped");
     }
     Ok(())
 }

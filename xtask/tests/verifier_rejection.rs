@@ -1,0 +1,54 @@
+//! The VM matrix catches a program that Linux 6.1's verifier rejects: `vm-test` fails, and its
+//! output carries the verifier's own message.
+
+use std::{path::Path, process::Command};
+
+#[test]
+fn vm_test_fails_with_the_6_1_verifiers_message() {
+    // Booting a VM needs no privilege, but fetching the kernel may need `apt-get update` and
+    // CI runs this as root; without root the test is skipped like the other root tests.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_ne!(
+            std::env::var("HOPPROBE_ROOT_TESTS").as_deref(),
+            Ok("require"),
+            "HOPPROBE_ROOT_TESTS=require but not running as root"
+        );
+        eprintln!("SKIPPED vm_test_fails_with_the_6_1_verifiers_message: needs root");
+        return;
+    }
+    let object = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bpfel-unknown-none/release/verifier-reject");
+    assert!(
+        object.exists(),
+        "{} missing: run `cargo xtask build-ebpf`",
+        object.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "vm-test",
+            "--kernel",
+            "6.1",
+            "--load-only",
+            "--timeout-secs",
+            "300",
+        ])
+        .arg("--extra-object")
+        .arg(&object)
+        .output()
+        .expect("run xtask vm-test");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "vm-test passed:\n{text}");
+    // The guest really ran: positive control for the markers the host reads.
+    assert!(text.contains("@@hopprobe-vm done"), "{text}");
+    // 6.1 knows helpers up to 209; bpf_cgrp_storage_get is 210.
+    assert!(
+        text.contains("hp_vm_reject: REJECTED") && text.contains("invalid func unknown#210"),
+        "no verifier message in:\n{text}"
+    );
+    assert!(text.contains("vm-test failed on kernel 6.1"), "{text}");
+}
