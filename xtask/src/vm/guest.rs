@@ -111,6 +111,9 @@ pub struct Outcome {
     pub check_rc: Option<i32>,
     pub tests: Vec<TestRun>,
     pub loads: Vec<(usize, Option<i32>)>,
+    /// Per loaded object, the verifier's verdict line of each rejected program (the line
+    /// before "verification time" / "processed N insns").
+    pub load_verdicts: std::collections::BTreeMap<usize, String>,
     pub done: bool,
 }
 
@@ -120,14 +123,38 @@ fn field<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// `program: verdict` for each rejected program in `xtask vm-load` output.
+fn verdicts(lines: &[String]) -> String {
+    let mut out = Vec::new();
+    let mut program = None;
+    let mut previous = "";
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("vm-load: ") {
+            program = rest.split(':').next().map(str::to_owned);
+        }
+        if (l.starts_with("verification time") || l.starts_with("processed "))
+            && !previous.is_empty()
+            && let Some(p) = program.take()
+        {
+            out.push(format!("{p}: {previous}"));
+        }
+        previous = l;
+    }
+    out.join("; ")
+}
+
 /// Reads the serial console transcript.
 pub fn parse(serial: &str) -> Outcome {
     let mut o = Outcome::default();
     let mut in_check = false;
     let mut current: Option<TestRun> = None;
+    let mut load: Option<(usize, Vec<String>)> = None;
     for raw in serial.lines() {
         let line = raw.trim_end_matches('\r');
         let Some(rest) = line.strip_prefix(MARK) else {
+            if let Some((_, lines)) = load.as_mut() {
+                lines.push(line.to_owned());
+            }
             if in_check {
                 o.check_text.push_str(line);
                 o.check_text.push('\n');
@@ -171,9 +198,16 @@ pub fn parse(serial: &str) -> Outcome {
                     o.tests.push(t);
                 }
             }
+            ["begin", "load", i, ..] => load = i.parse().ok().map(|i| (i, Vec::new())),
             ["end", "load", i, ..] => {
                 if let Ok(i) = i.parse() {
                     o.loads.push((i, rc));
+                }
+                if let Some((i, lines)) = load.take() {
+                    let verdict = verdicts(&lines);
+                    if !verdict.is_empty() {
+                        o.load_verdicts.insert(i, verdict);
+                    }
                 }
             }
             ["done", ..] => o.done = true,
@@ -238,5 +272,19 @@ mod tests {
         assert_eq!(o.tests[0].secs, Some(1.5));
         assert_eq!(o.tests[1].rc, None, "no end marker: unfinished");
         assert!(!o.done);
+    }
+
+    #[test]
+    fn names_the_verifiers_reason_for_a_rejection() {
+        let serial = "@@hopprobe-vm begin load 0\n\
+            vm-load: hp_x: REJECTED: the BPF_PROG_LOAD syscall failed. Verifier output: a\n\
+            4: (85) call unknown#210\n\
+            invalid func unknown#210\n\
+            verification time 598 usec\n\
+            processed 5 insns (limit 1000000)\n\
+            @@hopprobe-vm end load 0 rc=1\n";
+        let o = parse(serial);
+        assert_eq!(o.loads, vec![(0, Some(1))]);
+        assert_eq!(o.load_verdicts[&0], "hp_x: invalid func unknown#210");
     }
 }

@@ -73,10 +73,10 @@ pub const PACKAGES: [system::Package; 5] = [
     ("/usr/bin/objcopy", "binutils"),
 ];
 
-pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 /// Seconds one test binary may run inside a VM.
-const TEST_TIMEOUT_SECS: u64 = 600;
+const TEST_TIMEOUT_SECS: u64 = 300;
 
 #[derive(Debug, Clone)]
 struct Executable {
@@ -136,10 +136,10 @@ fn build_executables() -> Result<Vec<Executable>> {
 
 /// A copy without debug information: it makes the initramfs ten times smaller, and panics
 /// still name their functions.
-fn stripped(bin: &Path) -> Result<PathBuf> {
+fn stripped(bin: &Path, name: &std::ffi::OsStr) -> Result<PathBuf> {
     let dir = kernel::vm_dir().join("bin");
     fs::create_dir_all(&dir)?;
-    let out = dir.join(bin.file_name().context("file name")?);
+    let out = dir.join(name);
     let newer = |a: &Path, b: &Path| -> bool {
         let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
         matches!((m(a), m(b)), (Some(x), Some(y)) if x >= y)
@@ -270,8 +270,9 @@ fn problems(
         match o.loads.iter().find(|(j, _)| *j == i) {
             Some((_, Some(0))) => {}
             Some((_, rc)) => p.push(format!(
-                "the verifier rejected a program of {} (vm-load exit {rc:?})",
-                plan.objects[i]
+                "{} did not load (vm-load exit {rc:?}): {}",
+                plan.objects[i],
+                o.load_verdicts.get(&i).map_or("", String::as_str)
             )),
             None => p.push(format!("{} was not loaded", plan.objects[i])),
         }
@@ -297,14 +298,18 @@ fn write_readme(table: &str) -> Result<()> {
 
 pub fn run(args: &Args) -> Result<()> {
     system::ensure_packages(&PACKAGES)?;
-    let xtask = std::env::current_exe().context("locating xtask")?;
+    // `cargo test` may have rebuilt xtask while it runs (`cargo xtask test`): the running
+    // binary is then only reachable through /proc, and its old path reads "... (deleted)".
+    let exe = std::env::current_exe().context("locating xtask")?;
+    let xtask = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+    let running = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     let mut plan = Plan {
         xtask: abs(&xtask),
         test_timeout_secs: TEST_TIMEOUT_SECS,
         ..Plan::default()
     };
     let mut binaries: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    binaries.insert(stripped(&xtask)?, xtask.clone());
+    binaries.insert(stripped(&running, "xtask".as_ref())?, xtask.clone());
     if !args.load_only {
         ebpf::build()?;
         for e in build_executables()? {
@@ -322,7 +327,8 @@ pub fn run(args: &Args) -> Result<()> {
             } else if e.name.ends_with("/bin:hopprobe") {
                 plan.hopprobe = Some(abs(&e.path));
             }
-            binaries.insert(stripped(&e.path)?, e.path);
+            let name = e.path.file_name().context("file name")?.to_owned();
+            binaries.insert(stripped(&e.path, &name)?, e.path);
         }
         // cargo reports them in build order, which varies; the table should not.
         plan.tests.sort_by(|a, b| a.name.cmp(&b.name));

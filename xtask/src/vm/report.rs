@@ -18,12 +18,12 @@ pub struct KernelResult {
 
 fn hook(check: Option<&Value>, name: &str) -> String {
     let Some(hooks) = check.and_then(|c| c["hooks"].as_array()) else {
-        return "?".into();
+        return "not run".into();
     };
     match hooks.iter().find(|h| h["hook"] == name) {
         Some(h) if h["available"] == true => "available".into(),
         Some(_) => "unavailable".into(),
-        None => "?".into(),
+        None => "not run".into(),
     }
 }
 
@@ -37,7 +37,7 @@ fn required_hooks(check: Option<&Value>) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None => "?".into(),
+        None => "not run".into(),
     }
 }
 
@@ -68,7 +68,7 @@ fn verifier(check: Option<&Value>, program: &str) -> String {
         .and_then(|c| c["programs"].as_array())
         .and_then(|ps| ps.iter().find(|p| p["program"] == program))
     else {
-        return "?".into();
+        return "not run".into();
     };
     let v = &p["verifier"];
     match (v["loaded"].as_bool(), v["verified_insns"].as_u64()) {
