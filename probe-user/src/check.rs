@@ -566,6 +566,31 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_program_fails_the_check_with_the_verifiers_reason() {
+        let hooks = Hook::ALL.iter().map(|&h| status(h, true)).collect();
+        let mut r = finish("6.1".into(), true, "/t".into(), None, hooks);
+        assert!(r.ok());
+        r.programs[0].verifier = Verdict {
+            loaded: Some(false),
+            verified_insns: None,
+            error: Some("invalid func unknown#210".into()),
+        };
+        r.programs[1].verifier = Verdict {
+            loaded: Some(true),
+            verified_insns: Some(480),
+            error: None,
+        };
+        assert!(!r.ok());
+        let text = r.render();
+        assert!(
+            text.contains("the verifier rejected hp_sock_set_state: invalid func unknown#210"),
+            "{text}"
+        );
+        assert!(text.contains("480 insns"), "{text}");
+        assert!(!text.contains("missing required hooks"), "{text}");
+    }
+
+    #[test]
     fn a_missing_required_hook_fails_and_disables_its_program() {
         let hooks = Hook::ALL
             .iter()
