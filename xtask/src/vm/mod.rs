@@ -168,7 +168,7 @@ fn initramfs(
     let dir = kernel::vm_dir().join(&kernel.release);
     fs::create_dir_all(&dir)?;
     let mut image = initramfs::Initramfs::create(&dir.join("initramfs.cpio"))?;
-    for d in ["/proc", "/sys", "/dev", "/run", "/root", "/etc", "/sys"] {
+    for d in ["/proc", "/sys", "/dev", "/run", "/root", "/etc"] {
         image.dir(d, 0o755)?;
     }
     image.dir("/tmp", 0o1777)?;
