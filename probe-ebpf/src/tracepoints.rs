@@ -114,6 +114,18 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             let t = now();
             state.established_ns = t;
             let _ = SK_FLOW.insert(&sock.id, &sock.flow, 0);
+            if state.side == SIDE_PASSIVE && state.flags & FLAG_START_FROM_SYN == 0 {
+                // On 6.1 and 6.12 (seen in `cargo xtask vm-test`; 6.18 differs) the
+                // LISTEN -> SYN_RECV event still carries the listener's addresses (remote port
+                // 0), so the SYN stamp can only be found by this event's flow.
+                // SAFETY: the value is copied out before the map changes.
+                if let Some(syn) = unsafe { SYNS.get(&sock.flow) }.copied() {
+                    state.start_ns = syn.ts_ns;
+                    state.cgroup_id = syn.cgroup_id;
+                    state.flags |= FLAG_START_FROM_SYN;
+                    let _ = SYNS.remove(&sock.flow);
+                }
+            }
             let kind = if state.side == SIDE_ACTIVE {
                 ConnEventKind::ActiveHandshake
             } else {

@@ -121,6 +121,21 @@ pub struct ProgramPlan {
     pub purpose: &'static str,
     /// The first available hook in order of preference; `None` when none is.
     pub hook: Option<Hook>,
+    /// What the kernel's verifier said when the program was loaded for real.
+    pub verifier: Verdict,
+}
+
+/// The verifier's verdict on one of hopprobe's programs, loaded as `hopprobe run` loads it.
+/// Instruction counts differ between kernels (and grow towards the verifier's limit), so the
+/// VM test matrix reports them per kernel.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    /// Whether the verifier accepted the program; `None` when it was not tried.
+    pub loaded: Option<bool>,
+    /// Instructions the verifier processed (Linux 5.16+ reports it).
+    pub verified_insns: Option<u32>,
+    /// The load error, verifier log tail included, when it was rejected or not tried.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,9 +150,24 @@ pub struct Report {
     pub missing_required: Vec<Hook>,
 }
 
+impl Verdict {
+    fn summary(&self) -> String {
+        match (self.loaded, self.verified_insns) {
+            (Some(true), Some(n)) => format!("{n} insns"),
+            (Some(true), None) => "loaded".into(),
+            (Some(false), _) => "REJECTED".into(),
+            (None, _) => "not tried".into(),
+        }
+    }
+}
+
 impl Report {
     pub fn ok(&self) -> bool {
         self.missing_required.is_empty()
+            && self
+                .programs
+                .iter()
+                .all(|p| p.verifier.loaded != Some(false))
     }
 
     pub fn render(&self) -> String {
@@ -177,19 +207,32 @@ impl Report {
                 vec![
                     p.program.to_owned(),
                     p.hook.map_or("NONE (disabled)", Hook::name).to_owned(),
+                    p.verifier.summary(),
                     p.purpose.to_owned(),
                 ]
             })
             .collect();
-        out.push_str(&table::render(&["program", "runs on", "measures"], &rows));
+        out.push_str(&table::render(
+            &["program", "runs on", "verifier", "measures"],
+            &rows,
+        ));
         out.push('\n');
         if self.ok() {
             out.push_str("OK: every hook hopprobe needs is available.\n");
         } else {
             let names: Vec<&str> = self.missing_required.iter().map(|h| h.name()).collect();
+            let mut why = Vec::new();
+            if !names.is_empty() {
+                why.push(format!("missing required hooks: {}", names.join(", ")));
+            }
+            for p in &self.programs {
+                if let (Some(false), Some(e)) = (p.verifier.loaded, &p.verifier.error) {
+                    why.push(format!("the verifier rejected {}: {e}", p.program));
+                }
+            }
             out.push_str(&format!(
-                "NOT OK: hopprobe cannot run here; missing required hooks: {}\n",
-                names.join(", ")
+                "NOT OK: hopprobe cannot run here; {}\n",
+                why.join("; ")
             ));
         }
         out
@@ -284,7 +327,63 @@ pub fn run() -> Report {
             });
         }
     }
-    finish(kernel, btf, tracefs_text, cgroup_v2, hooks)
+    let verdicts = match ebpf.as_mut() {
+        Some(ebpf) => PROGRAMS
+            .iter()
+            .map(|(name, _, _)| verify(ebpf, name))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut report = finish(kernel, btf, tracefs_text, cgroup_v2, hooks);
+    for (plan, verdict) in report.programs.iter_mut().zip(verdicts) {
+        plan.verifier = verdict;
+    }
+    report
+}
+
+/// Loads one of the real programs (nothing is attached) and reads the verifier's statistics.
+fn verify(ebpf: &mut Ebpf, name: &str) -> Verdict {
+    use aya::programs::Program;
+    let Some(program) = ebpf.program_mut(name) else {
+        return Verdict {
+            error: Some(format!("program {name} missing from the eBPF object")),
+            ..Verdict::default()
+        };
+    };
+    let loaded = match program {
+        Program::TracePoint(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
+        Program::SchedClassifier(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        other => {
+            return Verdict {
+                error: Some(format!(
+                    "{name}: {:?} programs are not loaded by `check`",
+                    other.prog_type()
+                )),
+                ..Verdict::default()
+            };
+        }
+    };
+    if let Err(e) = loaded {
+        return Verdict {
+            loaded: Some(false),
+            verified_insns: None,
+            error: Some(ebpf::error_brief(&e)),
+        };
+    }
+    match program.info() {
+        Ok(info) => Verdict {
+            loaded: Some(true),
+            verified_insns: info.verified_instruction_count(),
+            error: None,
+        },
+        Err(e) => Verdict {
+            loaded: Some(true),
+            verified_insns: None,
+            error: Some(format!("reading program info: {}", error_chain(&e))),
+        },
+    }
 }
 
 fn finish(
@@ -301,6 +400,7 @@ fn finish(
             program,
             purpose,
             hook: prefs.iter().copied().find(|h| available(*h)),
+            verifier: Verdict::default(),
         })
         .collect();
     let missing_required = hooks
@@ -484,6 +584,31 @@ mod tests {
         let r = finish("6.18".into(), true, "/t".into(), None, hooks);
         assert!(r.ok(), "{}", r.render());
         assert!(r.render().contains("OK: every hook"));
+    }
+
+    #[test]
+    fn a_rejected_program_fails_the_check_with_the_verifiers_reason() {
+        let hooks = Hook::ALL.iter().map(|&h| status(h, true)).collect();
+        let mut r = finish("6.1".into(), true, "/t".into(), None, hooks);
+        assert!(r.ok());
+        r.programs[0].verifier = Verdict {
+            loaded: Some(false),
+            verified_insns: None,
+            error: Some("invalid func unknown#210".into()),
+        };
+        r.programs[1].verifier = Verdict {
+            loaded: Some(true),
+            verified_insns: Some(480),
+            error: None,
+        };
+        assert!(!r.ok());
+        let text = r.render();
+        assert!(
+            text.contains("the verifier rejected hp_sock_set_state: invalid func unknown#210"),
+            "{text}"
+        );
+        assert!(text.contains("480 insns"), "{text}");
+        assert!(!text.contains("missing required hooks"), "{text}");
     }
 
     #[test]

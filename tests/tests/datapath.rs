@@ -21,7 +21,7 @@ const REQUESTS: usize = 20;
 
 #[test]
 fn datapath_hops_are_matched_across_nodeport_and_clusterip_nat() {
-    if !testkit::root::available("datapath_hops_are_matched_across_nodeport_and_clusterip_nat") {
+    if !testkit::lab::available("datapath_hops_are_matched_across_nodeport_and_clusterip_nat") {
         return;
     }
     let name = format!("hpt{}p", std::process::id() % 100_000);

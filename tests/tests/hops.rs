@@ -17,7 +17,7 @@ const REQUESTS: u64 = 20;
 
 #[test]
 fn app_and_upstream_hops_match_the_injected_service_times() {
-    if !testkit::root::available("app_and_upstream_hops_match_the_injected_service_times") {
+    if !testkit::lab::available("app_and_upstream_hops_match_the_injected_service_times") {
         return;
     }
     let name = format!("hpt{}h", std::process::id() % 100_000);
@@ -175,7 +175,7 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, 
 
 #[test]
 fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
-    if !testkit::root::available("the_sidecar_hop_grows_by_the_injected_sidecar_delay") {
+    if !testkit::lab::available("the_sidecar_hop_grows_by_the_injected_sidecar_delay") {
         return;
     }
     let mut p50 = Vec::new();
@@ -213,7 +213,7 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
 
 #[test]
 fn without_a_mesh_there_is_no_sidecar_hop() {
-    if !testkit::root::available("without_a_mesh_there_is_no_sidecar_hop") {
+    if !testkit::lab::available("without_a_mesh_there_is_no_sidecar_hop") {
         return;
     }
     let name = format!("hpt{}n", std::process::id() % 100_000);
@@ -244,7 +244,7 @@ fn without_a_mesh_there_is_no_sidecar_hop() {
 
 #[test]
 fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
-    if !testkit::root::available("a_saturated_one_worker_app_shows_queue_wait_not_processing") {
+    if !testkit::lab::available("a_saturated_one_worker_app_shows_queue_wait_not_processing") {
         return;
     }
     if !Path::new("/sys/kernel/tracing/events/sock/sock_recv_length").exists()

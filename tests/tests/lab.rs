@@ -56,7 +56,7 @@ fn assert_page(lab: &Lab, addr: std::net::SocketAddr) -> Duration {
 
 #[test]
 fn the_page_is_assembled_in_both_mesh_modes_via_nodeport_and_ingress() {
-    if !testkit::root::available("the_page_is_assembled_in_both_mesh_modes") {
+    if !testkit::lab::available("the_page_is_assembled_in_both_mesh_modes") {
         return;
     }
     for (mesh, suffix) in [(Mesh::None, "a"), (Mesh::Sidecar, "b")] {
@@ -85,7 +85,7 @@ fn the_page_is_assembled_in_both_mesh_modes_via_nodeport_and_ingress() {
 
 #[test]
 fn latency_covers_the_injected_delays_and_little_more() {
-    if !testkit::root::available("latency_covers_the_injected_delays_and_little_more") {
+    if !testkit::lab::available("latency_covers_the_injected_delays_and_little_more") {
         return;
     }
     let name = lab_name("c");
@@ -121,7 +121,7 @@ fn latency_covers_the_injected_delays_and_little_more() {
 
 #[test]
 fn a_one_worker_app_saturates_like_a_closed_loop() {
-    if !testkit::root::available("a_one_worker_app_saturates_like_a_closed_loop") {
+    if !testkit::lab::available("a_one_worker_app_saturates_like_a_closed_loop") {
         return;
     }
     let name = lab_name("d");
@@ -178,7 +178,7 @@ fn a_one_worker_app_saturates_like_a_closed_loop() {
 
 #[test]
 fn up_twice_down_twice_and_status_without_a_lab() {
-    if !testkit::root::available("up_twice_down_twice_and_status_without_a_lab") {
+    if !testkit::lab::available("up_twice_down_twice_and_status_without_a_lab") {
         return;
     }
     let name = lab_name("e");
@@ -210,7 +210,7 @@ fn up_twice_down_twice_and_status_without_a_lab() {
 
 #[test]
 fn a_killed_creator_leaves_state_that_down_and_up_clean() {
-    if !testkit::root::available("a_killed_creator_leaves_state_that_down_and_up_clean") {
+    if !testkit::lab::available("a_killed_creator_leaves_state_that_down_and_up_clean") {
         return;
     }
     let name = lab_name("f");
@@ -272,7 +272,7 @@ fn invalid_flags_are_rejected_with_a_message() {
 
 #[test]
 fn a_real_proxy_from_debian_can_be_the_sidecar_and_the_ingress() {
-    if !testkit::root::available("a_real_proxy_from_debian_can_be_the_sidecar_and_the_ingress") {
+    if !testkit::lab::available("a_real_proxy_from_debian_can_be_the_sidecar_and_the_ingress") {
         return;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab");

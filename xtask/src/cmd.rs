@@ -46,7 +46,7 @@ pub fn run(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestTotals {
     pub passed: u64,
     pub failed: u64,

@@ -6,6 +6,7 @@ mod demo;
 mod ebpf;
 mod system;
 mod toolchain;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,11 +37,18 @@ enum Task {
     /// The lab with and without a sidecar mesh under loadgen, measured by hopprobe.
     Demo,
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
-    /// included when run as root).
+    /// included when run as root, and then the VM matrix: every test inside Linux 6.1 and 6.12).
     Test,
     /// Benchmark loadgen against oha and wrk on a private loopback nginx (installs what is
     /// missing when run as root; takes a few minutes; not part of `test`).
     BenchLoadgen,
+    /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
+    /// print a per-kernel table (tests, verifier instruction counts, hooks).
+    VmTest(vm::Args),
+    /// (Runs inside a vm-test VM.) Load every program of these eBPF objects, print what the
+    /// verifier said, fail if it rejected one.
+    #[command(hide = true)]
+    VmLoad { objects: Vec<std::path::PathBuf> },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +74,8 @@ fn main() -> Result<()> {
         Task::Demo => demo::demo()?,
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
+        Task::VmTest(args) => vm::run(&args)?,
+        Task::VmLoad { objects } => vm::load::run(&objects)?,
     }
     Ok(())
 }
@@ -75,6 +85,7 @@ fn test() -> Result<()> {
     if root {
         system::ensure_packages(&system::TEST_PACKAGES)?;
         system::ensure_packages(&system::LAB_PACKAGES)?;
+        system::ensure_packages(&vm::PACKAGES)?;
     } else {
         eprintln!(
             "xtask: not root: the root-only integration tests (eBPF, network namespaces) will be \
@@ -100,7 +111,8 @@ fn test() -> Result<()> {
         "--test-threads=1",
     ]);
     if root {
-        test.env("HOPPROBE_ROOT_TESTS", "require");
+        test.env("HOPPROBE_ROOT_TESTS", "require")
+            .env("HOPPROBE_LAB_TESTS", "require");
     }
     let totals = cmd::run_counting_tests(&mut test)?;
     // cargo ends with the (empty) doc-test results of the last crate; one closing line says
@@ -108,6 +120,19 @@ fn test() -> Result<()> {
     println!("{} passed, {} failed", totals.passed, totals.failed);
     if totals.passed == 0 {
         anyhow::bail!("no test ran");
+    }
+    if root {
+        // The kernels EKS nodes run: the same tests, and hooks this machine lacks (kprobe,
+        // fentry).
+        vm::run(&vm::Args {
+            kernel: vm::KernelChoice::All,
+            extra_objects: Vec::new(),
+            load_only: false,
+            timeout_secs: vm::DEFAULT_TIMEOUT_SECS,
+            write_readme: false,
+        })?;
+    } else {
+        eprintln!("xtask: not root: the VM test matrix (cargo xtask vm-test) is skipped");
     }
     Ok(())
 }

@@ -68,6 +68,32 @@ fn app_container(service: &str) -> &str {
 
 pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 
+/// True when lab tests can run: root (see `root::available`) and the tools the lab drives
+/// (`iptables-restore`, `sysctl`). The VM test matrix boots minimal initramfs images without
+/// them, where lab tests say SKIPPED; under `HOPPROBE_LAB_TESTS=require` (the host run of
+/// `cargo xtask test`) a missing tool is a failure instead.
+pub fn available(test: &str) -> bool {
+    if !crate::root::available(test) {
+        return false;
+    }
+    let missing: Vec<&str> = ["iptables-restore", "sysctl"]
+        .into_iter()
+        .filter(|tool| {
+            !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(tool).exists())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("HOPPROBE_LAB_TESTS").as_deref() == Ok("require") {
+        panic!("{test}: HOPPROBE_LAB_TESTS=require but {missing:?} not installed");
+    }
+    eprintln!("SKIPPED {test}: the lab needs {missing:?}");
+    false
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -1,0 +1,292 @@
+//! What runs inside the VM (`/init`, a busybox shell script) and reading back what it printed
+//! on the serial console.
+
+use crate::cmd::TestTotals;
+
+/// Every line the guest prints for the host starts with this.
+pub const MARK: &str = "@@hopprobe-vm";
+
+/// A test executable and the directory cargo would run it in (its package's).
+#[derive(Debug, Clone)]
+pub struct TestBinary {
+    pub name: String,
+    pub path: String,
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub modules: Vec<String>,
+    pub hopprobe: Option<String>,
+    pub tests: Vec<TestBinary>,
+    pub xtask: String,
+    pub objects: Vec<String>,
+    /// Seconds one test binary may run before `timeout` kills it.
+    pub test_timeout_secs: u64,
+}
+
+/// Busybox applets the script uses, linked into `/bin`. `ip` is not among them: the tests
+/// need iproute2's, for `ip netns`.
+pub const APPLETS: [&str; 16] = [
+    "sh", "mount", "mkdir", "insmod", "poweroff", "cat", "echo", "cut", "timeout", "uname",
+    "sleep", "dmesg", "tail", "sync", "ls", "env",
+];
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub fn init_script(plan: &Plan) -> String {
+    let mut s = format!(
+        r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NO_COLOR=1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# /tmp and /run stay on the initramfs (already in memory): a tmpfs there would hide binaries of a
+# workspace that lives below them.
+mkdir -p /run/netns /sys/fs/cgroup /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+ip link set lo up
+# On a node every process lives in a cgroup below the root (systemd, kubelet); so do the tests.
+mkdir /sys/fs/cgroup/vm-tests && echo $$ > /sys/fs/cgroup/vm-tests/cgroup.procs
+mark() {{ echo "{MARK} $*"; }}
+now() {{ cut -d' ' -f1 /proc/uptime; }}
+mark kernel "$(uname -r)" uptime "$(now)"
+"#
+    );
+    for m in &plan.modules {
+        s.push_str(&format!(
+            "insmod /lib/vm-modules/{m}.ko || mark insmod-failed {m}\n"
+        ));
+    }
+    if let Some(hopprobe) = &plan.hopprobe {
+        s.push_str(&format!(
+            "mark begin check\n{} check --json; mark end check rc=$?\n",
+            quote(hopprobe)
+        ));
+    }
+    for t in &plan.tests {
+        s.push_str(&format!(
+            "mark begin test {name}; t0=$(now)\n\
+             (cd {cwd} && HOPPROBE_ROOT_TESTS=require timeout {limit} {path} --test-threads=1)\n\
+             mark end test {name} rc=$? start=$t0 stop=$(now)\n",
+            name = quote(&t.name),
+            cwd = quote(&t.cwd),
+            limit = plan.test_timeout_secs,
+            path = quote(&t.path),
+        ));
+    }
+    for (i, o) in plan.objects.iter().enumerate() {
+        s.push_str(&format!(
+            "mark begin load {i}\n{} vm-load {}; mark end load {i} rc=$?\n",
+            quote(&plan.xtask),
+            quote(o)
+        ));
+    }
+    s.push_str("mark done uptime \"$(now)\"\nsync\npoweroff -f\n");
+    s
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TestRun {
+    pub name: String,
+    pub rc: Option<i32>,
+    pub totals: TestTotals,
+    pub failed: Vec<String>,
+    /// Root tests that said SKIPPED (none should under HOPPROBE_ROOT_TESTS=require).
+    pub skipped: Vec<String>,
+    pub secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub kernel: Option<String>,
+    pub insmod_failed: Vec<String>,
+    pub check: Option<serde_json::Value>,
+    pub check_text: String,
+    pub check_rc: Option<i32>,
+    pub tests: Vec<TestRun>,
+    pub loads: Vec<(usize, Option<i32>)>,
+    /// Per loaded object, the verifier's verdict line of each rejected program (the line
+    /// before "verification time" / "processed N insns").
+    pub load_verdicts: std::collections::BTreeMap<usize, String>,
+    pub done: bool,
+}
+
+fn field<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `program: verdict` for each rejected program in `xtask vm-load` output.
+fn verdicts(lines: &[String]) -> String {
+    let mut out = Vec::new();
+    let mut program = None;
+    let mut previous = "";
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("vm-load: ") {
+            program = rest.split(':').next().map(str::to_owned);
+        }
+        if (l.starts_with("verification time") || l.starts_with("processed "))
+            && !previous.is_empty()
+            && let Some(p) = program.take()
+        {
+            out.push(format!("{p}: {previous}"));
+        }
+        previous = l;
+    }
+    out.join("; ")
+}
+
+/// Reads the serial console transcript.
+pub fn parse(serial: &str) -> Outcome {
+    let mut o = Outcome::default();
+    let mut in_check = false;
+    let mut current: Option<TestRun> = None;
+    let mut load: Option<(usize, Vec<String>)> = None;
+    for raw in serial.lines() {
+        let line = raw.trim_end_matches('\r');
+        let Some(rest) = line.strip_prefix(MARK) else {
+            if let Some((_, lines)) = load.as_mut() {
+                lines.push(line.to_owned());
+            }
+            if in_check {
+                o.check_text.push_str(line);
+                o.check_text.push('\n');
+            }
+            if let Some(t) = current.as_mut() {
+                t.totals.add_line(line);
+                if let Some(name) = line
+                    .strip_prefix("test ")
+                    .and_then(|l| l.strip_suffix(" ... FAILED"))
+                {
+                    t.failed.push(name.to_owned());
+                }
+                if let Some(at) = line.find("SKIPPED ") {
+                    t.skipped.push(line[at + 8..].to_owned());
+                }
+            }
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let rc = field(&words, "rc").and_then(|v| v.parse().ok());
+        match words.as_slice() {
+            ["kernel", release, ..] => o.kernel = Some(release.trim_matches('"').to_owned()),
+            ["insmod-failed", m, ..] => o.insmod_failed.push((*m).to_owned()),
+            ["begin", "check", ..] => in_check = true,
+            ["end", "check", ..] => {
+                in_check = false;
+                o.check_rc = rc;
+                o.check = serde_json::from_str(&o.check_text).ok();
+            }
+            ["begin", "test", name, ..] => {
+                current = Some(TestRun {
+                    name: (*name).to_owned(),
+                    ..TestRun::default()
+                });
+            }
+            ["end", "test", ..] => {
+                if let Some(mut t) = current.take() {
+                    t.rc = rc;
+                    let time = |k| field(&words, k).and_then(|v| v.parse::<f64>().ok());
+                    t.secs = time("stop").zip(time("start")).map(|(b, a)| b - a);
+                    o.tests.push(t);
+                }
+            }
+            ["begin", "load", i, ..] => load = i.parse().ok().map(|i| (i, Vec::new())),
+            ["end", "load", i, ..] => {
+                if let Ok(i) = i.parse() {
+                    o.loads.push((i, rc));
+                }
+                if let Some((i, lines)) = load.take() {
+                    let verdict = verdicts(&lines);
+                    if !verdict.is_empty() {
+                        o.load_verdicts.insert(i, verdict);
+                    }
+                }
+            }
+            ["done", ..] => o.done = true,
+            _ => {}
+        }
+    }
+    // A binary that never reached its end marker (the VM died or timed out) still counts.
+    if let Some(t) = current {
+        o.tests.push(t);
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_runs_every_test_with_one_thread_and_powers_off() {
+        let plan = Plan {
+            modules: vec!["veth".into()],
+            hopprobe: Some("/w/target/debug/hopprobe".into()),
+            tests: vec![TestBinary {
+                name: "test:cli".into(),
+                path: "/w/target/debug/deps/cli-1".into(),
+                cwd: "/w/tests".into(),
+            }],
+            xtask: "/w/target/debug/xtask".into(),
+            objects: vec![],
+            test_timeout_secs: 60,
+        };
+        let s = init_script(&plan);
+        assert!(s.contains("insmod /lib/vm-modules/veth.ko"));
+        assert!(s.contains(
+            "HOPPROBE_ROOT_TESTS=require timeout 60 '/w/target/debug/deps/cli-1' --test-threads=1"
+        ));
+        assert!(s.ends_with("poweroff -f\n"));
+        // A workspace below /tmp (CI's clone may be) must stay visible in the VM.
+        assert!(!s.contains("tmpfs /tmp"), "{s}");
+    }
+
+    #[test]
+    fn reads_markers_results_and_check_json() {
+        let serial = "[    0.1] booting\r\n\
+            @@hopprobe-vm kernel 6.1.0-56-cloud-amd64 uptime 1.20\r\n\
+            @@hopprobe-vm begin check\r\n\
+            {\"kernel\": \"6.1\",\r\n\"hooks\": []}\r\n\
+            @@hopprobe-vm end check rc=0\r\n\
+            @@hopprobe-vm begin test cli\r\n\
+            test a ... ok\r\n\
+            test b ... FAILED\r\n\
+            test result: FAILED. 1 passed; 1 failed; 0 ignored\r\n\
+            @@hopprobe-vm end test cli rc=101 start=2.5 stop=4.0\r\n\
+            @@hopprobe-vm begin test handshake\r\n\
+            running 1 test\r\n";
+        let o = parse(serial);
+        assert_eq!(o.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(o.check_rc, Some(0));
+        assert_eq!(o.check.expect("json")["kernel"], "6.1");
+        assert_eq!(o.tests.len(), 2);
+        assert_eq!(o.tests[0].rc, Some(101));
+        assert_eq!(o.tests[0].failed, vec!["b"]);
+        assert_eq!(o.tests[0].totals.passed, 1);
+        assert_eq!(o.tests[0].secs, Some(1.5));
+        assert_eq!(o.tests[1].rc, None, "no end marker: unfinished");
+        assert!(!o.done);
+    }
+
+    #[test]
+    fn names_the_verifiers_reason_for_a_rejection() {
+        let serial = "@@hopprobe-vm begin load 0\n\
+            vm-load: hp_x: REJECTED: the BPF_PROG_LOAD syscall failed. Verifier output: a\n\
+            4: (85) call unknown#210\n\
+            invalid func unknown#210\n\
+            verification time 598 usec\n\
+            processed 5 insns (limit 1000000)\n\
+            @@hopprobe-vm end load 0 rc=1\n";
+        let o = parse(serial);
+        assert_eq!(o.loads, vec![(0, Some(1))]);
+        assert_eq!(o.load_verdicts[&0], "hp_x: invalid func unknown#210");
+    }
+}

@@ -1,0 +1,399 @@
+//! `cargo xtask vm-test`: hopprobe's root tests inside the kernels EKS nodes run (Debian's 6.1
+//! and 6.12 cloud kernels), booted under qemu. See the README's "Kernels tested".
+
+mod guest;
+mod initramfs;
+mod kernel;
+pub mod load;
+mod qemu;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{cmd, ebpf, system};
+use guest::{Plan, TestBinary};
+use kernel::{Kernel, SERIES, Series};
+use report::KernelResult;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelChoice {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+impl KernelChoice {
+    fn series(self) -> Vec<Series> {
+        match self {
+            KernelChoice::V6_1 => vec![SERIES[0]],
+            KernelChoice::V6_12 => vec![SERIES[1]],
+            KernelChoice::All => SERIES.to_vec(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Which kernel series to boot.
+    #[arg(long, value_enum, default_value = "all")]
+    pub kernel: KernelChoice,
+    /// Also load every program of this eBPF object in each VM; a verifier rejection fails the
+    /// run (shows whether an object loads on these kernels).
+    #[arg(long = "extra-object", value_name = "FILE")]
+    pub extra_objects: Vec<PathBuf>,
+    /// Only load the --extra-object programs: no test binaries, no `hopprobe check`.
+    #[arg(long, requires = "extra_objects")]
+    pub load_only: bool,
+    /// Hard limit for one VM from boot to power-off, in seconds; qemu is killed after it.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    pub timeout_secs: u64,
+    /// Replace the table in the README's "Kernels tested" section with this run's.
+    #[arg(long)]
+    pub write_readme: bool,
+}
+
+/// What the VMs need from the host, as (a file that proves it, the Debian package).
+pub const PACKAGES: [system::Package; 5] = [
+    ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+    ("/bin/busybox", "busybox-static"),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/bin/xz", "xz-utils"),
+    ("/usr/bin/objcopy", "binutils"),
+];
+
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+/// Seconds one test binary may run inside a VM.
+const TEST_TIMEOUT_SECS: u64 = 300;
+
+#[derive(Debug, Clone)]
+struct Executable {
+    name: String,
+    path: PathBuf,
+    cwd: PathBuf,
+    test: bool,
+}
+
+/// Builds the workspace's test binaries (and binaries, for `CARGO_BIN_EXE_*`) and lists them.
+fn build_executables() -> Result<Vec<Executable>> {
+    let mut c = cmd::cargo_command(&[
+        "test",
+        "--workspace",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    c.stdout(Stdio::piped());
+    eprintln!("xtask: $ cargo test --workspace --no-run --message-format=json-render-diagnostics");
+    let mut child = c.spawn().context("starting cargo")?;
+    let mut found = Vec::new();
+    for line in BufReader::new(child.stdout.take().context("piped")?).lines() {
+        let msg: Value = match serde_json::from_str(&line?) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(path) = msg["executable"].as_str() else {
+            continue;
+        };
+        let manifest = PathBuf::from(msg["manifest_path"].as_str().unwrap_or("/"));
+        let kind = msg["target"]["kind"][0].as_str().unwrap_or("?");
+        let target = msg["target"]["name"].as_str().unwrap_or("?");
+        let test = msg["profile"]["test"] == true;
+        found.push(Executable {
+            // `tests/test:cli`, `probe-user/lib:probe_user`: unique, and one word for the
+            // guest's markers.
+            name: format!(
+                "{}/{kind}:{target}",
+                manifest
+                    .parent()
+                    .and_then(Path::file_name)
+                    .map_or_else(|| "?".into(), |d| d.to_string_lossy())
+            ),
+            path: PathBuf::from(path),
+            cwd: manifest.parent().unwrap_or(Path::new("/")).to_owned(),
+            test,
+        });
+    }
+    if !child.wait()?.success() {
+        bail!("cargo test --no-run failed");
+    }
+    Ok(found)
+}
+
+/// A copy without debug information: it makes the initramfs ten times smaller, and panics
+/// still name their functions.
+fn stripped(bin: &Path, name: &std::ffi::OsStr) -> Result<PathBuf> {
+    let dir = kernel::vm_dir().join("bin");
+    fs::create_dir_all(&dir)?;
+    let out = dir.join(name);
+    let newer = |a: &Path, b: &Path| -> bool {
+        let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((m(a), m(b)), (Some(x), Some(y)) if x >= y)
+    };
+    if !newer(&out, bin) {
+        cmd::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(bin)
+                .arg(&out),
+        )?;
+    }
+    Ok(out)
+}
+
+fn abs(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn initramfs(
+    kernel: &Kernel,
+    plan: &Plan,
+    binaries: &[(PathBuf, PathBuf)],
+    objects: &[(PathBuf, String)],
+) -> Result<PathBuf> {
+    let dir = kernel::vm_dir().join(&kernel.release);
+    fs::create_dir_all(&dir)?;
+    let mut image = initramfs::Initramfs::create(&dir.join("initramfs.cpio"))?;
+    for d in ["/proc", "/sys", "/dev", "/run", "/root", "/etc"] {
+        image.dir(d, 0o755)?;
+    }
+    image.dir("/tmp", 0o1777)?;
+    // The kernel opens /dev/console for init before anything is mounted.
+    image.char_device("/dev/console", 5, 1)?;
+    image.program(Path::new("/bin/busybox"), "/bin/busybox")?;
+    for applet in guest::APPLETS {
+        image.symlink(&format!("/bin/{applet}"), "busybox")?;
+    }
+    let ip = fs::canonicalize("/usr/sbin/ip").context("iproute2's ip")?;
+    image.program(&ip, "/usr/sbin/ip")?;
+    image.bytes(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+    )?;
+    image.bytes("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    for (name, file) in &kernel.modules {
+        image.file(&format!("/lib/vm-modules/{name}.ko"), file, 0o644)?;
+    }
+    for (host, at) in binaries {
+        image.program(host, &abs(at))?;
+    }
+    for t in &plan.tests {
+        image.dir(&t.cwd, 0o755)?;
+    }
+    for (host, at) in objects {
+        image.file(at, host, 0o644)?;
+    }
+    image.bytes("/init", 0o755, guest::init_script(plan).as_bytes())?;
+    image.finish()
+}
+
+/// Why this kernel's run failed, if it did.
+fn problems(
+    kernel: &Kernel,
+    boot: &qemu::Boot,
+    o: &guest::Outcome,
+    plan: &Plan,
+) -> Result<Vec<String>> {
+    let mut p = Vec::new();
+    if boot.timed_out {
+        p.push(format!(
+            "timed out after {:.0} s",
+            boot.elapsed.as_secs_f64()
+        ));
+    } else if !o.done {
+        p.push(format!(
+            "the VM stopped before the end of /init (qemu exit {:?})",
+            boot.exit
+        ));
+    }
+    if !o.insmod_failed.is_empty() {
+        p.push(format!("insmod failed: {}", o.insmod_failed.join(", ")));
+    }
+    if plan.hopprobe.is_some() {
+        match (&o.check, o.check_rc) {
+            (Some(check), Some(0)) => {
+                // The optional fast paths must be found wherever the kernel has them, or the
+                // matrix would not exercise them.
+                let available = |h: &str| {
+                    check["hooks"]
+                        .as_array()
+                        .and_then(|hs| hs.iter().find(|x| x["hook"] == h))
+                        .is_some_and(|x| x["available"] == true)
+                };
+                if available("kprobe") != kernel.config_enabled("KPROBES")? {
+                    p.push("`hopprobe check` disagrees with CONFIG_KPROBES".into());
+                }
+                if available("fentry")
+                    != kernel.config_enabled("DYNAMIC_FTRACE_WITH_DIRECT_CALLS")?
+                {
+                    p.push("`hopprobe check` disagrees with CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS (fentry)".into());
+                }
+            }
+            (_, rc) => p.push(format!("`hopprobe check` exit {rc:?}")),
+        }
+    }
+    for t in &plan.tests {
+        match o.tests.iter().find(|r| r.name == t.name) {
+            None => p.push(format!("{} did not run", t.name)),
+            Some(r) if r.rc != Some(0) || r.totals.failed > 0 => {
+                let mut why = format!("{} exit {:?}", r.name, r.rc);
+                if !r.failed.is_empty() {
+                    why.push_str(&format!(" ({})", r.failed.join(", ")));
+                }
+                p.push(why);
+            }
+            Some(r) if !r.skipped.is_empty() => {
+                p.push(format!("{} skipped: {}", r.name, r.skipped.join(", ")));
+            }
+            Some(_) => {}
+        }
+    }
+    if !plan.tests.is_empty() && o.tests.iter().map(|t| t.totals.passed).sum::<u64>() == 0 {
+        p.push("no test passed".into());
+    }
+    for i in 0..plan.objects.len() {
+        match o.loads.iter().find(|(j, _)| *j == i) {
+            Some((_, Some(0))) => {}
+            Some((_, rc)) => p.push(format!(
+                "{} did not load (vm-load exit {rc:?}): {}",
+                plan.objects[i],
+                o.load_verdicts.get(&i).map_or("", String::as_str)
+            )),
+            None => p.push(format!("{} was not loaded", plan.objects[i])),
+        }
+    }
+    Ok(p)
+}
+
+const README_BEGIN: &str =
+    "<!-- vm-test table: begin (written by `cargo xtask vm-test --write-readme`) -->";
+const README_END: &str = "<!-- vm-test table: end -->";
+
+fn write_readme(table: &str) -> Result<()> {
+    let path = cmd::workspace_root().join("README.md");
+    let text = fs::read_to_string(&path)?;
+    let (Some(a), Some(b)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        bail!("README.md has no {README_BEGIN} ... {README_END} block");
+    };
+    let new = format!("{}{README_BEGIN}\n{table}{}", &text[..a], &text[b..]);
+    fs::write(&path, new)?;
+    eprintln!("xtask: wrote the table into {}", path.display());
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    system::ensure_packages(&PACKAGES)?;
+    // `cargo test` may have rebuilt xtask while it runs (`cargo xtask test`): the running
+    // binary is then only reachable through /proc, and its old path reads "... (deleted)".
+    let exe = std::env::current_exe().context("locating xtask")?;
+    let xtask = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+    let running = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    let mut plan = Plan {
+        xtask: abs(&xtask),
+        test_timeout_secs: TEST_TIMEOUT_SECS,
+        ..Plan::default()
+    };
+    let mut binaries: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    binaries.insert(stripped(&running, "xtask".as_ref())?, xtask.clone());
+    if !args.load_only {
+        ebpf::build()?;
+        for e in build_executables()? {
+            // xtask's own tests check this machinery on the host; inside a VM there is no cargo
+            // or qemu for them to drive.
+            if e.test && e.cwd.ends_with("xtask") {
+                continue;
+            }
+            if e.test {
+                plan.tests.push(TestBinary {
+                    name: e.name.clone(),
+                    path: abs(&e.path),
+                    cwd: abs(&e.cwd),
+                });
+            } else if e.name.ends_with("/bin:hopprobe") {
+                plan.hopprobe = Some(abs(&e.path));
+            }
+            let name = e.path.file_name().context("file name")?.to_owned();
+            binaries.insert(stripped(&e.path, &name)?, e.path);
+        }
+        // cargo reports them in build order, which varies; the table should not.
+        plan.tests.sort_by(|a, b| a.name.cmp(&b.name));
+        if plan.hopprobe.is_none() {
+            bail!("cargo built no hopprobe binary");
+        }
+    }
+    let objects: Vec<(PathBuf, String)> = args
+        .extra_objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.clone(), format!("/vm/objects/{i}.o")))
+        .collect();
+    plan.objects = objects.iter().map(|(_, at)| at.clone()).collect();
+    let binaries: Vec<(PathBuf, PathBuf)> = binaries.into_iter().collect();
+
+    let mut results = Vec::new();
+    for series in args.kernel.series() {
+        let kernel = kernel::prepare(series)?;
+        plan.modules = kernel.modules.iter().map(|(n, _)| n.clone()).collect();
+        let initrd = initramfs(&kernel, &plan, &binaries, &objects)?;
+        let log = kernel::vm_dir().join(format!("{}.log", kernel.release));
+        let boot = qemu::boot(
+            &kernel.vmlinuz,
+            &initrd,
+            &log,
+            Duration::from_secs(args.timeout_secs),
+            series.name,
+        )?;
+        let outcome = guest::parse(&boot.serial);
+        let problems = problems(&kernel, &boot, &outcome, &plan)?;
+        eprintln!(
+            "xtask: [{}] {} in {:.0} s; serial log {}",
+            series.name,
+            if problems.is_empty() {
+                "passed"
+            } else {
+                "FAILED"
+            },
+            boot.elapsed.as_secs_f64(),
+            log.display()
+        );
+        results.push(KernelResult {
+            series: series.name,
+            package: kernel.package.clone(),
+            elapsed: boot.elapsed,
+            outcome,
+            problems,
+        });
+    }
+    let table = report::markdown(&results);
+    println!("\n{table}");
+    let md = kernel::vm_dir().join("kernels.md");
+    fs::write(&md, &table)?;
+    eprintln!("xtask: table written to {}", md.display());
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.problems.is_empty())
+        .map(|r| r.series)
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on kernel {}", failed.join(", "));
+    }
+    if args.write_readme {
+        write_readme(&table)?;
+    }
+    Ok(())
+}
