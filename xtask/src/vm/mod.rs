@@ -186,6 +186,8 @@ fn initramfs(
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
     )?;
     image.bytes("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    // Tests name loopback `localhost` (TLS certificates are issued for it).
+    image.bytes("/etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n")?;
     for (name, file) in &kernel.modules {
         image.file(&format!("/lib/vm-modules/{name}.ko"), file, 0o644)?;
     }
@@ -324,7 +326,10 @@ pub fn run(args: &Args) -> Result<()> {
                     path: abs(&e.path),
                     cwd: abs(&e.cwd),
                 });
-            } else if e.name.ends_with("/bin:hopprobe") {
+            } else if e.name.ends_with("/bin:hopprobe") || e.name.ends_with("/bin:hopprobe-test") {
+                // The tests package builds hopprobe's entry point as `hopprobe-test` for its
+                // integration tests; `cargo test` builds probe-user's own binary only when
+                // something of probe-user needs it.
                 plan.hopprobe = Some(abs(&e.path));
             }
             let name = e.path.file_name().context("file name")?.to_owned();
