@@ -104,7 +104,31 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         "first SYN of passive handshakes; exchanges (bytes in)",
         &[Hook::CgroupSkb],
     ),
-    ("hp_skb_out", "exchanges (bytes out)", &[Hook::CgroupSkb]),
+    (
+        "hp_skb_out",
+        "exchanges (bytes out); packets sent by sockets",
+        &[Hook::CgroupSkb],
+    ),
+    (
+        "hp_tc_node_in",
+        "packets arriving at the node's uplink",
+        &[Hook::TcClsact],
+    ),
+    (
+        "hp_tc_node_out",
+        "packets leaving by the node's uplink",
+        &[Hook::TcClsact],
+    ),
+    (
+        "hp_tc_pod_in",
+        "packets entering a pod (host veth egress)",
+        &[Hook::TcClsact],
+    ),
+    (
+        "hp_tc_pod_out",
+        "packets leaving a pod (host veth ingress)",
+        &[Hook::TcClsact],
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize)]
