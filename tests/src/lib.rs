@@ -6,3 +6,13 @@ pub mod leftovers;
 pub mod netns;
 pub mod probe;
 pub mod root;
+
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn describe(o: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -88,3 +88,46 @@ impl Drop for Hopprobe {
         }
     }
 }
+
+/// A finished `hopprobe run`: its JSON summary, its log, and where its records are.
+pub struct Measured {
+    pub summary: serde_json::Value,
+    pub stderr: String,
+    pub records: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs `hopprobe run --json … --records … ARGS` around `load`: waits until it has attached,
+/// runs `load`, leaves the last packets of the load a moment to be seen, stops it with
+/// SIGINT and reads its summary. Panics (with its log) when it does not exit cleanly.
+pub fn measure(bin: &Path, args: &[&str], load: impl FnOnce()) -> Measured {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("summary.json");
+    let records = dir.path().join("records.jsonl");
+    let mut full = vec![
+        "run",
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--records",
+        records.to_str().expect("utf-8"),
+    ];
+    full.extend_from_slice(args);
+    let mut probe = Hopprobe::start(bin, &full);
+    load();
+    // The last closes complete within a round trip on a veth; leave ample room.
+    std::thread::sleep(Duration::from_millis(300));
+    probe.signal(Signal::SIGINT);
+    let status = probe.wait(Duration::from_secs(15));
+    let stderr = probe.stderr();
+    assert!(
+        status.success(),
+        "hopprobe exited {status}; stderr:\n{stderr}"
+    );
+    let text = std::fs::read_to_string(&json).expect("summary written");
+    Measured {
+        summary: serde_json::from_str(&text).expect("summary is JSON"),
+        stderr,
+        records,
+        _dir: dir,
+    }
+}

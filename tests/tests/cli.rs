@@ -25,12 +25,7 @@ fn hopprobe(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    testkit::describe(o)
 }
 
 /// A copy of the binary that an unprivileged user may execute (the build tree may not be).

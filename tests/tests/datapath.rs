@@ -7,13 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::{
     lab::{Lab, config::LabConfig},
     leftovers,
     netns::{Link, ip},
-    probe::Hopprobe,
+    probe::{Hopprobe, measure},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
@@ -30,32 +29,14 @@ fn datapath_hops_are_matched_across_nodeport_and_clusterip_nat() {
         Path::new(env!("CARGO_BIN_EXE_hoplab")),
     )
     .expect("lab up");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("s.json");
     let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let mut probe = Hopprobe::start(
-        Path::new(BIN),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--json",
-            json.to_str().expect("utf-8"),
-        ],
-    );
-    for _ in 0..REQUESTS {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    probe.signal(Signal::SIGINT);
-    assert!(
-        probe.wait(Duration::from_secs(15)).success(),
-        "{}",
-        probe.stderr()
-    );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    let summary = measure(Path::new(BIN), &["--netns", &netns], || {
+        for _ in 0..REQUESTS {
+            let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+            assert_eq!(resp.status(), Some(200));
+        }
+    })
+    .summary;
     let hops = summary["hops"].as_array().expect("hops").clone();
     let context = format!("{:#}", summary["hops"]);
     let find = |hop: &str, iface: &str| -> Option<Value> {

@@ -9,12 +9,9 @@ use std::{
     time::Duration,
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::signal::Signal,
-};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
-use testkit::{leftovers, netns::Link, probe::Hopprobe};
+use testkit::{leftovers, netns::Link, probe::measure};
 
 const CONNECTIONS: usize = 20;
 const REFUSED: usize = 3;
@@ -76,67 +73,48 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     let link = Link::new().expect("create namespaces");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let refused_port = port + 1;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("summary.json");
-
-    let mut probe = Hopprobe::start(
+    let measured = measure(
         Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-        &[
-            "run",
-            "--interval",
-            "1s",
-            "--json",
-            json.to_str().expect("utf-8"),
-        ],
+        &["--interval", "1s"],
+        || {
+            let server_addr = SocketAddr::new(link.right_addr.into(), port);
+            let listener = link
+                .right
+                .run(|| TcpListener::bind(server_addr))
+                .expect("enter server namespace")
+                .expect("bind");
+            let server = std::thread::spawn(move || serve(listener, CONNECTIONS));
+            link.left
+                .run(|| {
+                    for _ in 0..CONNECTIONS {
+                        let mut s =
+                            TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
+                                .expect("connect");
+                        s.set_read_timeout(Some(Duration::from_secs(10)))
+                            .expect("timeout");
+                        let mut reply = Vec::new();
+                        s.read_to_end(&mut reply).expect("read");
+                        assert_eq!(reply, b"ok");
+                    }
+                    let refused = SocketAddr::new(link.right_addr.into(), refused_port);
+                    for _ in 0..REFUSED {
+                        let err = TcpStream::connect_timeout(&refused, Duration::from_secs(5))
+                            .expect_err("nobody listens there");
+                        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+                    }
+                })
+                .expect("enter client namespace");
+            server.join().expect("server thread");
+        },
     );
-
-    let server_addr = SocketAddr::new(link.right_addr.into(), port);
-    let listener = link
-        .right
-        .run(|| TcpListener::bind(server_addr))
-        .expect("enter server namespace")
-        .expect("bind");
-    let server = std::thread::spawn(move || serve(listener, CONNECTIONS));
-    link.left
-        .run(|| {
-            for _ in 0..CONNECTIONS {
-                let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
-                    .expect("connect");
-                s.set_read_timeout(Some(Duration::from_secs(10)))
-                    .expect("timeout");
-                let mut reply = Vec::new();
-                s.read_to_end(&mut reply).expect("read");
-                assert_eq!(reply, b"ok");
-            }
-            let refused = SocketAddr::new(link.right_addr.into(), refused_port);
-            for _ in 0..REFUSED {
-                let err = TcpStream::connect_timeout(&refused, Duration::from_secs(5))
-                    .expect_err("nobody listens there");
-                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-            }
-        })
-        .expect("enter client namespace");
-    server.join().expect("server thread");
-    // The last closes complete within a round trip on the veth; leave ample room.
-    std::thread::sleep(Duration::from_millis(300));
-
-    probe.signal(Signal::SIGINT);
-    let status = probe.wait(Duration::from_secs(15));
-    assert!(
-        status.success(),
-        "hopprobe exited {status}; stderr:\n{}",
-        probe.stderr()
-    );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary written"))
-            .expect("summary is JSON");
-    let context = format!("summary:\n{summary:#}\nstderr:\n{}", probe.stderr());
+    let summary = &measured.summary;
+    let context = format!("summary:\n{summary:#}\nstderr:\n{}", measured.stderr);
     assert_eq!(summary["stopped_by"], "SIGINT", "{context}");
     assert_eq!(summary["counters"]["ringbuf_drops"], 0, "{context}");
 
     let n = CONNECTIONS as u64;
-    let active_hs = series(&summary, "handshake", "active", port);
-    let passive_hs = series(&summary, "handshake", "passive", port);
+    let active_hs = series(summary, "handshake", "active", port);
+    let passive_hs = series(summary, "handshake", "passive", port);
     assert_eq!(count(&active_hs), n, "active handshakes; {context}");
     assert_eq!(count(&passive_hs), n, "passive handshakes; {context}");
     // Every passive handshake was timed from its SYN, which the cgroup_skb hook stamped.
@@ -145,7 +123,7 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     }
     let delay_us = ACCEPT_DELAY.as_micros() as f64;
     for direction in ["active", "passive"] {
-        let lifetimes = series(&summary, "lifetime", direction, port);
+        let lifetimes = series(summary, "lifetime", direction, port);
         assert_eq!(count(&lifetimes), n, "{direction} lifetimes; {context}");
         for s in &lifetimes {
             let min = s["min_us"].as_f64().expect("min");
@@ -156,7 +134,7 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
         }
     }
     assert_eq!(
-        count(&series(&summary, "failed_connect", "active", refused_port)),
+        count(&series(summary, "failed_connect", "active", refused_port)),
         REFUSED as u64,
         "refused connects; {context}"
     );

@@ -3,14 +3,13 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::{
     lab::{
         Lab,
         config::{Delay, LabConfig},
     },
-    probe::Hopprobe,
+    probe::measure,
 };
 
 const REQUESTS: u64 = 20;
@@ -40,33 +39,14 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
         .map(|(p, c)| (c.cgroup_id, p.service.clone()))
         .collect();
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (json, records) = (dir.path().join("s.json"), dir.path().join("r.jsonl"));
-    let mut probe = Hopprobe::start(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-        &[
-            "run",
-            "--json",
-            json.to_str().expect("utf-8"),
-            "--records",
-            records.to_str().expect("utf-8"),
-        ],
-    );
-    for _ in 0..REQUESTS {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    probe.signal(Signal::SIGINT);
-    assert!(
-        probe.wait(Duration::from_secs(15)).success(),
-        "{}",
-        probe.stderr()
-    );
+    let measured = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &[], || {
+        for _ in 0..REQUESTS {
+            let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+            assert_eq!(resp.status(), Some(200));
+        }
+    });
     drop(lab);
-
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+    let (summary, records) = (&measured.summary, &measured.records);
     let context = format!("{:#}", summary["hops"]);
     let hop = |kind: &str, service: &str, peer: Option<&str>| -> Value {
         summary["hops"]
@@ -114,7 +94,7 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
     let sent = summary["counters"]["exchanges_sent"]
         .as_u64()
         .expect("counter");
-    let lines = std::fs::read_to_string(&records).expect("records");
+    let lines = std::fs::read_to_string(records).expect("records");
     let parsed: Vec<Value> = lines
         .lines()
         .map(|l| serde_json::from_str(l).expect("each record is JSON"))
@@ -127,35 +107,19 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
 /// Sidecar hop (min, p50) in ms per pod and direction, from a run of `requests` page loads.
 #[expect(clippy::type_complexity, reason = "a test helper's result")]
 fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, f64)>, Value) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("s.json");
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
-    let mut probe = Hopprobe::start(
+    let summary = measure(
         Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--json",
-            json.to_str().expect("utf-8"),
-        ],
-    );
-    for _ in 0..requests {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    probe.signal(Signal::SIGINT);
-    assert!(
-        probe.wait(Duration::from_secs(15)).success(),
-        "{}",
-        probe.stderr()
-    );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+        &["--netns", &netns, "--metadata", &metadata],
+        || {
+            for _ in 0..requests {
+                let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+                assert_eq!(resp.status(), Some(200));
+            }
+        },
+    )
+    .summary;
     let hops = summary["hops"]
         .as_array()
         .expect("hops")
@@ -264,50 +228,35 @@ fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
         .app_workers
         .insert("productpage".into(), testkit::lab::config::Workers(1));
     let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("s.json");
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
-    let mut probe = Hopprobe::start(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--json",
-            json.to_str().expect("utf-8"),
-        ],
-    );
     let (ns, addr) = (lab.client_netns(), lab.nodeport());
-    let start = std::time::Instant::now();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let ns = ns.clone();
-            std::thread::spawn(move || {
-                testkit::netns::run_in(&ns, || {
-                    while start.elapsed() < Duration::from_secs(2) {
-                        let resp = testkit::lab::http::get(addr, "/productpage").expect("GET");
-                        assert_eq!(resp.status(), Some(200));
-                    }
+    let summary = measure(
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &["--netns", &netns, "--metadata", &metadata],
+        || {
+            let start = std::time::Instant::now();
+            let clients: Vec<_> = (0..8)
+                .map(|_| {
+                    let ns = ns.clone();
+                    std::thread::spawn(move || {
+                        testkit::netns::run_in(&ns, || {
+                            while start.elapsed() < Duration::from_secs(2) {
+                                let resp =
+                                    testkit::lab::http::get(addr, "/productpage").expect("GET");
+                                assert_eq!(resp.status(), Some(200));
+                            }
+                        })
+                        .expect("client namespace");
+                    })
                 })
-                .expect("client namespace");
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().expect("client");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    probe.signal(Signal::SIGINT);
-    assert!(
-        probe.wait(Duration::from_secs(15)).success(),
-        "{}",
-        probe.stderr()
-    );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("summary")).expect("JSON");
+                .collect();
+            for c in clients {
+                c.join().expect("client");
+            }
+        },
+    )
+    .summary;
     let p50 = |hop: &str| -> f64 {
         summary["hops"]
             .as_array()

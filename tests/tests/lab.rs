@@ -31,12 +31,7 @@ fn hoplab(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    testkit::describe(o)
 }
 
 fn assert_page(lab: &Lab, addr: std::net::SocketAddr) -> Duration {
