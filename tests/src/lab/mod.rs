@@ -61,11 +61,6 @@ pub struct Lab {
     keep: bool,
 }
 
-/// The container that runs a pod's app or proxy.
-fn app_container(service: &str) -> &str {
-    service
-}
-
 pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 
 /// True when lab tests can run: root (see `root::available`) and the tools the lab drives
@@ -218,13 +213,9 @@ impl Lab {
                 args.push(format!("{c}={}", pod(c).service_addr()));
             }
             containers.push(self.start_container(
-                names,
-                p,
-                app_container(p.service),
-                &ns,
-                exe,
-                args,
-                None,
+                names, p,
+                // The app's container is named after its service, as in Bookinfo.
+                p.service, &ns, exe, args, None,
             )?);
             if cfg.mesh == Mesh::Sidecar {
                 let inbound = SocketAddr::new([0, 0, 0, 0].into(), SIDECAR_INBOUND_PORT);
