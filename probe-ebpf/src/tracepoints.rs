@@ -53,6 +53,13 @@ fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
         if family == AF_INET6 {
             flow.local_addr = ctx.read_at(l.saddr_v6 as usize)?;
             flow.remote_addr = ctx.read_at(l.daddr_v6 as usize)?;
+            // A dual-stack socket (a `[::]` listener's child) talking IPv4 shows v4-mapped
+            // addresses, while its packets (which cgroup_skb keys flows by) are IPv4.
+            if v4_mapped(&flow.local_addr) && v4_mapped(&flow.remote_addr) {
+                flow.family = AF_INET;
+                flow.local_addr = unmap(&flow.local_addr);
+                flow.remote_addr = unmap(&flow.remote_addr);
+            }
         } else if family == AF_INET {
             let s: [u8; 4] = ctx.read_at(l.saddr as usize)?;
             let d: [u8; 4] = ctx.read_at(l.daddr as usize)?;
@@ -66,6 +73,17 @@ fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
             flow,
         })
     }
+}
+
+/// `::ffff:a.b.c.d`
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+fn unmap(a: &[u8; 16]) -> [u8; 16] {
+    let mut v4 = [0u8; 16];
+    v4[..4].copy_from_slice(&a[12..16]);
+    v4
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {

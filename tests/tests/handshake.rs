@@ -161,3 +161,42 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     drop(link);
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
+
+#[test]
+fn a_dual_stack_listener_taking_ipv4_clients_is_timed_from_the_syn() {
+    if !testkit::root::available("a_dual_stack_listener_taking_ipv4_clients_is_timed_from_the_syn")
+    {
+        return;
+    }
+    let link = Link::new().expect("create namespaces");
+    let port = 20_000 + (std::process::id() % 20_000) as u16 + 2;
+    let measured = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &[], || {
+        // `[::]` as nginx and Go servers bind by default: IPv4 clients reach a v6 socket.
+        let listener = link
+            .right
+            .run(|| TcpListener::bind(SocketAddr::from(([0u16; 8], port))))
+            .expect("enter server namespace")
+            .expect("bind [::]");
+        let server = std::thread::spawn(move || serve(listener, 5));
+        let server_addr = SocketAddr::new(link.right_addr.into(), port);
+        link.left
+            .run(|| {
+                for _ in 0..5 {
+                    let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
+                        .expect("connect");
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+            .expect("enter client namespace");
+        server.join().expect("server thread");
+    });
+    let passive = series(&measured.summary, "handshake", "passive", port);
+    assert_eq!(count(&passive), 5, "{:#}", measured.summary);
+    for s in &passive {
+        assert!(
+            s.get("timed_from_syn_recv").is_none(),
+            "timed from SYN_RECV: {:#}",
+            measured.summary
+        );
+    }
+}
