@@ -51,6 +51,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().ring_bytes,
           value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Sockets tracked at once; the least recently used are forgotten beyond it.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().max_sockets,
+          value_parser = parse_map_entries)]
+    pub max_sockets: u32,
+    /// Packets remembered between the datapath's observation points.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().max_packets,
+          value_parser = parse_map_entries)]
+    pub max_packets: u32,
     /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -93,6 +101,16 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     match ebpf::ring_size_problem(bytes) {
         Some(problem) => Err(problem),
         None => Ok(bytes),
+    }
+}
+
+fn parse_map_entries(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= ebpf::MIN_MAP_ENTRIES => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a count of at least {}",
+            ebpf::MIN_MAP_ENTRIES
+        )),
     }
 }
 
@@ -150,6 +168,8 @@ fn run_cmd(args: RunArgs) -> i32 {
         cgroup_root: args.cgroup_root,
         sizes: MapSizes {
             ring_bytes: args.ring_size,
+            max_sockets: args.max_sockets,
+            max_packets: args.max_packets,
         },
         records: args.records,
         datapath,
@@ -234,5 +254,12 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["hopprobe", "run", "--ring-size", "8192"]).is_ok());
+        for bad in ["100", "many", "-5"] {
+            assert!(
+                Cli::try_parse_from(["hopprobe", "run", "--max-sockets", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--max-packets", "4096"]).is_ok());
     }
 }

@@ -20,12 +20,22 @@ pub enum LoadError {
 pub struct MapSizes {
     /// Bytes of the event ring buffer: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Sockets tracked at once (LRU maps of connections, flows and exchanges in progress).
+    pub max_sockets: u32,
+    /// Packets remembered between observation points (LRU of last sightings).
+    pub max_packets: u32,
 }
+
+/// The smallest bound `--max-sockets` and `--max-packets` accept: below it the LRU maps would
+/// forget entries within a single burst of a busy node.
+pub const MIN_MAP_ENTRIES: u32 = 1024;
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
             ring_bytes: 256 * 1024,
+            max_sockets: 65536,
+            max_packets: 65536,
         }
     }
 }
@@ -45,6 +55,11 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
     Ok(EbpfLoader::new()
         .override_global("SET_STATE_LAYOUT", layout, true)
         .map_max_entries("EVENTS", sizes.ring_bytes)
+        .map_max_entries("CONNS", sizes.max_sockets)
+        .map_max_entries("SK_FLOW", sizes.max_sockets)
+        .map_max_entries("EXCHANGES", sizes.max_sockets)
+        .map_max_entries("FLOW_COOKIE", sizes.max_sockets)
+        .map_max_entries("PKT_SEEN", sizes.max_packets)
         .load(OBJECT)?)
 }
 

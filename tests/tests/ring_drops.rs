@@ -20,7 +20,14 @@ fn a_full_ring_buffer_counts_its_drops() {
         return;
     }
     // One page holds about 50 events; the connections below make 4 each and nobody reads.
-    let mut probe = Probe::attach(None, MapSizes { ring_bytes: 4096 }).expect("attach");
+    let mut probe = Probe::attach(
+        None,
+        MapSizes {
+            ring_bytes: 4096,
+            ..MapSizes::default()
+        },
+    )
+    .expect("attach");
     let mut ring = probe.take_events().expect("ring");
     let stats = probe.take_stats().expect("stats");
 
