@@ -167,59 +167,43 @@ impl Probe {
         })
     }
 
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        self.take_ring("EVENTS")
-    }
-
-    pub fn take_exchanges(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        self.take_ring("EXCHANGE_EVENTS")
-    }
-
-    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, AttachError> {
+    /// Takes a map out of the object as the typed view `T` (ring buffer, per-CPU array...):
+    /// the caller owns it from then on, also after the programs are detached.
+    pub fn take<T>(&mut self, name: &'static str) -> Result<T, AttachError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
         let map = self
             .ebpf
             .take_map(name)
             .ok_or(AttachError::MissingMap(name))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map { name, source })
+        T::try_from(map).map_err(|source| AttachError::Map { name, source })
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        self.take("EVENTS")
+    }
+
+    pub fn take_exchanges(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        self.take("EXCHANGE_EVENTS")
     }
 
     pub fn take_hists(&mut self) -> Result<PerCpuHashMap<MapData, HistKey, Hist>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map("HIST")
-            .ok_or(AttachError::MissingMap("HIST"))?;
-        PerCpuHashMap::try_from(map).map_err(|source| AttachError::Map {
-            name: "HIST",
-            source,
-        })
+        self.take("HIST")
     }
 
     pub fn take_tcp_counters(
         &mut self,
     ) -> Result<PerCpuHashMap<MapData, u64, TcpCounters>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map("TCP_COUNTERS")
-            .ok_or(AttachError::MissingMap("TCP_COUNTERS"))?;
-        PerCpuHashMap::try_from(map).map_err(|source| AttachError::Map {
-            name: "TCP_COUNTERS",
-            source,
-        })
+        self.take("TCP_COUNTERS")
     }
 
     pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map("STATS")
-            .ok_or(AttachError::MissingMap("STATS"))?;
-        PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
-            name: "STATS",
-            source,
-        })
+        self.take("STATS")
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }
 

@@ -162,16 +162,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let stats = probe.take_stats()?;
     let hists = probe.take_hists()?;
     let tcp_counters = probe.take_tcp_counters()?;
-    let in_progress: AyaHashMap<MapData, u64, Exchange> = probe
-        .ebpf_mut()
-        .take_map("EXCHANGES")
-        .ok_or(AttachError::MissingMap("EXCHANGES"))
-        .and_then(|m| {
-            AyaHashMap::try_from(m).map_err(|source| AttachError::Map {
-                name: "EXCHANGES",
-                source,
-            })
-        })?;
+    let in_progress: AyaHashMap<MapData, u64, Exchange> = probe.take("EXCHANGES")?;
     let mut datapath = match opts.datapath.clone() {
         Some(o) => match Datapath::attach(probe.ebpf_mut(), o) {
             Ok(d) => {
