@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     check, datapath,
     ebpf::{self, MapSizes},
-    exit, metadata, run,
+    exit,
+    metadata::{self, kube::KubeOptions},
+    run,
 };
 
 #[derive(Parser, Debug)]
@@ -78,6 +80,25 @@ pub struct RunArgs {
     /// Containers that are proxies: their exchanges pair into sidecar hops.
     #[arg(long, value_name = "NAMES", default_value = metadata::DEFAULT_PROXY_CONTAINERS)]
     pub proxy_containers: String,
+    /// Name pods, containers and peer services from the Kubernetes API (this node's pods,
+    /// the cluster's Services and EndpointSlices). On by default inside a pod
+    /// (`KUBERNETES_SERVICE_HOST` set); `--no-kube` turns it off.
+    #[arg(long, conflicts_with = "no_kube")]
+    pub kube: bool,
+    /// Do not contact the Kubernetes API, even inside a pod.
+    #[arg(long)]
+    pub no_kube: bool,
+    /// This node's name: only its pods are watched. In a DaemonSet, set NODE_NAME from the
+    /// downward API (`fieldRef: spec.nodeName`).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// kubeconfig to use [default: in-cluster service account, then KUBECONFIG, then
+    /// ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Longest wait for the Kubernetes API at start-up (and for each connection to it).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub kube_timeout: Duration,
     /// Leave the datapath hops out (attach no TC programs).
     #[arg(long, conflicts_with_all = ["uplink", "netns"])]
     pub no_datapath: bool,
@@ -139,6 +160,13 @@ pub fn main() -> ExitCode {
 }
 
 fn run_cmd(args: RunArgs) -> i32 {
+    let kube = match kube_options(&args, std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()) {
+        Ok(k) => k,
+        Err(e) => {
+            error!("{e}");
+            return 2;
+        }
+    };
     let pod_ifaces = match datapath::parse_patterns(&args.pod_ifaces) {
         Ok(p) => p,
         Err(e) => {
@@ -174,6 +202,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         records: args.records,
         datapath,
         metadata,
+        kube,
         proxy_containers: args
             .proxy_containers
             .split(',')
@@ -188,11 +217,43 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("run `hopprobe check` to see which hooks this machine offers");
             exit::UNSUPPORTED
         }
+        Err(run::RunError::Kube(e)) => {
+            error!("Kubernetes API: {e}");
+            e.exit_code()
+        }
         Err(e) => {
             error!("{e}");
             exit::FAILURE
         }
     }
+}
+
+/// Whether and how to use the Kubernetes API: `--kube`, or inside a pod unless `--no-kube`.
+fn kube_options(args: &RunArgs, in_cluster: bool) -> Result<Option<KubeOptions>, String> {
+    if args.no_kube || !(args.kube || in_cluster) {
+        return Ok(None);
+    }
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            format!(
+                "{} needs this node's name to watch only its pods: set NODE_NAME (in a \
+                 DaemonSet, from the downward API: `valueFrom.fieldRef.fieldPath: \
+                 spec.nodeName`) or pass --node-name; --no-kube runs without the API",
+                if args.kube {
+                    "--kube"
+                } else {
+                    "running in a pod (KUBERNETES_SERVICE_HOST is set), hopprobe uses the Kubernetes API and"
+                }
+            )
+        })?;
+    Ok(Some(KubeOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        node,
+        timeout: args.kube_timeout,
+    }))
 }
 
 fn check_cmd(args: &CheckArgs) -> i32 {
@@ -261,5 +322,49 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["hopprobe", "run", "--max-packets", "4096"]).is_ok());
+    }
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["hopprobe", "run"].iter().chain(argv)).expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        args
+    }
+
+    #[test]
+    fn the_api_is_used_with_kube_or_inside_a_pod_and_needs_the_node_name() {
+        // NODE_NAME may be set where the tests run: name the node explicitly or not at all.
+        let mut args = run_args(&["--kube", "--node-name", "node-a"]);
+        let k = kube_options(&args, false).expect("ok").expect("on");
+        assert_eq!(
+            (k.node.as_str(), k.timeout),
+            ("node-a", Duration::from_secs(10))
+        );
+        args.node_name = None;
+        let err = kube_options(&args, false).expect_err("no node");
+        assert!(
+            err.contains("NODE_NAME") && err.contains("spec.nodeName"),
+            "{err}"
+        );
+
+        let mut auto = run_args(&[]);
+        auto.node_name = None;
+        assert!(kube_options(&auto, false).expect("ok").is_none());
+        assert!(
+            kube_options(&auto, true)
+                .expect_err("no node")
+                .contains("KUBERNETES_SERVICE_HOST")
+        );
+        auto.node_name = Some("node-b".into());
+        assert_eq!(
+            kube_options(&auto, true).expect("ok").map(|k| k.node),
+            Some("node-b".into())
+        );
+
+        let mut off = run_args(&["--no-kube"]);
+        off.node_name = None;
+        assert!(kube_options(&off, true).expect("ok").is_none());
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--kube", "--no-kube"]).is_err());
     }
 }

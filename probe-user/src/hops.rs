@@ -126,6 +126,10 @@ pub struct HopSummary {
     pub cgroup: Option<String>,
     pub local_port: Option<u16>,
     pub peer: Option<String>,
+    /// `namespace/service` of `peer`, from the Kubernetes API (ClusterIP or endpoint IP).
+    pub peer_service: Option<String>,
+    /// `namespace/pod` of `peer`, when it is a pod on this node.
+    pub peer_pod: Option<String>,
     #[serde(flatten)]
     pub latency: Summary,
 }
@@ -191,6 +195,8 @@ impl HopAggregator {
                 cgroup: resolver.resolve(k.cgroup_id),
                 local_port: k.local_port,
                 peer: k.peer.map(|p| p.to_string()),
+                peer_service: None,
+                peer_pod: None,
                 latency: l.summary(),
             })
             .collect()
@@ -237,6 +243,8 @@ pub fn kernel_hops(
             cgroup: resolver.resolve(k.cgroup_id),
             local_port: None,
             peer: None,
+            peer_service: None,
+            peer_pod: None,
             latency: latency.summary(),
         });
     }
@@ -244,16 +252,22 @@ pub fn kernel_hops(
     out
 }
 
-/// Fills in namespace, pod and container names where the metadata knows them.
+/// Fills in namespace, pod and container names, and the peer's Service and pod, where the
+/// metadata knows them.
 pub fn name(hops: &mut [HopSummary], metadata: &Metadata) {
     for h in hops {
         if let Some(c) = h.cgroup.as_deref().and_then(|c| metadata.lookup(c)) {
-            h.namespace = Some(c.namespace.clone());
-            h.pod = Some(c.pod.clone());
-            h.container = Some(c.container.clone());
+            h.namespace = Some(c.namespace);
+            h.pod = Some(c.pod);
+            h.container = c.container;
         } else if let Some(i) = h.interface.as_deref().and_then(|i| metadata.interface(i)) {
             h.namespace = Some(i.namespace.clone());
             h.pod = Some(i.pod.clone());
+        }
+        if let Some(peer) = h.peer.as_deref().and_then(|p| p.parse().ok()) {
+            let names = metadata.peer(peer);
+            h.peer_service = names.service;
+            h.peer_pod = names.pod;
         }
     }
 }

@@ -24,7 +24,11 @@ use crate::{
     datapath::{Datapath, DatapathOptions},
     ebpf::MapSizes,
     hops::{self, HopAggregator, HopSummary, Record, kernel_hops},
-    metadata::Metadata,
+    metadata::{
+        Metadata,
+        kube::{self as kube_names, KubeError, KubeOptions},
+        parse_cgroup_path,
+    },
     probe::{
         ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
     },
@@ -43,8 +47,10 @@ pub struct RunOptions {
     pub records: Option<PathBuf>,
     /// Where to attach the datapath's TC programs; `None` leaves the datapath hops out.
     pub datapath: Option<DatapathOptions>,
-    /// Names for cgroups and interfaces.
+    /// Names for cgroups and interfaces from `--metadata`.
     pub metadata: Metadata,
+    /// Names from the Kubernetes API, behind the file's; `None` leaves the API alone.
+    pub kube: Option<KubeOptions>,
     /// Container names whose exchanges pair into sidecar hops.
     pub proxy_containers: Vec<String>,
 }
@@ -66,6 +72,8 @@ pub struct Summary {
 pub enum RunError {
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] KubeError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -107,6 +115,7 @@ struct ExchangeSink<'a> {
     pairer: Pairer,
     proxies: HashMap<u64, bool>,
     opts: &'a RunOptions,
+    metadata: &'a Metadata,
     records: Option<std::io::BufWriter<File>>,
     write_error: Option<std::io::Error>,
 }
@@ -120,12 +129,18 @@ impl ExchangeSink<'_> {
             // Not resolvable yet (a new cgroup): ask again next time.
             return false;
         };
-        let proxy = self
-            .opts
-            .metadata
-            .lookup(&path)
-            .is_some_and(|c| self.opts.proxy_containers.contains(&c.container));
-        self.proxies.insert(cgroup_id, proxy);
+        let names = self.metadata.lookup(&path);
+        let proxy = names
+            .as_ref()
+            .and_then(|n| n.container.as_ref())
+            .is_some_and(|c| self.opts.proxy_containers.contains(c));
+        // A container's cgroup without a container name yet (the API server has not told us)
+        // is asked again next time; anything else is settled.
+        let settled = names.is_some_and(|n| n.container.is_some())
+            || parse_cgroup_path(&path).is_none_or(|ids| ids.container_id.is_none());
+        if settled {
+            self.proxies.insert(cgroup_id, proxy);
+        }
         proxy
     }
 
@@ -150,6 +165,22 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
 
+    // Names first: a cluster that refuses hopprobe's credentials stops it before anything is
+    // attached.
+    let (metadata, _kube) = match &opts.kube {
+        Some(k) => {
+            let config = match &k.kubeconfig {
+                Some(path) => kube_names::config_from_file(path).await?,
+                None => kube_names::infer_config().await?,
+            };
+            let source = kube_names::start(config, k).await?;
+            (
+                opts.metadata.clone().with_kube(source.names.clone()),
+                Some(source),
+            )
+        }
+        None => (opts.metadata.clone(), None),
+    };
     let records = match &opts.records {
         Some(path) => Some(std::io::BufWriter::new(
             File::create(path).map_err(io(format!("creating {}", path.display())))?,
@@ -198,6 +229,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         pairer: Pairer::default(),
         proxies: HashMap::new(),
         opts,
+        metadata: &metadata,
         records,
         write_error: None,
     };
@@ -296,7 +328,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             let mut hops = kernel_hops(read_hists(&hists), &ifnames, &mut resolver);
             hops.extend(sink.hops.summaries(&mut resolver));
             hops.sort_by_key(|h| h.hop);
-            hops::name(&mut hops, &opts.metadata);
+            hops::name(&mut hops, &metadata);
             hops
         },
         tcp_events: read_tcp_events(&tcp_counters, &mut resolver),

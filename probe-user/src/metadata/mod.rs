@@ -1,41 +1,22 @@
 //! Who a cgroup belongs to: the pod UID and container ID that kubelet and the container runtime
-//! write into cgroup paths, and the names (namespace, pod, container) from a metadata source.
-//!
-//! Sources today: a JSON file (`--metadata`, which the lab writes); the Kubernetes API is the
-//! source on a real node (not built yet). Without names, series still carry the IDs.
+//! write into cgroup paths (`cgroup_path`), and the names (namespace, pod, container, peer
+//! service) for them from two sources: the Kubernetes API (`kube`, on a real node) and a JSON
+//! file (`--metadata`, which the lab writes). Where both know a container or interface, the
+//! file wins: it is what an operator wrote on purpose. Without names, series carry the IDs.
 
-use std::{collections::HashMap, path::Path};
+pub mod cgroup_path;
+pub mod kube;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use serde::{Deserialize, Serialize};
 
-/// IDs parsed from a kubelet-made cgroup path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupIds {
-    pub pod_uid: String,
-    pub container_id: Option<String>,
-}
-
-/// Parses both kubelet cgroup drivers:
-/// systemd `…/kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`
-/// (also `crio-`, `docker-`), and cgroupfs `…/kubepods/burstable/pod<uid>/<id>`.
-pub fn parse_cgroup_path(path: &str) -> Option<CgroupIds> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let (i, uid) = parts.iter().enumerate().find_map(|(i, p)| {
-        let p = p.strip_suffix(".slice").unwrap_or(p);
-        let at = p.rfind("pod")?;
-        let uid = &p[at + 3..];
-        let uid = uid.replace('_', "-");
-        (uid.len() == 36 && uid.matches('-').count() == 4).then_some((i, uid))
-    })?;
-    let container_id = parts.get(i + 1).map(|c| {
-        let c = c.strip_suffix(".scope").unwrap_or(c);
-        c.rsplit('-').next().unwrap_or(c).to_owned()
-    });
-    Some(CgroupIds {
-        pod_uid: uid,
-        container_id,
-    })
-}
+pub use cgroup_path::{CgroupIds, parse_cgroup_path};
+pub use kube::{KubeNames, Names};
 
 /// Names of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +61,17 @@ pub enum MetadataError {
 pub struct Metadata {
     by_container: HashMap<String, ContainerMeta>,
     by_interface: HashMap<String, InterfaceMeta>,
+    /// Live names from the API server; the watchers update them while hopprobe runs.
+    kube: Option<KubeNames>,
+}
+
+/// Names for a destination (`peer` of a hop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerNames {
+    /// `namespace/service`.
+    pub service: Option<String>,
+    /// `namespace/pod`, for a pod on this node.
+    pub pod: Option<String>,
 }
 
 /// Container names that are proxies: their exchanges pair into sidecar hops.
@@ -109,19 +101,50 @@ impl Metadata {
                 .into_iter()
                 .map(|i| (i.interface.clone(), i))
                 .collect(),
+            kube: None,
         }
     }
 
-    /// Names for a cgroup path, when it is a container's and the source knows it.
-    pub fn lookup(&self, cgroup_path: &str) -> Option<&ContainerMeta> {
-        let ids = parse_cgroup_path(cgroup_path)?;
-        self.by_container.get(ids.container_id.as_deref()?)
+    /// Adds the API server's names, behind the file's.
+    pub fn with_kube(mut self, names: KubeNames) -> Self {
+        self.kube = Some(names);
+        self
     }
-}
 
-impl Metadata {
+    /// Names for a cgroup path, when it is a container's (or a pod's) and a source knows it.
+    /// Asked again each time, so names that arrive while hopprobe runs apply from then on.
+    pub fn lookup(&self, cgroup_path: &str) -> Option<Names> {
+        let ids = parse_cgroup_path(cgroup_path)?;
+        if let Some(c) = ids
+            .container_id
+            .as_deref()
+            .and_then(|id| self.by_container.get(id))
+        {
+            return Some(Names {
+                namespace: c.namespace.clone(),
+                pod: c.pod.clone(),
+                container: Some(c.container.clone()),
+            });
+        }
+        self.kube.as_ref()?.read(|idx| idx.names(&ids))
+    }
+
     pub fn interface(&self, name: &str) -> Option<&InterfaceMeta> {
         self.by_interface.get(name)
+    }
+
+    /// The Service (and, on this node, the pod) a destination address belongs to.
+    pub fn peer(&self, addr: SocketAddr) -> PeerNames {
+        let Some(kube) = &self.kube else {
+            return PeerNames::default();
+        };
+        kube.read(|idx| PeerNames {
+            service: idx.service_by_addr(addr),
+            pod: idx.pod_by_ip(match addr.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
+                v4 => v4,
+            }),
+        })
     }
 }
 
@@ -130,27 +153,6 @@ mod tests {
     use super::*;
 
     const UID: &str = "82c0a928-1df8-41d3-8c76-d2323d47e853";
-
-    #[test]
-    fn parses_the_systemd_driver_layout() {
-        let p = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod82c0a928_1df8_41d3_8c76_d2323d47e853.slice/cri-containerd-ac39119b.scope";
-        let ids = parse_cgroup_path(p).expect("parsed");
-        assert_eq!(ids.pod_uid, UID);
-        assert_eq!(ids.container_id.as_deref(), Some("ac39119b"));
-    }
-
-    #[test]
-    fn parses_the_cgroupfs_layout_and_pod_level_cgroups() {
-        let p = format!("/kubepods/besteffort/pod{UID}/0123abcd");
-        let ids = parse_cgroup_path(&p).expect("parsed");
-        assert_eq!(
-            (ids.pod_uid.as_str(), ids.container_id.as_deref()),
-            (UID, Some("0123abcd"))
-        );
-        let pod_only = parse_cgroup_path(&format!("/kubepods/pod{UID}")).expect("parsed");
-        assert_eq!(pod_only.container_id, None);
-        assert_eq!(parse_cgroup_path("/system.slice/sshd.service"), None);
-    }
 
     #[test]
     fn looks_names_up_by_container_id() {
@@ -168,8 +170,8 @@ mod tests {
             UID.replace('-', "_")
         );
         assert_eq!(
-            m.lookup(&p).map(|c| c.container.as_str()),
-            Some("istio-proxy")
+            m.lookup(&p).and_then(|c| c.container),
+            Some("istio-proxy".to_owned())
         );
         assert!(m.lookup("/user.slice").is_none());
     }
