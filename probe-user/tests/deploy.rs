@@ -1,0 +1,188 @@
+//! deploy/: every manifest parses as YAML and as the Kubernetes object it claims to be, the
+//! DaemonSet gives hopprobe what `--kube` needs (NODE_NAME from the downward API, a service
+//! account the ClusterRole is bound to, read access to pods, services and endpointslices), and
+//! the Helm chart rendered with its defaults is the same as the plain manifests.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn documents(text: &str, what: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap_or_else(|e| panic!("{what} is not YAML: {e}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn manifests() -> Vec<Value> {
+    let mut docs = Vec::new();
+    for name in ["rbac.yaml", "daemonset.yaml"] {
+        let path = deploy().join("kubernetes").join(name);
+        let text = std::fs::read_to_string(&path).expect("read manifest");
+        docs.extend(documents(&text, name));
+    }
+    docs
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    found[0]
+}
+
+/// Each object also deserialises as its typed Kubernetes struct (field names and types).
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{}: {e}", v["kind"]))
+}
+
+#[test]
+fn the_manifests_give_hopprobe_what_kube_needs() {
+    let docs = manifests();
+    let _: Namespace = typed(of_kind(&docs, "Namespace"));
+    let sa: ServiceAccount = typed(of_kind(&docs, "ServiceAccount"));
+    let role: ClusterRole = typed(of_kind(&docs, "ClusterRole"));
+    let binding: ClusterRoleBinding = typed(of_kind(&docs, "ClusterRoleBinding"));
+    let ds: DaemonSet = typed(of_kind(&docs, "DaemonSet"));
+
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+    assert_eq!(pod.host_network, Some(true), "TC on the node's uplink");
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--kube"), "{args:?}");
+    let node_name = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
+
+    assert_eq!(
+        binding.role_ref.name,
+        role.metadata.name.clone().expect("role name")
+    );
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+    assert_eq!(subject.namespace, sa.metadata.namespace);
+    let rules = role.rules.unwrap_or_default();
+    for (group, resource) in [
+        ("", "pods"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+    ] {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r.api_groups.iter().flatten().any(|g| g == group)
+                    && r.resources.iter().flatten().any(|x| x == resource)
+            })
+            .unwrap_or_else(|| panic!("no rule for {resource}"));
+        for verb in ["get", "list", "watch"] {
+            assert!(rule.verbs.iter().any(|v| v == verb), "{resource}: {verb}");
+        }
+        assert!(
+            !rule
+                .verbs
+                .iter()
+                .any(|v| ["create", "update", "patch", "delete", "*"].contains(&v.as_str())),
+            "{resource}: read-only"
+        );
+    }
+}
+
+/// Renders the chart's templates with its default values, for the expressions they use:
+/// `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{ .Release.Namespace }}`. Anything else fails
+/// the test, which keeps the chart simple enough to check this way.
+fn render(template: &str, values: &Value, release: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("closed expression") + start;
+        let expr = rest[start + 2..end].trim();
+        let value = match expr {
+            ".Release.Name" | ".Release.Namespace" => release.to_owned(),
+            e if e.starts_with(".Values.") => {
+                let mut v = values;
+                for part in e[".Values.".len()..].split('.') {
+                    v = &v[part];
+                }
+                match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => panic!("{e} is not a scalar: {other}"),
+                }
+            }
+            other => panic!("template expression this check cannot render: {other}"),
+        };
+        out.push_str(&value);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
+    let chart = deploy().join("helm/hopprobe");
+    let meta = documents(
+        &std::fs::read_to_string(chart.join("Chart.yaml")).expect("Chart.yaml"),
+        "Chart.yaml",
+    );
+    assert_eq!(meta[0]["apiVersion"], "v2");
+    assert_eq!(meta[0]["name"], "hopprobe");
+    let values = documents(
+        &std::fs::read_to_string(chart.join("values.yaml")).expect("values"),
+        "values.yaml",
+    )
+    .pop()
+    .expect("values");
+    let mut rendered = Vec::new();
+    let mut templates: Vec<_> = std::fs::read_dir(chart.join("templates"))
+        .expect("templates")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    templates.sort();
+    for path in templates {
+        let text = std::fs::read_to_string(&path).expect("template");
+        rendered.extend(documents(
+            &render(&text, &values, "hopprobe"),
+            &path.display().to_string(),
+        ));
+    }
+    // The plain manifests add only the Namespace, which a Helm release is installed into.
+    let plain: Vec<Value> = manifests()
+        .into_iter()
+        .filter(|d| d["kind"] != "Namespace")
+        .collect();
+    let key = |d: &Value| format!("{}/{}", d["kind"], d["metadata"]["name"]);
+    let mut a: Vec<_> = plain.iter().map(|d| (key(d), d.clone())).collect();
+    let mut b: Vec<_> = rendered.iter().map(|d| (key(d), d.clone())).collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a.len(), b.len(), "same objects");
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(
+            va, vb,
+            "{ka} differs between deploy/kubernetes and the chart"
+        );
+    }
+}
