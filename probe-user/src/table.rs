@@ -104,7 +104,13 @@ pub fn hops(summaries: &[HopSummary]) -> String {
                 },
                 s.local_port
                     .map_or_else(|| "*".to_owned(), |p| p.to_string()),
-                s.peer.clone().unwrap_or_else(|| "*".to_owned()),
+                // A Service (from the Kubernetes API) says more than its ClusterIP; the
+                // address stays in JSON.
+                match (&s.peer_service, &s.peer_pod, &s.peer) {
+                    (Some(svc), _, Some(p)) => format!("svc:{svc} ({p})"),
+                    (None, Some(pod), Some(p)) => format!("pod:{pod} ({p})"),
+                    (_, _, p) => p.clone().unwrap_or_else(|| "*".to_owned()),
+                },
                 s.latency.count.to_string(),
                 ms(s.latency.p50_us),
                 ms(s.latency.p90_us),

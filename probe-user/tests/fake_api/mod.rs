@@ -3,8 +3,6 @@
 //! EndpointSlices, and a kubeconfig that points at it. Tests push watch events while a client
 //! is connected, or make every request answer 403.
 
-#![allow(dead_code, reason = "each test binary uses a different part")]
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
