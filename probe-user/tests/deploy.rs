@@ -3,7 +3,7 @@
 //! account the ClusterRole is bound to, read access to pods, services and endpointslices), and
 //! the Helm chart rendered with its defaults is the same as the plain manifests.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -12,9 +12,29 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
-fn deploy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
+// Compiled in: the test VMs carry the test binaries, not the source tree.
+const MANIFESTS: [(&str, &str); 2] = [
+    (
+        "rbac.yaml",
+        include_str!("../../deploy/kubernetes/rbac.yaml"),
+    ),
+    (
+        "daemonset.yaml",
+        include_str!("../../deploy/kubernetes/daemonset.yaml"),
+    ),
+];
+const CHART: &str = include_str!("../../deploy/helm/hopprobe/Chart.yaml");
+const VALUES: &str = include_str!("../../deploy/helm/hopprobe/values.yaml");
+const TEMPLATES: [(&str, &str); 2] = [
+    (
+        "daemonset.yaml",
+        include_str!("../../deploy/helm/hopprobe/templates/daemonset.yaml"),
+    ),
+    (
+        "rbac.yaml",
+        include_str!("../../deploy/helm/hopprobe/templates/rbac.yaml"),
+    ),
+];
 
 fn documents(text: &str, what: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(text)
@@ -25,13 +45,10 @@ fn documents(text: &str, what: &str) -> Vec<Value> {
 }
 
 fn manifests() -> Vec<Value> {
-    let mut docs = Vec::new();
-    for name in ["rbac.yaml", "daemonset.yaml"] {
-        let path = deploy().join("kubernetes").join(name);
-        let text = std::fs::read_to_string(&path).expect("read manifest");
-        docs.extend(documents(&text, name));
-    }
-    docs
+    MANIFESTS
+        .iter()
+        .flat_map(|(name, text)| documents(text, name))
+        .collect()
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -141,32 +158,24 @@ fn render(template: &str, values: &Value, release: &str) -> String {
 
 #[test]
 fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
-    let chart = deploy().join("helm/hopprobe");
-    let meta = documents(
-        &std::fs::read_to_string(chart.join("Chart.yaml")).expect("Chart.yaml"),
-        "Chart.yaml",
-    );
+    let meta = documents(CHART, "Chart.yaml");
     assert_eq!(meta[0]["apiVersion"], "v2");
     assert_eq!(meta[0]["name"], "hopprobe");
-    let values = documents(
-        &std::fs::read_to_string(chart.join("values.yaml")).expect("values"),
-        "values.yaml",
-    )
-    .pop()
-    .expect("values");
-    let mut rendered = Vec::new();
-    let mut templates: Vec<_> = std::fs::read_dir(chart.join("templates"))
-        .expect("templates")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    templates.sort();
-    for path in templates {
-        let text = std::fs::read_to_string(&path).expect("template");
-        rendered.extend(documents(
-            &render(&text, &values, "hopprobe"),
-            &path.display().to_string(),
-        ));
+    let values = documents(VALUES, "values.yaml").pop().expect("values");
+    // Where the source tree is at hand, no template may be missing from TEMPLATES.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/hopprobe/templates");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut on_disk: Vec<String> = entries
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let listed: Vec<String> = TEMPLATES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(on_disk, listed, "templates in {}", dir.display());
     }
+    let rendered: Vec<Value> = TEMPLATES
+        .iter()
+        .flat_map(|(name, text)| documents(&render(text, &values, "hopprobe"), name))
+        .collect();
     // The plain manifests add only the Namespace, which a Helm release is installed into.
     let plain: Vec<Value> = manifests()
         .into_iter()
