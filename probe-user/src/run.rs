@@ -136,7 +136,8 @@ impl ExchangeSink<'_> {
             .is_some_and(|c| self.opts.proxy_containers.contains(c));
         // A container's cgroup without a container name yet (the API server has not told us)
         // is asked again next time; anything else is settled.
-        let settled = names.is_some_and(|n| n.container.is_some())
+        let settled = !self.metadata.is_live()
+            || names.is_some_and(|n| n.container.is_some())
             || parse_cgroup_path(&path).is_none_or(|ids| ids.container_id.is_none());
         if settled {
             self.proxies.insert(cgroup_id, proxy);

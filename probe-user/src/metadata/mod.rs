@@ -129,6 +129,11 @@ impl Metadata {
         self.kube.as_ref()?.read(|idx| idx.names(&ids))
     }
 
+    /// Whether names can still arrive while hopprobe runs (from the API server).
+    pub fn is_live(&self) -> bool {
+        self.kube.is_some()
+    }
+
     pub fn interface(&self, name: &str) -> Option<&InterfaceMeta> {
         self.by_interface.get(name)
     }
