@@ -93,6 +93,29 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// A dual-stack socket (a `[::]` listener's child) talking IPv4 shows v4-mapped addresses
+    /// (`::ffff:a.b.c.d`), while its packets, which cgroup_skb keys flows by, are IPv4: such a
+    /// flow is rewritten as the IPv4 flow it is.
+    pub fn unmap_v4(&mut self) {
+        if self.family == AF_INET6 && v4_mapped(&self.local_addr) && v4_mapped(&self.remote_addr) {
+            self.family = AF_INET;
+            self.local_addr = unmap(&self.local_addr);
+            self.remote_addr = unmap(&self.remote_addr);
+        }
+    }
+}
+
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+fn unmap(a: &[u8; 16]) -> [u8; 16] {
+    let mut v4 = [0u8; 16];
+    v4[..4].copy_from_slice(&a[12..16]);
+    v4
+}
+
 /// When and for which cgroup the first SYN of a flow reached a listening socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

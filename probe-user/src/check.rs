@@ -100,6 +100,11 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
+        "hp_sock_ops",
+        "smoothed RTT per cgroup and service port (RTT callbacks)",
+        &[Hook::SockOps],
+    ),
+    (
         "hp_skb_in",
         "first SYN of passive handshakes; exchanges (bytes in)",
         &[Hook::CgroupSkb],

@@ -59,6 +59,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = MapSizes::default().max_packets,
           value_parser = parse_map_entries)]
     pub max_packets: u32,
+    /// Exchange records per second the kernel sends to userspace (0: no limit); the rest are
+    /// counted in `exchanges_rate_limited`. The app, upstream and sidecar hops are made from
+    /// the records that were sent.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().records_rate)]
+    pub records_rate: u64,
+    /// Exchange records sent at once before `--records-rate` applies.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().records_burst)]
+    pub records_burst: u64,
+    /// Size of the exchange records' ring buffer in bytes (a power of two, at least 4096);
+    /// records that do not fit are counted in `exchange_drops`.
+    #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().exchange_ring_bytes,
+          value_parser = parse_ring_size)]
+    pub records_ring_size: u32,
     /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -168,6 +181,9 @@ fn run_cmd(args: RunArgs) -> i32 {
         cgroup_root: args.cgroup_root,
         sizes: MapSizes {
             ring_bytes: args.ring_size,
+            exchange_ring_bytes: args.records_ring_size,
+            records_rate: args.records_rate,
+            records_burst: args.records_burst,
             max_sockets: args.max_sockets,
             max_packets: args.max_packets,
         },
@@ -261,5 +277,12 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["hopprobe", "run", "--max-packets", "4096"]).is_ok());
+        for bad in ["-1", "fast"] {
+            assert!(
+                Cli::try_parse_from(["hopprobe", "run", "--records-rate", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--records-ring-size", "3000"]).is_err());
     }
 }

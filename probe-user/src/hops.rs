@@ -13,10 +13,7 @@ use std::{
 use probe_common::{
     conn::{AF_INET, FlowKey},
     exchange::{Exchange, ROLE_SERVER},
-    hist::{
-        BUCKETS, HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey,
-        bucket_low,
-    },
+    hist::{HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey},
 };
 use serde::Serialize;
 
@@ -212,17 +209,7 @@ pub fn kernel_hops(
             HOP_POD_SEND => Hop::PodSend,
             _ => continue,
         };
-        let mut latency = Latency::default();
-        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-            // The middle of the bucket: off by at most half a bucket width (1/64).
-            let low = bucket_low(i);
-            let high = if i + 1 < BUCKETS {
-                bucket_low(i + 1)
-            } else {
-                low + 1
-            };
-            latency.record_n(low + (high - low) / 2, n);
-        }
+        let latency = Latency::from_buckets(&counts);
         out.push(HopSummary {
             hop,
             namespace: None,
@@ -303,7 +290,10 @@ impl From<&Exchange> for Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probe_common::exchange::{PHASE_RESPONSE, ROLE_CLIENT};
+    use probe_common::{
+        exchange::{PHASE_RESPONSE, ROLE_CLIENT},
+        hist::BUCKETS,
+    };
 
     fn exchange(role: u8, req: u64, resp: u64) -> Exchange {
         let mut flow = FlowKey {

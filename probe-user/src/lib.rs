@@ -6,6 +6,7 @@ pub mod cli;
 pub mod conn;
 pub mod datapath;
 pub mod ebpf;
+pub mod evictions;
 pub mod hops;
 pub mod latency;
 pub mod metadata;
