@@ -116,6 +116,37 @@ fn unmap(a: &[u8; 16]) -> [u8; 16] {
     v4
 }
 
+/// The remote end of a passive socket: how `accept`'s peer address finds the socket's flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    /// Explicit so the struct has no implicit padding (hash keys compare all bytes).
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PeerKey>() == 24);
+
+impl PeerKey {
+    pub fn remote_of(flow: &FlowKey) -> Self {
+        Self {
+            addr: flow.remote_addr,
+            port: flow.remote_port,
+            family: flow.family,
+            _pad: 0,
+        }
+    }
+
+    /// As [`FlowKey::unmap_v4`], for the one address.
+    pub fn unmap_v4(&mut self) {
+        if self.family == AF_INET6 && v4_mapped(&self.addr) {
+            self.family = AF_INET;
+            self.addr = unmap(&self.addr);
+        }
+    }
+}
+
 /// When and for which cgroup the first SYN of a flow reached a listening socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +162,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::SynSeen {}
 }
 

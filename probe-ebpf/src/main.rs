@@ -17,6 +17,8 @@ mod ratelimit;
 #[cfg(target_arch = "bpf")]
 mod sockops;
 #[cfg(target_arch = "bpf")]
+mod syscalls;
+#[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
 mod tracepoints;

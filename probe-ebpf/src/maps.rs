@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    conn::{ConnState, FlowKey, SynSeen, TcpCounters},
+    conn::{ConnState, FlowKey, PeerKey, SynSeen, TcpCounters},
     exchange::Exchange,
     hist::{Hist, HistKey, PktKey, PktSeen},
     layout::SetStateLayout,
@@ -30,6 +30,22 @@ pub static RECORDS_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Flow → owner and service port of its socket, for `sock_ops` (see `probe_common::sockops`).
 #[map]
 pub static FLOW_SOCK: LruHashMap<FlowKey, FlowSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// Passive sockets' flows by remote address, for `accept` (syscall fallback of the reads).
+#[map]
+pub static PEER_FLOW: LruHashMap<PeerKey, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// `(tgid << 32) | fd` of an accepted socket → its flow.
+#[map]
+pub static FD_FLOW: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per thread, between a syscall's entry and exit: `accept`'s address buffer.
+#[map]
+pub static ACCEPT_ADDR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per thread, between a read's entry and exit: the flow of the socket it reads.
+#[map]
+pub static READS: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(16384, 0);
 
 /// Smoothed RTT histograms per CPU, per cgroup and service port.
 #[map]

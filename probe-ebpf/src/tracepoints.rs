@@ -8,16 +8,17 @@ use aya_ebpf::{
 use probe_common::{
     conn::{
         AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
-        FlowKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS,
+        FlowKey, PeerKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT,
+        TCP_RETRANSMITS,
     },
     exchange::{PHASE_REQUEST, ROLE_SERVER},
     sockops::FlowSock,
-    stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_SK_FLOW, LRU_SYNS},
+    stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
 
 use crate::maps::{
-    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, SK_FLOW, SYNS, TCP_COUNTERS, count, layout,
-    lru_insert, lru_remove,
+    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, SK_FLOW, SYNS, TCP_COUNTERS,
+    count, layout, lru_insert, lru_remove,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -164,6 +165,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                     lru_remove(&SK_FLOW, LRU_SK_FLOW, &sock.id);
                     if state.established_ns != 0 {
                         lru_remove(&FLOW_SOCK, LRU_FLOW_SOCK, &sock.flow);
+                        if state.side == SIDE_PASSIVE {
+                            lru_remove(&PEER_FLOW, LRU_PEER_FLOW, &PeerKey::remote_of(&sock.flow));
+                        }
                     }
                 }
                 None if old != TCP_LISTEN && old != TCP_CLOSE && old != TCP_SYN_SENT => {
@@ -214,6 +218,9 @@ fn remember_owner(flow: &FlowKey, state: &ConnState) {
         _pad: [0; 5],
     };
     let _ = lru_insert(&FLOW_SOCK, LRU_FLOW_SOCK, flow, &owner);
+    if state.side == SIDE_PASSIVE {
+        let _ = lru_insert(&PEER_FLOW, LRU_PEER_FLOW, &PeerKey::remote_of(flow), flow);
+    }
 }
 
 fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duration_ns: u64) {
@@ -267,21 +274,28 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP || ret <= 0 || flags & MSG_PEEK != 0 {
         return Ok(());
     }
-    let Some(flow) = (unsafe { SK_FLOW.get(&sk) }) else {
-        return Ok(());
-    };
+    // SAFETY: the value is copied out at once.
+    if let Some(flow) = unsafe { SK_FLOW.get(&sk) }.copied() {
+        mark_first_read(&flow);
+    }
+    Ok(())
+}
+
+/// The process read from the socket of `flow`: on a server socket with a request waiting,
+/// the request has left the queue and the app starts on it.
+#[inline(always)]
+pub fn mark_first_read(flow: &FlowKey) {
     let Some(cookie) = (unsafe { FLOW_COOKIE.get(flow) }) else {
-        return Ok(());
+        return;
     };
     let Some(x) = EXCHANGES.get_ptr_mut(cookie) else {
-        return Ok(());
+        return;
     };
     // SAFETY: map value pointer, valid for this run.
     let x = unsafe { &mut *x };
     if x.role == ROLE_SERVER && x.phase == PHASE_REQUEST && x.first_read_ns == 0 {
         x.first_read_ns = now();
     }
-    Ok(())
 }
 
 /// Offset of `skaddr` in tcp:tcp_retransmit_skb and tcp:tcp_send_reset (after `skbaddr`), and

@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     check, datapath,
     ebpf::{self, MapSizes},
-    exit, metadata, run,
+    exit, metadata,
+    reads::ReadHook,
+    run,
 };
 
 #[derive(Parser, Debug)]
@@ -72,6 +74,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().exchange_ring_bytes,
           value_parser = parse_ring_size)]
     pub records_ring_size: u32,
+    /// Which hook sees a process read a request (splits `app` into queue and processing):
+    /// `auto` takes `sock:sock_recv_length` where the kernel has it (6.12+), else syscall
+    /// tracepoints; `syscalls` takes the syscall tracepoints everywhere.
+    #[arg(long, value_enum, default_value_t = ReadHook::Auto)]
+    pub app_reads: ReadHook,
     /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -196,6 +203,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
+        read_hook: args.app_reads,
     };
     match run::run(&opts) {
         Ok(_) => 0,

@@ -81,6 +81,8 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .map_max_entries("EVENTS", sizes.ring_bytes)
         .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
         .map_max_entries("FLOW_SOCK", sizes.max_sockets)
+        .map_max_entries("PEER_FLOW", sizes.max_sockets)
+        .map_max_entries("FD_FLOW", sizes.max_sockets)
         .map_max_entries("CONNS", sizes.max_sockets)
         .map_max_entries("SK_FLOW", sizes.max_sockets)
         .map_max_entries("EXCHANGES", sizes.max_sockets)

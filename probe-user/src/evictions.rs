@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap, IterableMap, MapData},
 };
 use probe_common::{
-    conn::{ConnState, FlowKey, SynSeen},
+    conn::{ConnState, FlowKey, PeerKey, SynSeen},
     exchange::Exchange,
     hist::{PktKey, PktSeen},
     sockops::FlowSock,
@@ -32,6 +32,8 @@ pub const NAMES: [&str; LRU_MAPS.len()] = [
     "evicted_exchanges",
     "evicted_pkt_seen",
     "evicted_flow_sock",
+    "evicted_peer_flow",
+    "evicted_fd_flow",
 ];
 
 /// Something whose keys can be counted.
@@ -66,6 +68,8 @@ impl LruMaps {
         let flow_cookie: HashMap<MapData, FlowKey, u64> = probe.take("FLOW_COOKIE")?;
         let pkt_seen: HashMap<MapData, PktKey, PktSeen> = probe.take("PKT_SEEN")?;
         let flow_sock: HashMap<MapData, FlowKey, FlowSock> = probe.take("FLOW_SOCK")?;
+        let peer_flow: HashMap<MapData, PeerKey, FlowKey> = probe.take("PEER_FLOW")?;
+        let fd_flow: HashMap<MapData, u64, FlowKey> = probe.take("FD_FLOW")?;
         Ok(Self {
             // In LRU_MAPS order, with EXCHANGES's place taken by `exchanges`.
             counted: vec![
@@ -75,6 +79,8 @@ impl LruMaps {
                 Box::new(flow_cookie),
                 Box::new(pkt_seen),
                 Box::new(flow_sock),
+                Box::new(peer_flow),
+                Box::new(fd_flow),
             ],
             exchanges: probe.take("EXCHANGES")?,
         })

@@ -26,6 +26,7 @@ use crate::{
     cgroup::{self, Resolver},
     ebpf::{self, LoadError, MapSizes, error_chain},
     privilege,
+    reads::{self, ReadHook},
     tracefs::{self, TracefsError},
 };
 
@@ -89,9 +90,19 @@ pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
 pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
 pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
 pub const SOCK_OPS_PROGRAM: &str = "hp_sock_ops";
+pub const RECV_PROGRAM: &str = "hp_sock_recv";
 
 impl Probe {
     pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
+        Self::attach_with(cgroup_root, sizes, ReadHook::Auto)
+    }
+
+    /// As [`Probe::attach`], choosing the hook that sees a process read a request.
+    pub fn attach_with(
+        cgroup_root: Option<&Path>,
+        sizes: MapSizes,
+        read_hook: ReadHook,
+    ) -> Result<Self, AttachError> {
         if let Some(missing) = privilege::missing(privilege::effective_caps()) {
             return Err(AttachError::Privilege(missing));
         }
@@ -128,6 +139,9 @@ impl Probe {
         });
 
         for tp in OPTIONAL_TRACEPOINTS {
+            if tp.program == RECV_PROGRAM && read_hook == ReadHook::Syscalls {
+                continue;
+            }
             match attach_checked_tracepoint(&mut ebpf, &tracefs.root, tp) {
                 Ok(()) => hooks.push(ActiveHook {
                     program: tp.program,
@@ -135,6 +149,18 @@ impl Probe {
                     target: format!("{}:{}", tp.category, tp.name),
                 }),
                 Err(why) => info!(program = tp.program, %why, "not attached"),
+            }
+        }
+        if !hooks.iter().any(|h| h.program == RECV_PROGRAM) {
+            match reads::attach_syscalls(&mut ebpf, &tracefs.root) {
+                Ok(attached) => {
+                    hooks.extend(attached.into_iter().map(|(program, target)| ActiveHook {
+                        program,
+                        hook: "tracepoint",
+                        target,
+                    }))
+                }
+                Err(why) => warn!(%why, "no hook sees reads: the app hop is not split"),
             }
         }
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes

@@ -29,6 +29,7 @@ use crate::{
     probe::{
         ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
     },
+    reads::ReadHook,
     sidecar::Pairer,
     table,
 };
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub metadata: Metadata,
     /// Container names whose exchanges pair into sidecar hops.
     pub proxy_containers: Vec<String>,
+    /// Which hook marks a request's first read.
+    pub read_hook: ReadHook,
 }
 
 /// What `--json` writes.
@@ -157,7 +160,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         )),
         None => None,
     };
-    let mut probe = Probe::attach(opts.cgroup_root.as_deref(), opts.sizes)?;
+    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
     let ring = probe.take_events()?;
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
