@@ -46,6 +46,19 @@ pub enum Hop {
 }
 
 impl Hop {
+    /// The way a request travels through this hop, relative to the pod: into it (towards the
+    /// serving app) or out of it (the pod's own calls and responses). The sidecar hop has both,
+    /// per series.
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            Hop::DatapathIn | Hop::PodDelivery | Hop::App | Hop::AppQueue | Hop::AppProcessing => {
+                Some(Direction::Inbound)
+            }
+            Hop::Upstream | Hop::PodSend | Hop::DatapathOut => Some(Direction::Outbound),
+            Hop::Sidecar => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Hop::DatapathIn => "datapath_in",
@@ -231,9 +244,13 @@ pub fn kernel_hops(
     out
 }
 
-/// Fills in namespace, pod and container names where the metadata knows them.
+/// Fills in namespace, pod and container names where the metadata knows them, and each
+/// series' direction.
 pub fn name(hops: &mut [HopSummary], metadata: &Metadata) {
     for h in hops {
+        if h.direction.is_none() {
+            h.direction = h.hop.direction();
+        }
         if let Some(c) = h.cgroup.as_deref().and_then(|c| metadata.lookup(c)) {
             h.namespace = Some(c.namespace.clone());
             h.pod = Some(c.pod.clone());
@@ -389,6 +406,24 @@ mod tests {
         assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
         assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
         assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
+    }
+
+    #[test]
+    fn every_series_says_its_direction() {
+        let mut agg = HopAggregator::default();
+        agg.record(&exchange(ROLE_SERVER, 1, 2));
+        agg.record(&exchange(ROLE_CLIENT, 1, 2));
+        let mut s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        name(&mut s, &Metadata::default());
+        let dirs: Vec<_> = s.iter().map(|h| (h.hop, h.direction)).collect();
+        assert!(
+            dirs.contains(&(Hop::App, Some(Direction::Inbound))),
+            "{dirs:?}"
+        );
+        assert!(
+            dirs.contains(&(Hop::Upstream, Some(Direction::Outbound))),
+            "{dirs:?}"
+        );
     }
 
     #[test]
