@@ -93,6 +93,60 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// A dual-stack socket (a `[::]` listener's child) talking IPv4 shows v4-mapped addresses
+    /// (`::ffff:a.b.c.d`), while its packets, which cgroup_skb keys flows by, are IPv4: such a
+    /// flow is rewritten as the IPv4 flow it is.
+    pub fn unmap_v4(&mut self) {
+        if self.family == AF_INET6 && v4_mapped(&self.local_addr) && v4_mapped(&self.remote_addr) {
+            self.family = AF_INET;
+            self.local_addr = unmap(&self.local_addr);
+            self.remote_addr = unmap(&self.remote_addr);
+        }
+    }
+}
+
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+fn unmap(a: &[u8; 16]) -> [u8; 16] {
+    let mut v4 = [0u8; 16];
+    v4[..4].copy_from_slice(&a[12..16]);
+    v4
+}
+
+/// The remote end of a passive socket: how `accept`'s peer address finds the socket's flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    /// Explicit so the struct has no implicit padding (hash keys compare all bytes).
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PeerKey>() == 24);
+
+impl PeerKey {
+    pub fn remote_of(flow: &FlowKey) -> Self {
+        Self {
+            addr: flow.remote_addr,
+            port: flow.remote_port,
+            family: flow.family,
+            _pad: 0,
+        }
+    }
+
+    /// As [`FlowKey::unmap_v4`], for the one address.
+    pub fn unmap_v4(&mut self) {
+        if self.family == AF_INET6 && v4_mapped(&self.addr) {
+            self.family = AF_INET;
+            self.addr = unmap(&self.addr);
+        }
+    }
+}
+
 /// When and for which cgroup the first SYN of a flow reached a listening socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -108,6 +162,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::SynSeen {}
 }
 

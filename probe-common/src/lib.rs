@@ -9,4 +9,6 @@ pub mod conn;
 pub mod exchange;
 pub mod hist;
 pub mod layout;
+pub mod ratelimit;
+pub mod sockops;
 pub mod stats;

@@ -26,7 +26,49 @@ pub const POD_IN_MATCHED: u32 = 8;
 /// the earlier point is not attached, or NAT changed what the key is made of).
 pub const POD_IN_UNMATCHED: u32 = 9;
 
-pub const COUNT: u32 = 10;
+/// Exchange records the rate limit (`--records-rate`) kept out of the ring buffer.
+pub const EXCHANGES_RATE_LIMITED: u32 = 10;
+/// Exchange records produced, counted before the rate limit: exactly `exchanges_sent` +
+/// `exchange_drops` (ring full) + `exchanges_rate_limited`.
+pub const EXCHANGES_PRODUCED: u32 = 11;
+
+/// The LRU maps whose inserts and deletes are counted, in the order of their counters. The
+/// kernel evicts from an LRU map without telling anyone; userspace derives the evictions as
+/// inserted − deleted − entries still present (see `probe_user::evictions`).
+pub const LRU_MAPS: [&str; 9] = [
+    "CONNS",
+    "SYNS",
+    "SK_FLOW",
+    "FLOW_COOKIE",
+    "EXCHANGES",
+    "PKT_SEEN",
+    "FLOW_SOCK",
+    "PEER_FLOW",
+    "FD_FLOW",
+];
+pub const LRU_CONNS: u32 = 0;
+pub const LRU_SYNS: u32 = 1;
+pub const LRU_SK_FLOW: u32 = 2;
+pub const LRU_FLOW_COOKIE: u32 = 3;
+pub const LRU_EXCHANGES: u32 = 4;
+pub const LRU_PKT_SEEN: u32 = 5;
+pub const LRU_FLOW_SOCK: u32 = 6;
+pub const LRU_PEER_FLOW: u32 = 7;
+pub const LRU_FD_FLOW: u32 = 8;
+const LRU_FIRST: u32 = 12;
+
+/// Counter of new keys written into LRU map `map` (an update of a present key is not one).
+pub const fn lru_inserted(map: u32) -> u32 {
+    LRU_FIRST + 2 * map
+}
+
+/// Counter of keys the programs deleted from LRU map `map` (a delete that found nothing,
+/// because the kernel had evicted the key, is not one).
+pub const fn lru_deleted(map: u32) -> u32 {
+    LRU_FIRST + 2 * map + 1
+}
+
+pub const COUNT: u32 = LRU_FIRST + 2 * LRU_MAPS.len() as u32;
 
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_drops",
@@ -39,4 +81,50 @@ pub const NAMES: [&str; COUNT as usize] = [
     "exchanges_sent",
     "pod_in_matched",
     "pod_in_unmatched",
+    "exchanges_rate_limited",
+    "exchanges_produced",
+    "lru_conns_inserted",
+    "lru_conns_deleted",
+    "lru_syns_inserted",
+    "lru_syns_deleted",
+    "lru_sk_flow_inserted",
+    "lru_sk_flow_deleted",
+    "lru_flow_cookie_inserted",
+    "lru_flow_cookie_deleted",
+    "lru_exchanges_inserted",
+    "lru_exchanges_deleted",
+    "lru_pkt_seen_inserted",
+    "lru_pkt_seen_deleted",
+    "lru_flow_sock_inserted",
+    "lru_flow_sock_deleted",
+    "lru_peer_flow_inserted",
+    "lru_peer_flow_deleted",
+    "lru_fd_flow_inserted",
+    "lru_fd_flow_deleted",
 ];
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::format;
+
+    #[test]
+    fn lru_counters_are_named_after_their_map() {
+        for (i, map) in LRU_MAPS.iter().enumerate() {
+            let m = map.to_ascii_lowercase();
+            assert_eq!(
+                NAMES[lru_inserted(i as u32) as usize],
+                format!("lru_{m}_inserted")
+            );
+            assert_eq!(
+                NAMES[lru_deleted(i as u32) as usize],
+                format!("lru_{m}_deleted")
+            );
+        }
+        assert_eq!(
+            NAMES[EXCHANGES_RATE_LIMITED as usize],
+            "exchanges_rate_limited"
+        );
+    }
+}

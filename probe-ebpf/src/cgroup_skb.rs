@@ -16,12 +16,13 @@ use probe_common::{
     conn::{AF_INET, AF_INET6, FlowKey, SynSeen},
     exchange::{Exchange, PHASE_REQUEST, PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
     hist::{POINT_SOCKET_IN, POINT_SOCKET_OUT},
-    stats,
+    stats::{self, LRU_EXCHANGES, LRU_FLOW_COOKIE, LRU_SYNS},
 };
 
 use crate::{
     datapath,
-    maps::{EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count},
+    maps::{EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert, lru_remove},
+    ratelimit,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -154,22 +155,21 @@ fn stamp_syn(ctx: &SkBuffContext, seg: &Segment) {
     }
     // SAFETY: the skb pointer is the program's context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if SYNS
-        .insert(
-            &seg.flow,
-            &SynSeen {
-                ts_ns: t,
-                cgroup_id,
-            },
-            0,
-        )
-        .is_err()
-    {
+    let seen = SynSeen {
+        ts_ns: t,
+        cgroup_id,
+    };
+    if lru_insert(&SYNS, LRU_SYNS, &seg.flow, &seen).is_err() {
         count(stats::SYN_INSERT_FAILED);
     }
 }
 
 fn emit(x: &Exchange) {
+    count(stats::EXCHANGES_PRODUCED);
+    if !ratelimit::admit() {
+        count(stats::EXCHANGES_RATE_LIMITED);
+        return;
+    }
     match EXCHANGE_EVENTS.reserve::<Exchange>(0) {
         Some(mut entry) => {
             entry.write(*x);
@@ -223,11 +223,11 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                 // Ingress and egress may both see the close (a FIN each way) at once: only the
                 // one whose delete succeeds reports the exchange.
                 let done = *x;
-                if EXCHANGES.remove(&cookie).is_ok() && done.phase == PHASE_RESPONSE {
+                if lru_remove(&EXCHANGES, LRU_EXCHANGES, &cookie) && done.phase == PHASE_RESPONSE {
                     emit(&done);
                 }
                 if done.role == ROLE_SERVER {
-                    let _ = FLOW_COOKIE.remove(&done.flow);
+                    lru_remove(&FLOW_COOKIE, LRU_FLOW_COOKIE, &done.flow);
                 }
             }
         }
@@ -252,10 +252,10 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                 phase: PHASE_REQUEST,
                 _pad: [0; 6],
             };
-            if EXCHANGES.insert(&cookie, &x, 0).is_err() {
+            if lru_insert(&EXCHANGES, LRU_EXCHANGES, &cookie, &x).is_err() {
                 count(stats::EXCHANGE_INSERT_FAILED);
             } else if x.role == ROLE_SERVER {
-                let _ = FLOW_COOKIE.insert(&x.flow, &cookie, 0);
+                let _ = lru_insert(&FLOW_COOKIE, LRU_FLOW_COOKIE, &x.flow, &cookie);
             }
         }
         None => {}

@@ -5,16 +5,19 @@
 //! pod's veth; TCP sequence and acknowledgement numbers, payload length and flags do not. A
 //! packet is keyed by those, and an LRU map remembers where and when it was last seen.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::sk_buff::SkBuff};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::PerCpuHashMap,
+    programs::sk_buff::SkBuff,
+};
 use probe_common::{
     hist::{
-        HOP_POD_DELIVERY, HOP_POD_SEND, HistKey, POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN,
+        HOP_POD_DELIVERY, HOP_POD_SEND, Hist, HistKey, POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN,
         POINT_POD_OUT, POINT_SOCKET_IN, POINT_SOCKET_OUT, PktKey, PktSeen, bucket, hop_between,
     },
-    stats,
+    stats::{self, LRU_PKT_SEEN},
 };
 
-use crate::maps::{HIST, HIST_ZERO, PKT_SEEN, count};
+use crate::maps::{HIST, HIST_ZERO, PKT_SEEN, count, lru_remove};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -66,7 +69,13 @@ fn observe(hop: u32, ifindex: u32, cgroup_id: u64, ns: u64) {
         ifindex,
         cgroup_id,
     };
-    let h = match HIST.get_ptr_mut(&k) {
+    observe_in(&HIST, &k, ns);
+}
+
+/// Adds `ns` to this CPU's histogram `k` of `map`, creating it zeroed if it is new.
+#[inline(always)]
+pub fn observe_in<K>(map: &PerCpuHashMap<K, Hist>, k: &K, ns: u64) {
+    let h = match map.get_ptr_mut(k) {
         Some(h) => h,
         None => {
             // A zeroed value from a map: 4 KiB does not fit on the BPF stack.
@@ -74,8 +83,8 @@ fn observe(hop: u32, ifindex: u32, cgroup_id: u64, ns: u64) {
                 return;
             };
             // SAFETY: a valid map value pointer.
-            let _ = HIST.insert(&k, unsafe { &*zero }, BPF_NOEXIST as u64);
-            match HIST.get_ptr_mut(&k) {
+            let _ = map.insert(k, unsafe { &*zero }, BPF_NOEXIST as u64);
+            match map.get_ptr_mut(k) {
                 Some(h) => h,
                 None => return,
             }
@@ -105,7 +114,9 @@ pub fn pass(k: &PktKey, point: u32, ifindex: u32, cgroup_id: u64) {
         }
         // Only points where a packet's path through the node can begin open an entry.
         if matches!(point, POINT_NODE_IN | POINT_SOCKET_OUT | POINT_POD_OUT) {
-            let _ = PKT_SEEN.insert(k, &here, BPF_NOEXIST as u64);
+            if PKT_SEEN.insert(k, &here, BPF_NOEXIST as u64).is_ok() {
+                count(stats::lru_inserted(LRU_PKT_SEEN));
+            }
         }
         return;
     };
@@ -129,7 +140,7 @@ pub fn pass(k: &PktKey, point: u32, ifindex: u32, cgroup_id: u64) {
     }
     if matches!(point, POINT_SOCKET_IN | POINT_NODE_OUT) {
         // The end of the packet's path through the node (or of its loop inside a pod).
-        let _ = PKT_SEEN.remove(k);
+        lru_remove(&PKT_SEEN, LRU_PKT_SEEN, k);
         return;
     }
     *seen = here;

@@ -1,21 +1,56 @@
 //! Maps and globals shared by the programs.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    conn::{ConnState, FlowKey, SynSeen, TcpCounters},
+    conn::{ConnState, FlowKey, PeerKey, SynSeen, TcpCounters},
     exchange::Exchange,
     hist::{Hist, HistKey, PktKey, PktSeen},
     layout::SetStateLayout,
+    ratelimit::RateLimit,
+    sockops::{FlowSock, SockHistKey},
     stats,
 };
 
 /// Written by userspace before load from the tracefs format file.
 #[unsafe(no_mangle)]
 pub static SET_STATE_LAYOUT: SetStateLayout = SetStateLayout::DEFAULT;
+
+/// Written by userspace before load from `--records-rate` and `--records-burst`.
+#[unsafe(no_mangle)]
+pub static RECORDS_LIMIT: RateLimit = RateLimit::UNLIMITED;
+
+/// Per CPU: the rate limit's theoretical arrival time (see `probe_common::ratelimit`).
+#[map]
+pub static RECORDS_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flow → owner and service port of its socket, for `sock_ops` (see `probe_common::sockops`).
+#[map]
+pub static FLOW_SOCK: LruHashMap<FlowKey, FlowSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// Passive sockets' flows by remote address, for `accept` (syscall fallback of the reads).
+#[map]
+pub static PEER_FLOW: LruHashMap<PeerKey, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// `(tgid << 32) | fd` of an accepted socket → its flow.
+#[map]
+pub static FD_FLOW: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per thread, between a syscall's entry and exit: `accept`'s address buffer.
+#[map]
+pub static ACCEPT_ADDR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per thread, between a read's entry and exit: the flow of the socket it reads.
+#[map]
+pub static READS: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// Smoothed RTT histograms per CPU, per cgroup and service port.
+#[map]
+pub static SOCK_HIST: PerCpuHashMap<SockHistKey, Hist> =
+    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
@@ -75,4 +110,38 @@ pub fn count(index: u32) {
 pub fn layout() -> SetStateLayout {
     // SAFETY: the static is valid for reads; volatile keeps the compiler from using the default.
     unsafe { core::ptr::read_volatile(&SET_STATE_LAYOUT) }
+}
+
+const EEXIST: i32 = 17;
+
+/// Inserts into an LRU map, counting a new key in `stats::lru_inserted(which)`; a key already
+/// present is updated and not counted. With `lru_remove` this lets userspace tell the kernel's
+/// silent evictions apart (inserted − deleted − still present).
+#[inline(always)]
+pub fn lru_insert<K, V>(map: &LruHashMap<K, V>, which: u32, k: &K, v: &V) -> Result<(), i32> {
+    match map.insert(k, v, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(stats::lru_inserted(which));
+            Ok(())
+        }
+        Err(e) if e == -EEXIST => map.insert(k, v, BPF_EXIST as u64),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes from an LRU map; true (and counted) when the key was there.
+#[inline(always)]
+pub fn lru_remove<K, V>(map: &LruHashMap<K, V>, which: u32, k: &K) -> bool {
+    let removed = map.remove(k).is_ok();
+    if removed {
+        count(stats::lru_deleted(which));
+    }
+    removed
+}
+
+/// Reads a global that userspace may have rewritten (see `layout`).
+#[inline(always)]
+pub fn records_limit() -> RateLimit {
+    // SAFETY: as in `layout`.
+    unsafe { core::ptr::read_volatile(&RECORDS_LIMIT) }
 }

@@ -8,14 +8,17 @@ use aya_ebpf::{
 use probe_common::{
     conn::{
         AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
-        FlowKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS,
+        FlowKey, PeerKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT,
+        TCP_RETRANSMITS,
     },
     exchange::{PHASE_REQUEST, ROLE_SERVER},
-    stats,
+    sockops::FlowSock,
+    stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
 
 use crate::maps::{
-    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, SK_FLOW, SYNS, TCP_COUNTERS, count, layout,
+    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, SK_FLOW, SYNS, TCP_COUNTERS,
+    count, layout, lru_insert, lru_remove,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -53,13 +56,7 @@ fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
         if family == AF_INET6 {
             flow.local_addr = ctx.read_at(l.saddr_v6 as usize)?;
             flow.remote_addr = ctx.read_at(l.daddr_v6 as usize)?;
-            // A dual-stack socket (a `[::]` listener's child) talking IPv4 shows v4-mapped
-            // addresses, while its packets (which cgroup_skb keys flows by) are IPv4.
-            if v4_mapped(&flow.local_addr) && v4_mapped(&flow.remote_addr) {
-                flow.family = AF_INET;
-                flow.local_addr = unmap(&flow.local_addr);
-                flow.remote_addr = unmap(&flow.remote_addr);
-            }
+            flow.unmap_v4();
         } else if family == AF_INET {
             let s: [u8; 4] = ctx.read_at(l.saddr as usize)?;
             let d: [u8; 4] = ctx.read_at(l.daddr as usize)?;
@@ -73,17 +70,6 @@ fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
             flow,
         })
     }
-}
-
-/// `::ffff:a.b.c.d`
-fn v4_mapped(a: &[u8; 16]) -> bool {
-    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
-}
-
-fn unmap(a: &[u8; 16]) -> [u8; 16] {
-    let mut v4 = [0u8; 16];
-    v4[..4].copy_from_slice(&a[12..16]);
-    v4
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
@@ -116,7 +102,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 Some(syn) => (syn.ts_ns, syn.cgroup_id, FLAG_START_FROM_SYN),
                 None => (t, 0, 0),
             };
-            let _ = SYNS.remove(&sock.flow);
+            lru_remove(&SYNS, LRU_SYNS, &sock.flow);
             track(sock.id, start, cgroup_id, SIDE_PASSIVE, flags);
         }
         TCP_ESTABLISHED => {
@@ -131,7 +117,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             }
             let t = now();
             state.established_ns = t;
-            let _ = SK_FLOW.insert(&sock.id, &sock.flow, 0);
+            let _ = lru_insert(&SK_FLOW, LRU_SK_FLOW, &sock.id, &sock.flow);
             if state.side == SIDE_PASSIVE && state.flags & FLAG_START_FROM_SYN == 0 {
                 // On 6.1 and 6.12 (seen in `cargo xtask vm-test`; 6.18 differs) the
                 // LISTEN -> SYN_RECV event still carries the listener's addresses (remote port
@@ -141,9 +127,10 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                     state.start_ns = syn.ts_ns;
                     state.cgroup_id = syn.cgroup_id;
                     state.flags |= FLAG_START_FROM_SYN;
-                    let _ = SYNS.remove(&sock.flow);
+                    lru_remove(&SYNS, LRU_SYNS, &sock.flow);
                 }
             }
+            remember_owner(&sock.flow, state);
             let kind = if state.side == SIDE_ACTIVE {
                 ConnEventKind::ActiveHandshake
             } else {
@@ -174,8 +161,14 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                             t.saturating_sub(state.start_ns),
                         );
                     }
-                    let _ = CONNS.remove(&sock.id);
-                    let _ = SK_FLOW.remove(&sock.id);
+                    lru_remove(&CONNS, LRU_CONNS, &sock.id);
+                    lru_remove(&SK_FLOW, LRU_SK_FLOW, &sock.id);
+                    if state.established_ns != 0 {
+                        lru_remove(&FLOW_SOCK, LRU_FLOW_SOCK, &sock.flow);
+                        if state.side == SIDE_PASSIVE {
+                            lru_remove(&PEER_FLOW, LRU_PEER_FLOW, &PeerKey::remote_of(&sock.flow));
+                        }
+                    }
                 }
                 None if old != TCP_LISTEN && old != TCP_CLOSE && old != TCP_SYN_SENT => {
                     count(stats::UNTRACKED_CLOSE)
@@ -207,8 +200,26 @@ fn track(id: u64, start_ns: u64, cgroup_id: u64, side: u8, flags: u8) {
         },
         _pad: [0; 6],
     };
-    if CONNS.insert(&id, &state, 0).is_err() {
+    if lru_insert(&CONNS, LRU_CONNS, &id, &state).is_err() {
         count(stats::CONN_INSERT_FAILED);
+    }
+}
+
+/// Tells `sock_ops` (softirq context, no owner in sight) whose socket a flow is.
+fn remember_owner(flow: &FlowKey, state: &ConnState) {
+    let owner = FlowSock {
+        cgroup_id: state.cgroup_id,
+        port: if state.side == SIDE_ACTIVE {
+            flow.remote_port
+        } else {
+            flow.local_port
+        },
+        side: state.side,
+        _pad: [0; 5],
+    };
+    let _ = lru_insert(&FLOW_SOCK, LRU_FLOW_SOCK, flow, &owner);
+    if state.side == SIDE_PASSIVE {
+        let _ = lru_insert(&PEER_FLOW, LRU_PEER_FLOW, &PeerKey::remote_of(flow), flow);
     }
 }
 
@@ -263,21 +274,28 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP || ret <= 0 || flags & MSG_PEEK != 0 {
         return Ok(());
     }
-    let Some(flow) = (unsafe { SK_FLOW.get(&sk) }) else {
-        return Ok(());
-    };
+    // SAFETY: the value is copied out at once.
+    if let Some(flow) = unsafe { SK_FLOW.get(&sk) }.copied() {
+        mark_first_read(&flow);
+    }
+    Ok(())
+}
+
+/// The process read from the socket of `flow`: on a server socket with a request waiting,
+/// the request has left the queue and the app starts on it.
+#[inline(always)]
+pub fn mark_first_read(flow: &FlowKey) {
     let Some(cookie) = (unsafe { FLOW_COOKIE.get(flow) }) else {
-        return Ok(());
+        return;
     };
     let Some(x) = EXCHANGES.get_ptr_mut(cookie) else {
-        return Ok(());
+        return;
     };
     // SAFETY: map value pointer, valid for this run.
     let x = unsafe { &mut *x };
     if x.role == ROLE_SERVER && x.phase == PHASE_REQUEST && x.first_read_ns == 0 {
         x.first_read_ns = now();
     }
-    Ok(())
 }
 
 /// Offset of `skaddr` in tcp:tcp_retransmit_skb and tcp:tcp_send_reset (after `skbaddr`), and

@@ -22,7 +22,7 @@ use aya::{
 use probe_common::layout::SetStateLayout;
 use serde::Serialize;
 
-use crate::{cgroup, ebpf, ebpf::error_chain, privilege, table, tracefs};
+use crate::{cgroup, ebpf, ebpf::error_chain, privilege, reads, table, tracefs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +85,31 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
+        "hp_sys_enter_accept",
+        "app queue wait where sock_recv_length is missing: accept's peer address",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_sys_exit_accept",
+        "app queue wait (fallback): accepted fd -> socket's flow",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_sys_enter_recv",
+        "app queue wait (fallback): a read of an accepted fd begins",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_sys_exit_recv",
+        "app queue wait (fallback): the read returned data: first read of the request",
+        &[Hook::Tracepoint],
+    ),
+    (
+        "hp_sys_enter_close",
+        "app queue wait (fallback): forget a closed fd",
+        &[Hook::Tracepoint],
+    ),
+    (
         "hp_tcp_retransmit",
         "retransmits per cgroup",
         &[Hook::Tracepoint],
@@ -98,6 +123,11 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         "hp_tcp_receive_reset",
         "resets received per cgroup",
         &[Hook::Tracepoint],
+    ),
+    (
+        "hp_sock_ops",
+        "smoothed RTT per cgroup and service port (RTT callbacks)",
+        &[Hook::SockOps],
     ),
     (
         "hp_skb_in",
@@ -147,6 +177,8 @@ pub struct ProgramPlan {
     pub hook: Option<Hook>,
     /// What the kernel's verifier said when the program was loaded for real.
     pub verifier: Verdict,
+    /// Where `hopprobe run` attaches it on this kernel, or why it does not.
+    pub attaches_to: String,
 }
 
 /// The verifier's verdict on one of hopprobe's programs, loaded as `hopprobe run` loads it.
@@ -231,13 +263,14 @@ impl Report {
                 vec![
                     p.program.to_owned(),
                     p.hook.map_or("NONE (disabled)", Hook::name).to_owned(),
+                    p.attaches_to.clone(),
                     p.verifier.summary(),
                     p.purpose.to_owned(),
                 ]
             })
             .collect();
         out.push_str(&table::render(
-            &["program", "runs on", "verifier", "measures"],
+            &["program", "runs on", "attaches to", "verifier", "measures"],
             &rows,
         ));
         out.push('\n');
@@ -362,7 +395,58 @@ pub fn run() -> Report {
     for (plan, verdict) in report.programs.iter_mut().zip(verdicts) {
         plan.verifier = verdict;
     }
+    if let Ok(t) = tracefs::ensure(false) {
+        let recv_length = t.root.join("events/sock/sock_recv_length/format").exists();
+        let fallback = reads::syscall_formats_problem(&t.root);
+        for plan in &mut report.programs {
+            if let Some(target) = attaches_to(plan.program, recv_length, fallback.as_deref()) {
+                plan.attaches_to = target;
+            }
+        }
+    }
     report
+}
+
+/// Where `hopprobe run` (with `--app-reads auto`) attaches the read hooks on this kernel: the
+/// syscall programs stand by where `sock_recv_length` exists.
+fn attaches_to(program: &str, recv_length: bool, fallback: Option<&str>) -> Option<String> {
+    if program == "hp_sock_recv" {
+        return Some(if recv_length {
+            "sock:sock_recv_length".into()
+        } else {
+            "not attached: no sock:sock_recv_length (syscall fallback)".into()
+        });
+    }
+    let fixed = match program {
+        "hp_sock_set_state" => Some("sock:inet_sock_set_state"),
+        "hp_tcp_retransmit" => Some("tcp:tcp_retransmit_skb"),
+        "hp_tcp_send_reset" => Some("tcp:tcp_send_reset"),
+        "hp_tcp_receive_reset" => Some("tcp:tcp_receive_reset"),
+        "hp_sock_ops" => Some("cgroup v2 root"),
+        "hp_skb_in" => Some("cgroup v2 root, ingress"),
+        "hp_skb_out" => Some("cgroup v2 root, egress"),
+        "hp_tc_node_in" => Some("uplink, TC ingress"),
+        "hp_tc_node_out" => Some("uplink, TC egress"),
+        "hp_tc_pod_in" => Some("pod veths, TC egress"),
+        "hp_tc_pod_out" => Some("pod veths, TC ingress"),
+        _ => None,
+    };
+    if let Some(target) = fixed {
+        return Some(target.into());
+    }
+    let p = reads::SYSCALL_PROGRAMS
+        .iter()
+        .find(|p| p.program == program)?;
+    Some(match (recv_length, fallback) {
+        (true, _) => "standby: sock_recv_length is used (--app-reads syscalls)".into(),
+        (false, Some(problem)) => format!("not attached: {problem}"),
+        (false, None) => p
+            .tracepoints
+            .iter()
+            .map(|t| format!("syscalls:{t}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    })
 }
 
 /// Loads one of the real programs (nothing is attached) and reads the verifier's statistics.
@@ -425,6 +509,7 @@ fn finish(
             purpose,
             hook: prefs.iter().copied().find(|h| available(*h)),
             verifier: Verdict::default(),
+            attaches_to: String::new(),
         })
         .collect();
     let missing_required = hooks

@@ -11,6 +11,7 @@ use crate::{
     ebpf::{self, MapSizes},
     exit,
     metadata::{self, kube::KubeOptions},
+    reads::ReadHook,
     run,
 };
 
@@ -61,6 +62,24 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = MapSizes::default().max_packets,
           value_parser = parse_map_entries)]
     pub max_packets: u32,
+    /// Exchange records per second the kernel sends to userspace (0: no limit); the rest are
+    /// counted in `exchanges_rate_limited`. The app, upstream and sidecar hops are made from
+    /// the records that were sent.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().records_rate)]
+    pub records_rate: u64,
+    /// Exchange records sent at once before `--records-rate` applies.
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().records_burst)]
+    pub records_burst: u64,
+    /// Size of the exchange records' ring buffer in bytes (a power of two, at least 4096);
+    /// records that do not fit are counted in `exchange_drops`.
+    #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().exchange_ring_bytes,
+          value_parser = parse_ring_size)]
+    pub records_ring_size: u32,
+    /// Which hook sees a process read a request (splits `app` into queue and processing):
+    /// `auto` takes `sock:sock_recv_length` where the kernel has it (6.12+), else syscall
+    /// tracepoints; `syscalls` takes the syscall tracepoints everywhere.
+    #[arg(long, value_enum, default_value_t = ReadHook::Auto)]
+    pub app_reads: ReadHook,
     /// Write every request/response exchange seen at a socket to this file, as JSON Lines.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -196,6 +215,9 @@ fn run_cmd(args: RunArgs) -> i32 {
         cgroup_root: args.cgroup_root,
         sizes: MapSizes {
             ring_bytes: args.ring_size,
+            exchange_ring_bytes: args.records_ring_size,
+            records_rate: args.records_rate,
+            records_burst: args.records_burst,
             max_sockets: args.max_sockets,
             max_packets: args.max_packets,
         },
@@ -209,6 +231,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
+        read_hook: args.app_reads,
     };
     match run::run(&opts) {
         Ok(_) => 0,
@@ -322,6 +345,13 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["hopprobe", "run", "--max-packets", "4096"]).is_ok());
+        for bad in ["-1", "fast"] {
+            assert!(
+                Cli::try_parse_from(["hopprobe", "run", "--records-rate", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--records-ring-size", "3000"]).is_err());
     }
 
     fn run_args(argv: &[&str]) -> RunArgs {

@@ -2,7 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use probe_common::conn::{ConnEvent, ConnEventKind, FLAG_PASSIVE, FLAG_START_FROM_SYN};
+use probe_common::{
+    conn::{
+        ConnEvent, ConnEventKind, FLAG_PASSIVE, FLAG_START_FROM_SYN, SIDE_ACTIVE, SIDE_PASSIVE,
+    },
+    sockops::{METRIC_SRTT, SockHistKey},
+};
 use serde::Serialize;
 
 use crate::{
@@ -16,6 +21,8 @@ pub enum Metric {
     Handshake,
     Lifetime,
     FailedConnect,
+    /// The socket's smoothed RTT at each RTT update (`sock_ops`), kept in the kernel.
+    Srtt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -25,6 +32,8 @@ pub enum Direction {
     Active,
     /// This side accepted (server).
     Passive,
+    /// Not known: the socket's flow was no longer (or never) in `FLOW_SOCK`.
+    Unknown,
 }
 
 /// One latency series. The ephemeral port of a connection is left out (`None`) so that a
@@ -53,6 +62,7 @@ impl SeriesKey {
         let (local_port, remote_port) = match direction {
             Direction::Active => (None, Some(event.remote_port)),
             Direction::Passive => (Some(event.local_port), None),
+            Direction::Unknown => (None, None),
         };
         Some(Self {
             metric,
@@ -142,6 +152,38 @@ impl Aggregator {
     }
 }
 
+/// Series of the histograms the `sock_ops` program keeps in the kernel (smoothed RTT), named
+/// like the connection series: service port = remote port of active sockets, local port of
+/// passive ones.
+pub fn sock_series(
+    hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>,
+    resolver: &mut Resolver,
+) -> Vec<SeriesSummary> {
+    let mut out: Vec<SeriesSummary> = hists
+        .into_iter()
+        .filter(|(k, _)| k.metric == METRIC_SRTT)
+        .map(|(k, counts)| {
+            let (direction, local_port, remote_port) = match k.side {
+                SIDE_ACTIVE => (Direction::Active, None, Some(k.port)),
+                SIDE_PASSIVE => (Direction::Passive, Some(k.port), None),
+                _ => (Direction::Unknown, None, None),
+            };
+            SeriesSummary {
+                metric: Metric::Srtt,
+                direction,
+                cgroup_id: k.cgroup_id,
+                cgroup: resolver.resolve(k.cgroup_id),
+                local_port,
+                remote_port,
+                latency: Latency::from_buckets(&counts).summary(),
+                timed_from_syn_recv: 0,
+            }
+        })
+        .collect();
+    out.sort_by_key(|s| (s.direction, s.cgroup_id, s.local_port, s.remote_port));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +206,26 @@ mod tests {
 
     fn resolver() -> Resolver {
         Resolver::new("/nonexistent".into())
+    }
+
+    #[test]
+    fn kernel_srtt_histograms_become_series_per_service_port() {
+        let mut counts = vec![0u64; probe_common::hist::BUCKETS];
+        counts[probe_common::hist::bucket(20_000_000)] = 5;
+        let key = SockHistKey {
+            cgroup_id: 42,
+            port: 8080,
+            side: SIDE_PASSIVE,
+            metric: METRIC_SRTT,
+            _pad: 0,
+        };
+        let s = &sock_series([(key, counts)], &mut resolver())[0];
+        assert_eq!(
+            (s.metric, s.direction, s.local_port, s.remote_port),
+            (Metric::Srtt, Direction::Passive, Some(8080), None)
+        );
+        assert_eq!(s.latency.count, 5);
+        assert!((s.latency.p50_us - 20_000.0).abs() < 20_000.0 / 32.0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The embedded eBPF object and how it is loaded.
 
 use aya::{Ebpf, EbpfLoader};
-use probe_common::layout::SetStateLayout;
+use probe_common::{layout::SetStateLayout, ratelimit::RateLimit};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf.o"));
 
@@ -15,11 +15,17 @@ pub enum LoadError {
     Load(#[from] aya::EbpfError),
 }
 
-/// Sizes of the maps that bound the probe's memory.
+/// Sizes of the maps that bound the probe's memory, and the rate that bounds its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
     /// Bytes of the event ring buffer: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Bytes of the exchange records' ring buffer: a power of two, at least one page.
+    pub exchange_ring_bytes: u32,
+    /// Exchange records per second the kernel lets through (0: no limit); the rest are counted.
+    pub records_rate: u64,
+    /// Records the kernel lets through at once before the rate applies.
+    pub records_burst: u64,
     /// Sockets tracked at once (LRU maps of connections, flows and exchanges in progress).
     pub max_sockets: u32,
     /// Packets remembered between observation points (LRU of last sightings).
@@ -30,10 +36,26 @@ pub struct MapSizes {
 /// forget entries within a single burst of a busy node.
 pub const MIN_MAP_ENTRIES: u32 = 1024;
 
+/// A node with a mesh makes about a dozen exchanges per request; 20 000 records a second keep
+/// the records of 1 500 requests a second, and the burst is about what the 1 MiB ring holds.
+pub const DEFAULT_RECORDS_RATE: u64 = 20_000;
+pub const DEFAULT_RECORDS_BURST: u64 = 8192;
+
+impl MapSizes {
+    /// The kernel's view of the rate limit: each online CPU gets an equal share.
+    pub fn records_limit(&self) -> RateLimit {
+        let cpus = aya::util::online_cpus().map_or(1, |c| c.len() as u64);
+        RateLimit::new(self.records_rate, self.records_burst, cpus)
+    }
+}
+
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
             ring_bytes: 256 * 1024,
+            exchange_ring_bytes: 1024 * 1024,
+            records_rate: DEFAULT_RECORDS_RATE,
+            records_burst: DEFAULT_RECORDS_BURST,
             max_sockets: 65536,
             max_packets: 65536,
         }
@@ -52,9 +74,15 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
     if OBJECT.is_empty() {
         return Err(LoadError::NotBuilt);
     }
+    let limit = sizes.records_limit();
     Ok(EbpfLoader::new()
         .override_global("SET_STATE_LAYOUT", layout, true)
+        .override_global("RECORDS_LIMIT", &limit, true)
         .map_max_entries("EVENTS", sizes.ring_bytes)
+        .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
+        .map_max_entries("FLOW_SOCK", sizes.max_sockets)
+        .map_max_entries("PEER_FLOW", sizes.max_sockets)
+        .map_max_entries("FD_FLOW", sizes.max_sockets)
         .map_max_entries("CONNS", sizes.max_sockets)
         .map_max_entries("SK_FLOW", sizes.max_sockets)
         .map_max_entries("EXCHANGES", sizes.max_sockets)

@@ -13,10 +13,7 @@ use std::{
 use probe_common::{
     conn::{AF_INET, FlowKey},
     exchange::{Exchange, ROLE_SERVER},
-    hist::{
-        BUCKETS, HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey,
-        bucket_low,
-    },
+    hist::{HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey},
 };
 use serde::Serialize;
 
@@ -49,6 +46,19 @@ pub enum Hop {
 }
 
 impl Hop {
+    /// The way a request travels through this hop, relative to the pod: into it (towards the
+    /// serving app) or out of it (the pod's own calls and responses). The sidecar hop has both,
+    /// per series.
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            Hop::DatapathIn | Hop::PodDelivery | Hop::App | Hop::AppQueue | Hop::AppProcessing => {
+                Some(Direction::Inbound)
+            }
+            Hop::Upstream | Hop::PodSend | Hop::DatapathOut => Some(Direction::Outbound),
+            Hop::Sidecar => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Hop::DatapathIn => "datapath_in",
@@ -218,17 +228,7 @@ pub fn kernel_hops(
             HOP_POD_SEND => Hop::PodSend,
             _ => continue,
         };
-        let mut latency = Latency::default();
-        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-            // The middle of the bucket: off by at most half a bucket width (1/64).
-            let low = bucket_low(i);
-            let high = if i + 1 < BUCKETS {
-                bucket_low(i + 1)
-            } else {
-                low + 1
-            };
-            latency.record_n(low + (high - low) / 2, n);
-        }
+        let latency = Latency::from_buckets(&counts);
         out.push(HopSummary {
             hop,
             namespace: None,
@@ -253,9 +253,12 @@ pub fn kernel_hops(
 }
 
 /// Fills in namespace, pod and container names, and the peer's Service and pod, where the
-/// metadata knows them.
+/// metadata knows them, and each series' direction.
 pub fn name(hops: &mut [HopSummary], metadata: &Metadata) {
     for h in hops {
+        if h.direction.is_none() {
+            h.direction = h.hop.direction();
+        }
         if let Some(c) = h.cgroup.as_deref().and_then(|c| metadata.lookup(c)) {
             h.namespace = Some(c.namespace);
             h.pod = Some(c.pod);
@@ -317,7 +320,10 @@ impl From<&Exchange> for Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probe_common::exchange::{PHASE_RESPONSE, ROLE_CLIENT};
+    use probe_common::{
+        exchange::{PHASE_RESPONSE, ROLE_CLIENT},
+        hist::BUCKETS,
+    };
 
     fn exchange(role: u8, req: u64, resp: u64) -> Exchange {
         let mut flow = FlowKey {
@@ -413,6 +419,24 @@ mod tests {
         assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
         assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
         assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
+    }
+
+    #[test]
+    fn every_series_says_its_direction() {
+        let mut agg = HopAggregator::default();
+        agg.record(&exchange(ROLE_SERVER, 1, 2));
+        agg.record(&exchange(ROLE_CLIENT, 1, 2));
+        let mut s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        name(&mut s, &Metadata::default());
+        let dirs: Vec<_> = s.iter().map(|h| (h.hop, h.direction)).collect();
+        assert!(
+            dirs.contains(&(Hop::App, Some(Direction::Inbound))),
+            "{dirs:?}"
+        );
+        assert!(
+            dirs.contains(&(Hop::Upstream, Some(Direction::Outbound))),
+            "{dirs:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Latency histograms and their summary, shared by every series hopprobe reports.
 
 use hdrhistogram::Histogram;
+use probe_common::hist::{BUCKETS, bucket_low};
 use serde::Serialize;
 
 /// Nanosecond values with three significant digits. The histogram resizes itself to the
@@ -24,6 +25,23 @@ impl Latency {
     /// Records `count` values of `ns` at once (for histograms the kernel kept).
     pub fn record_n(&mut self, ns: u64, count: u64) -> bool {
         self.0.record_n(ns.max(1), count).is_ok()
+    }
+
+    /// Rebuilds a histogram from a kernel log-linear histogram's bucket counts
+    /// (`probe_common::hist`), each value at the middle of its bucket: off by at most half a
+    /// bucket's width (1/64).
+    pub fn from_buckets(counts: &[u64]) -> Self {
+        let mut latency = Self::default();
+        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let low = bucket_low(i);
+            let high = if i + 1 < BUCKETS {
+                bucket_low(i + 1)
+            } else {
+                low + 1
+            };
+            latency.record_n(low + (high - low) / 2, n);
+        }
+        latency
     }
 
     pub fn summary(&self) -> Summary {

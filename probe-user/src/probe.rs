@@ -9,11 +9,14 @@ use std::{
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, TracePoint,
+    },
 };
 use probe_common::{
     conn::{TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS, TcpCounters},
     hist::{BUCKETS, Hist, HistKey},
+    sockops::SockHistKey,
     stats,
 };
 use serde::Serialize;
@@ -23,6 +26,7 @@ use crate::{
     cgroup::{self, Resolver},
     ebpf::{self, LoadError, MapSizes, error_chain},
     privilege,
+    reads::{self, ReadHook},
     tracefs::{self, TracefsError},
 };
 
@@ -85,9 +89,20 @@ pub struct Probe {
 pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
 pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
 pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
+pub const SOCK_OPS_PROGRAM: &str = "hp_sock_ops";
+pub const RECV_PROGRAM: &str = "hp_sock_recv";
 
 impl Probe {
     pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
+        Self::attach_with(cgroup_root, sizes, ReadHook::Auto)
+    }
+
+    /// As [`Probe::attach`], choosing the hook that sees a process read a request.
+    pub fn attach_with(
+        cgroup_root: Option<&Path>,
+        sizes: MapSizes,
+        read_hook: ReadHook,
+    ) -> Result<Self, AttachError> {
         if let Some(missing) = privilege::missing(privilege::effective_caps()) {
             return Err(AttachError::Privilege(missing));
         }
@@ -124,6 +139,9 @@ impl Probe {
         });
 
         for tp in OPTIONAL_TRACEPOINTS {
+            if tp.program == RECV_PROGRAM && read_hook == ReadHook::Syscalls {
+                continue;
+            }
             match attach_checked_tracepoint(&mut ebpf, &tracefs.root, tp) {
                 Ok(()) => hooks.push(ActiveHook {
                     program: tp.program,
@@ -131,6 +149,18 @@ impl Probe {
                     target: format!("{}:{}", tp.category, tp.name),
                 }),
                 Err(why) => info!(program = tp.program, %why, "not attached"),
+            }
+        }
+        if !hooks.iter().any(|h| h.program == RECV_PROGRAM) {
+            match reads::attach_syscalls(&mut ebpf, &tracefs.root) {
+                Ok(attached) => {
+                    hooks.extend(attached.into_iter().map(|(program, target)| ActiveHook {
+                        program,
+                        hook: "tracepoint",
+                        target,
+                    }))
+                }
+                Err(why) => warn!(%why, "no hook sees reads: the app hop is not split"),
             }
         }
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
@@ -159,6 +189,18 @@ impl Probe {
                     "cgroup_skb unavailable: no exchanges; passive handshakes timed from SYN_RECV"
                 ),
             }
+        }
+        match attach_sock_ops(&mut ebpf, &cgroup_dir) {
+            Ok(()) => hooks.push(ActiveHook {
+                program: SOCK_OPS_PROGRAM,
+                hook: "sock_ops",
+                target: cgroup_root.display().to_string(),
+            }),
+            Err(err) => warn!(
+                program = SOCK_OPS_PROGRAM,
+                error = %ebpf::error_brief(&err),
+                "sock_ops unavailable: no smoothed RTT"
+            ),
         }
         Ok(Self {
             ebpf,
@@ -196,6 +238,12 @@ impl Probe {
         &mut self,
     ) -> Result<PerCpuHashMap<MapData, u64, TcpCounters>, AttachError> {
         self.take("TCP_COUNTERS")
+    }
+
+    pub fn take_sock_hists(
+        &mut self,
+    ) -> Result<PerCpuHashMap<MapData, SockHistKey, Hist>, AttachError> {
+        self.take("SOCK_HIST")
     }
 
     pub fn take_stats(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
@@ -295,6 +343,17 @@ fn attach_cgroup_skb(
     Ok(())
 }
 
+fn attach_sock_ops(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), ProgramError> {
+    let prog: &mut SockOps = ebpf
+        .program_mut(SOCK_OPS_PROGRAM)
+        .ok_or(ProgramError::NotLoaded)?
+        .try_into()?;
+    prog.load()?;
+    // As for cgroup_skb: a bpf_link, which coexists with other programs on the cgroup.
+    prog.attach(cgroup_dir, CgroupAttachMode::Single)?;
+    Ok(())
+}
+
 /// Sums the per-CPU counters by name.
 pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
     stats::NAMES
@@ -311,7 +370,7 @@ pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str
 }
 
 /// Sums each kernel histogram over the CPUs.
-pub fn read_hists(map: &PerCpuHashMap<MapData, HistKey, Hist>) -> Vec<(HistKey, Vec<u64>)> {
+pub fn read_hists<K: aya::Pod>(map: &PerCpuHashMap<MapData, K, Hist>) -> Vec<(K, Vec<u64>)> {
     map.iter()
         .flatten()
         .map(|(k, per_cpu)| {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as AyaHashMap, MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use probe_common::{conn::ConnEvent, exchange::Exchange};
 use serde::Serialize;
 use tokio::{
@@ -20,9 +20,10 @@ use tracing::{info, warn};
 
 use crate::{
     cgroup::Resolver,
-    conn::{Aggregator, SeriesSummary},
+    conn::{Aggregator, SeriesSummary, sock_series},
     datapath::{Datapath, DatapathOptions},
     ebpf::MapSizes,
+    evictions::{self, LruMaps},
     hops::{self, HopAggregator, HopSummary, Record, kernel_hops},
     metadata::{
         Metadata,
@@ -32,6 +33,7 @@ use crate::{
     probe::{
         ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
     },
+    reads::ReadHook,
     sidecar::Pairer,
     table,
 };
@@ -53,6 +55,8 @@ pub struct RunOptions {
     pub kube: Option<KubeOptions>,
     /// Container names whose exchanges pair into sidecar hops.
     pub proxy_containers: Vec<String>,
+    /// Which hook marks a request's first read.
+    pub read_hook: ReadHook,
 }
 
 /// What `--json` writes.
@@ -188,13 +192,14 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         )),
         None => None,
     };
-    let mut probe = Probe::attach(opts.cgroup_root.as_deref(), opts.sizes)?;
+    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
     let ring = probe.take_events()?;
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
     let hists = probe.take_hists()?;
     let tcp_counters = probe.take_tcp_counters()?;
-    let in_progress: AyaHashMap<MapData, u64, Exchange> = probe.take("EXCHANGES")?;
+    let sock_hists = probe.take_sock_hists()?;
+    let lru = LruMaps::take(&mut probe)?;
     let mut datapath = match opts.datapath.clone() {
         Some(o) => match Datapath::attach(probe.ebpf_mut(), o) {
             Ok(d) => {
@@ -268,7 +273,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                print_live(started.elapsed(), &agg, &mut resolver);
+                print_live(started.elapsed(), &agg, &mut resolver, &stats, &lru);
             }
             _ = rescan.tick(), if datapath.is_some() => {
                 if let Some(dp) = datapath.as_mut()
@@ -298,12 +303,14 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     );
     agg.unknown += short;
     // Exchanges still open (kept-alive connections) have answered requests too.
-    for (_, x) in in_progress.iter().flatten() {
+    for (_, x) in lru.exchanges.iter().flatten() {
         if x.resp_first_ns != 0 {
             sink.add(&x, &mut resolver);
         }
     }
     let mut counters = read_counters(&stats);
+    // Exact now: the programs are detached, nothing moves the counts any more.
+    lru.add_evictions(&mut counters);
     counters.insert("unknown_events", agg.unknown);
     counters.insert("unanswered_exchanges", sink.hops.unanswered);
     let (sidecar_hops, unpaired) = std::mem::take(&mut sink.pairer).finish();
@@ -324,7 +331,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         cgroup_root,
         hooks,
         counters,
-        series: agg.summaries(&mut resolver),
+        series: {
+            let mut series = agg.summaries(&mut resolver);
+            series.extend(sock_series(read_hists(&sock_hists), &mut resolver));
+            series
+        },
         hops: {
             let mut hops = kernel_hops(read_hists(&hists), &ifnames, &mut resolver);
             hops.extend(sink.hops.summaries(&mut resolver));
@@ -354,7 +365,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn print_live(elapsed: Duration, agg: &Aggregator, resolver: &mut Resolver) {
+fn print_live(
+    elapsed: Duration,
+    agg: &Aggregator,
+    resolver: &mut Resolver,
+    stats: &PerCpuArray<MapData, u64>,
+    lru: &LruMaps,
+) {
     let mut out = format!(
         "--- hopprobe: {:.0}s, {} events ---\n",
         elapsed.as_secs_f64(),
@@ -365,7 +382,28 @@ fn print_live(elapsed: Duration, agg: &Aggregator, resolver: &mut Resolver) {
     } else {
         out.push_str(&table::series(&agg.summaries(resolver)));
     }
+    let mut counters = read_counters(stats);
+    lru.add_evictions(&mut counters);
+    out.push_str(&footer(&counters));
     let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+/// The records' fate and the LRU evictions in one line (evictions while running are estimates:
+/// see `evictions`).
+pub fn footer(counters: &BTreeMap<&'static str, u64>) -> String {
+    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let evicted: Vec<String> = evictions::NAMES
+        .iter()
+        .map(|n| format!("{}={}", n.trim_start_matches("evicted_"), get(n)))
+        .collect();
+    format!(
+        "records: produced {} sent {} rate-limited {} ring-full {} | evicted: {}\n",
+        get("exchanges_produced"),
+        get("exchanges_sent"),
+        get("exchanges_rate_limited"),
+        get("exchange_drops"),
+        evicted.join(" ")
+    )
 }
 
 fn print_summary(summary: &Summary) {
@@ -387,6 +425,7 @@ fn print_summary(summary: &Summary) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     out.push_str(&format!("counters: {}\n", counters.join(" ")));
+    out.push_str(&footer(&summary.counters));
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
 

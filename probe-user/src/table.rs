@@ -54,11 +54,13 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
                     Metric::Handshake => "handshake",
                     Metric::Lifetime => "lifetime",
                     Metric::FailedConnect => "failed-connect",
+                    Metric::Srtt => "srtt",
                 }
                 .to_owned(),
                 match s.direction {
                     Direction::Active => "active",
                     Direction::Passive => "passive",
+                    Direction::Unknown => "?",
                 }
                 .to_owned(),
                 s.cgroup

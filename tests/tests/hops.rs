@@ -211,13 +211,7 @@ fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
     if !testkit::lab::available("a_saturated_one_worker_app_shows_queue_wait_not_processing") {
         return;
     }
-    if !Path::new("/sys/kernel/tracing/events/sock/sock_recv_length").exists()
-        && !Path::new("/sys/kernel/debug/tracing/events/sock/sock_recv_length").exists()
-    {
-        // The split needs Linux 6.12's sock:sock_recv_length; say so instead of passing silently.
-        eprintln!("SKIPPED: this kernel has no sock:sock_recv_length");
-        return;
-    }
+    // The split runs on every kernel: sock:sock_recv_length (6.12+) or the syscall fallback.
     let name = format!("hpt{}q", std::process::id() % 100_000);
     let mut config = LabConfig::new(&name);
     config.app_delay.insert(

@@ -36,8 +36,8 @@ const FLAVOUR: &str = "-cloud-amd64";
 
 /// Modules the integration tests need that the cloud kernels build as modules: veth pairs,
 /// the clsact qdisc (in `sch_ingress`) and `cls_bpf`, through which aya attaches TC programs
-/// on kernels before 6.6.
-pub const MODULES: [&str; 3] = ["veth", "sch_ingress", "cls_bpf"];
+/// on kernels before 6.6, and `sch_netem`, which delays packets for the RTT test.
+pub const MODULES: [&str; 4] = ["veth", "sch_ingress", "cls_bpf", "sch_netem"];
 
 impl Series {
     /// The update number of a package of this series, `None` for other packages (debug

@@ -180,6 +180,9 @@ fn initramfs(
     }
     let ip = fs::canonicalize("/usr/sbin/ip").context("iproute2's ip")?;
     image.program(&ip, "/usr/sbin/ip")?;
+    // The RTT test delays a veth with `tc qdisc add ... netem`.
+    let tc = fs::canonicalize("/usr/sbin/tc").context("iproute2's tc")?;
+    image.program(&tc, "/usr/sbin/tc")?;
     image.bytes(
         "/etc/passwd",
         0o644,

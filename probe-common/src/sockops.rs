@@ -1,0 +1,44 @@
+//! What the `sock_ops` program keeps: the smoothed RTT of TCP sockets as per-CPU log-linear
+//! histograms (the same buckets as `hist`), per cgroup and service port.
+
+use core::mem::size_of;
+
+/// The socket's smoothed RTT (`srtt_us` of `bpf_sock_ops`), sampled at each RTT update.
+pub const METRIC_SRTT: u8 = 1;
+
+/// Who owns a flow's socket and which port names its service; written by the
+/// `inet_sock_set_state` tracepoint at ESTABLISHED (where the owner is known), read by
+/// `sock_ops`, whose callbacks run in softirq context where the current task says nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSock {
+    pub cgroup_id: u64,
+    /// The remote port of an active (connecting) socket, the local port of a passive one.
+    pub port: u16,
+    /// `conn::SIDE_ACTIVE` or `conn::SIDE_PASSIVE`.
+    pub side: u8,
+    /// Explicit so the struct has no implicit padding.
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<FlowSock>() == 16);
+
+/// A socket histogram: metric, cgroup, side and service port (0: owner unknown, a socket
+/// established before hopprobe attached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockHistKey {
+    pub cgroup_id: u64,
+    pub port: u16,
+    pub side: u8,
+    pub metric: u8,
+    /// Explicit so the struct has no implicit padding (hash keys compare all bytes).
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SockHistKey>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) plain data without implicit padding (asserted above).
+    unsafe impl aya::Pod for super::FlowSock {}
+    unsafe impl aya::Pod for super::SockHistKey {}
+}

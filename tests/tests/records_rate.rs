@@ -1,0 +1,110 @@
+//! Exchange records are rate-limited in the kernel, and every record that is not delivered is
+//! counted as rate-limited or as dropped because the ring buffer was full.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use probe_common::exchange::Exchange;
+use probe_user::{
+    ebpf::MapSizes,
+    probe::{Probe, read_counters},
+};
+use testkit::leftovers;
+
+/// Request/response round trips on one loopback connection: each makes one record at the
+/// client's socket and one at the server's.
+const PINGS: u64 = 500;
+
+#[test]
+fn every_record_is_delivered_rate_limited_or_dropped() {
+    if !testkit::root::available("every_record_is_delivered_rate_limited_or_dropped") {
+        return;
+    }
+    // A 4 KiB ring holds 32 records; the burst lets more than that through, so with nobody
+    // reading both the limit and the ring drop records.
+    let sizes = MapSizes {
+        exchange_ring_bytes: 4096,
+        records_rate: 50,
+        records_burst: 200,
+        ..MapSizes::default()
+    };
+    let mut probe = Probe::attach(None, sizes).expect("attach");
+    let mut ring = probe.take_exchanges().expect("ring");
+    let stats = probe.take_stats().expect("stats");
+    let started = Instant::now();
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(b"pong").expect("write");
+        }
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4];
+    for _ in 0..PINGS {
+        c.write_all(b"ping").expect("write");
+        c.read_exact(&mut buf).expect("read");
+    }
+    drop(c);
+    server.join().expect("server");
+    // The last records (at the close) follow within a round trip or two.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && read_counters(&stats)["exchanges_produced"] < 2 * PINGS {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    drop(probe);
+
+    let (mut delivered, mut ours) = (0u64, 0u64);
+    while let Some(item) = ring.next() {
+        delivered += 1;
+        if item.len() >= size_of::<Exchange>() {
+            // SAFETY: the kernel wrote a whole Exchange; read_unaligned copes with any offset.
+            let x = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Exchange>()) };
+            if x.flow.local_port == port || x.flow.remote_port == port {
+                ours += 1;
+            }
+        }
+    }
+    let c = read_counters(&stats);
+    let (produced, sent, limited, full) = (
+        c["exchanges_produced"],
+        c["exchanges_sent"],
+        c["exchanges_rate_limited"],
+        c["exchange_drops"],
+    );
+    eprintln!(
+        "produced {produced} (ours {}): delivered {delivered} (ours {ours}) + rate-limited \
+         {limited} + ring-full {full}, in {elapsed:?}",
+        2 * PINGS
+    );
+    assert_eq!(delivered, sent, "every record sent arrived: {c:?}");
+    assert_eq!(
+        delivered + limited + full,
+        produced,
+        "every record is accounted for: {c:?}"
+    );
+    // Other traffic on the machine can add records, never remove ours.
+    assert!(produced >= 2 * PINGS, "{c:?}");
+    assert!(limited > 0 && full > 0, "both limits acted: {c:?}");
+    // What the limit let through: each CPU's share of the burst, plus its share of the rate
+    // over the run, plus one for rounding.
+    let limit = sizes.records_limit();
+    let cpus = aya::util::online_cpus().expect("cpus").len() as u64;
+    let admitted_max = cpus
+        * (limit.burst_ns / limit.interval_ns + elapsed.as_nanos() as u64 / limit.interval_ns + 1);
+    assert!(
+        sent + full <= admitted_max,
+        "{} admitted, at most {admitted_max} allowed: {c:?}",
+        sent + full
+    );
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
