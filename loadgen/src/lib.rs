@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod head;
 pub mod http1;
 pub mod record;
 pub mod report;
