@@ -94,7 +94,8 @@ fn invalid_input_exits_2_before_sending() {
         vec!["not a url"],
         vec!["ftp://127.0.0.1/"],
         vec![&s.url(), "-n", "many"],
-        vec![&s.url(), "--http-version", "2"],
+        vec![&s.url(), "--http-version", "3"],
+        vec![&s.url(), "-p", "4"],
         vec![&s.url(), "-H", "bad header"],
         vec![&s.url(), "--records", "/nonexistent-dir/x.jsonl"],
     ] {
