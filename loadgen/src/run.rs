@@ -23,6 +23,7 @@ use crate::{
     http2::{self, H2Conn},
     record::Sample,
     stats::Stats,
+    timer::Timer,
 };
 
 /// Per-target state shared by all worker threads.
@@ -182,6 +183,7 @@ async fn one_request(
     conn: &mut Option<Connection>,
     slot: Slot,
     buf: &mut Vec<u8>,
+    timer: &mut Timer,
 ) -> Sample {
     let cfg = &shared.cfg;
     let target = &cfg.targets[t];
@@ -200,31 +202,34 @@ async fn one_request(
 
     let mut dial = Dial::default();
     let mut progress = Progress::default();
-    let result = tokio::time::timeout_at(deadline, async {
-        if conn.is_none() {
-            let id = tr.conn_ids.fetch_add(1, Relaxed);
-            *conn = Some(tr.dialer.dial(id, &mut dial).await?);
-        }
-        let Some(c) = conn.as_mut() else {
-            return Err(ErrorKind::Connect);
-        };
-        match &mut c.stream {
-            Stream::Tcp(st) => {
-                http1::exchange(st, &target.request, target.head, buf, &mut progress).await
+    let result = timer
+        .run(deadline, async {
+            if conn.is_none() {
+                let id = tr.conn_ids.fetch_add(1, Relaxed);
+                // Boxed: the dial future (a TLS handshake's state included) is large, and kept
+                // inline it would make every request's future as large, copied on each request.
+                *conn = Some(Box::pin(tr.dialer.dial(id, &mut dial)).await?);
             }
-            Stream::Tls(st) => {
-                http1::exchange(
-                    st.as_mut(),
-                    &target.request,
-                    target.head,
-                    buf,
-                    &mut progress,
-                )
-                .await
+            let Some(c) = conn.as_mut() else {
+                return Err(ErrorKind::Connect);
+            };
+            match &mut c.stream {
+                Stream::Tcp(st) => {
+                    http1::exchange(st, &target.request, target.head, buf, &mut progress).await
+                }
+                Stream::Tls(st) => {
+                    http1::exchange(
+                        st.as_mut(),
+                        &target.request,
+                        target.head,
+                        buf,
+                        &mut progress,
+                    )
+                    .await
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
 
     let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
     s.dial = dial;
@@ -318,7 +323,7 @@ async fn h2_conn(
     *opened = true;
     let _dialing = keepalive.then(|| Dialing::new(slot));
     let id = tr.conn_ids.fetch_add(1, Relaxed);
-    let c = H2Conn::start(tr.dialer.dial(id, dial).await?).await?;
+    let c = Box::pin(async { H2Conn::start(tr.dialer.dial(id, dial).await?).await }).await?;
     if keepalive {
         *slot.conn.borrow_mut() = Some(c.clone());
     }
@@ -423,11 +428,12 @@ async fn connection_loop(local: Rc<Local>, t: usize) {
     let shared = local.shared.clone();
     let mut conn: Option<Connection> = None;
     let mut buf = Vec::with_capacity(8 * 1024);
+    let mut timer = Timer::default();
     while let Some(slot) = shared.claim(t) {
         if let Some(at) = slot.scheduled_ns {
             tokio::time::sleep_until(instant_at(at)).await;
         }
-        let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+        let s = one_request(&shared, t, &mut conn, slot, &mut buf, &mut timer).await;
         local.finish(s).await;
     }
 }
@@ -478,7 +484,7 @@ async fn open_loop(local: Rc<Local>, t: usize, max_in_flight: u32) {
             }
             let mut conn = pool.borrow_mut().pop();
             let mut buf = Vec::with_capacity(8 * 1024);
-            let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+            let s = one_request(&shared, t, &mut conn, slot, &mut buf, &mut Timer::default()).await;
             if let Some(c) = conn {
                 pool.borrow_mut().push(c);
             }
