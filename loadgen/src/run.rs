@@ -202,34 +202,51 @@ async fn one_request(
 
     let mut dial = Dial::default();
     let mut progress = Progress::default();
-    let result = timer
-        .run(deadline, async {
-            if conn.is_none() {
-                let id = tr.conn_ids.fetch_add(1, Relaxed);
-                // Boxed: the dial future (a TLS handshake's state included) is large, and kept
-                // inline it would make every request's future as large, copied on each request.
-                *conn = Some(Box::pin(tr.dialer.dial(id, &mut dial)).await?);
+    // The dial runs under the same per-connection timer, bounded by --connect-timeout too.
+    let mut dial_failed = None;
+    if conn.is_none() {
+        let connect_by = Instant::now() + tr.dialer.connect_timeout();
+        let id = tr.conn_ids.fetch_add(1, Relaxed);
+        // Boxed: the dial future (a TLS handshake's state included) is large, and kept inline
+        // it would make every request's future as large, copied on each request.
+        let dialing = Box::pin(tr.dialer.dial_untimed(id, &mut dial));
+        match timer.run(connect_by.min(deadline), dialing).await {
+            Ok(Ok(c)) => *conn = Some(c),
+            Ok(Err(e)) => dial_failed = Some(Ok(Err(e))),
+            Err(_) if connect_by < deadline => {
+                dial_failed = Some(Ok(Err(ErrorKind::ConnectTimeout)))
             }
-            let Some(c) = conn.as_mut() else {
-                return Err(ErrorKind::Connect);
-            };
-            match &mut c.stream {
-                Stream::Tcp(st) => {
-                    http1::exchange(st, &target.request, target.head, buf, &mut progress).await
-                }
-                Stream::Tls(st) => {
-                    http1::exchange(
-                        st.as_mut(),
-                        &target.request,
-                        target.head,
-                        buf,
-                        &mut progress,
-                    )
-                    .await
-                }
-            }
-        })
-        .await;
+            Err(elapsed) => dial_failed = Some(Err(elapsed)),
+        }
+    }
+    let result = match dial_failed {
+        Some(r) => r,
+        None => {
+            timer
+                .run(deadline, async {
+                    let Some(c) = conn.as_mut() else {
+                        return Err(ErrorKind::Connect);
+                    };
+                    match &mut c.stream {
+                        Stream::Tcp(st) => {
+                            http1::exchange(st, &target.request, target.head, buf, &mut progress)
+                                .await
+                        }
+                        Stream::Tls(st) => {
+                            http1::exchange(
+                                st.as_mut(),
+                                &target.request,
+                                target.head,
+                                buf,
+                                &mut progress,
+                            )
+                            .await
+                        }
+                    }
+                })
+                .await
+        }
+    };
 
     let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
     s.dial = dial;
