@@ -73,7 +73,11 @@ fn open_output(cfg: &Config) -> Result<Box<dyn Write + Send>, AppError> {
 pub fn run(opts: &Opts) -> Result<i32, AppError> {
     let cfg = Config::from_opts(opts)?;
     let tls_config = if cfg.targets.iter().any(|t| t.tls) {
-        Some(tls::client_config(cfg.insecure, cfg.cacert.as_deref())?)
+        Some(tls::client_config(
+            cfg.insecure,
+            cfg.cacert.as_deref(),
+            cfg.http2,
+        )?)
     } else {
         None
     };

@@ -109,13 +109,17 @@ pub struct Opts {
     #[arg(short = 'a')]
     pub basic_auth: Option<String>,
 
-    /// HTTP version: 1.1 (2 is not supported yet).
+    /// HTTP version: 1.1 or 2 (h2c prior knowledge on http://, ALPN h2 on https://).
     #[arg(long = "http-version")]
     pub http_version: Option<String>,
 
-    /// Use HTTP/2 (not supported yet).
+    /// Use HTTP/2 (same as --http-version 2).
     #[arg(long = "http2")]
     pub http2: bool,
+
+    /// HTTP/2 only: requests in flight on each connection at once (c * p in total).
+    #[arg(short = 'p', long = "http2-parallel", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_parallel: Option<u32>,
 
     /// HTTP Host header.
     #[arg(long = "host")]

@@ -5,7 +5,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 
-use crate::cli::{Opts, OutputFormat};
+use crate::{
+    cli::{Opts, OutputFormat},
+    http2::H2Request,
+};
 
 /// Used when `-t` is absent: bounded, so that a server that never answers cannot hang a run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -16,8 +19,12 @@ pub enum ConfigError {
     NoTarget,
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("HTTP version {0:?} is not supported yet (only 1.1)")]
+    #[error("HTTP version {0:?} is not supported (1.1 or 2)")]
     HttpVersion(String),
+    #[error("-p/--http2-parallel needs --http-version 2")]
+    ParallelNeedsHttp2,
+    #[error("request not valid for HTTP/2: {0}")]
+    Http2Request(String),
     #[error("invalid method {0:?}")]
     Method(String),
     #[error("-q must be a positive number of requests per second")]
@@ -51,6 +58,8 @@ pub struct Target {
     pub request: Arc<[u8]>,
     /// HEAD responses carry no body whatever their headers say.
     pub head: bool,
+    /// The same request for HTTP/2 (with `--http-version 2`).
+    pub h2: Option<H2Request>,
 }
 
 #[derive(Debug)]
@@ -67,6 +76,9 @@ pub struct Config {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: bool,
+    pub http2: bool,
+    /// HTTP/2 streams in flight per connection.
+    pub parallel: u32,
     pub insecure: bool,
     pub family: Family,
     pub cacert: Option<Vec<u8>>,
@@ -85,10 +97,13 @@ impl Config {
         } else {
             o.http_version.as_deref()
         };
-        if let Some(v) = version
-            && !matches!(v, "1.1" | "1")
-        {
-            return Err(ConfigError::HttpVersion(v.to_owned()));
+        let http2 = match version {
+            None | Some("1.1" | "1") => false,
+            Some("2" | "2.0") => true,
+            Some(v) => return Err(ConfigError::HttpVersion(v.to_owned())),
+        };
+        if o.http2_parallel.is_some() && !http2 {
+            return Err(ConfigError::ParallelNeedsHttp2);
         }
         let method = o.method.to_ascii_uppercase();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
@@ -128,7 +143,7 @@ impl Config {
             if targets.iter().any(|t: &Target| t.name == name) {
                 return Err(ConfigError::DuplicateTarget(name));
             }
-            targets.push(build_target(o, name, &url, &method, &body)?);
+            targets.push(build_target(o, name, &url, &method, &body, http2)?);
         }
 
         let threads = o.threads.map(|t| t as usize).unwrap_or_else(|| {
@@ -155,6 +170,8 @@ impl Config {
             timeout: o.timeout.unwrap_or(DEFAULT_TIMEOUT),
             connect_timeout: o.connect_timeout,
             keepalive: !o.disable_keepalive,
+            http2,
+            parallel: o.http2_parallel.unwrap_or(1),
             insecure: o.insecure,
             family: if o.ipv4 {
                 Family::V4
@@ -180,6 +197,7 @@ fn build_target(
     raw: &str,
     method: &str,
     body: &[u8],
+    http2: bool,
 ) -> Result<Target, ConfigError> {
     let invalid = |reason: &str| ConfigError::InvalidUrl {
         url: raw.to_owned(),
@@ -241,6 +259,18 @@ fn build_target(
         headers.push((n.clone(), v.clone()));
     }
 
+    let h2 = if http2 {
+        let authority = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map_or_else(|| host.clone(), |(_, v)| v.clone());
+        Some(
+            H2Request::new(method, url.scheme(), &authority, &path, &headers, body)
+                .map_err(ConfigError::Http2Request)?,
+        )
+    } else {
+        None
+    };
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     for (n, v) in &headers {
         req.push_str(n);
@@ -259,6 +289,7 @@ fn build_target(
         port,
         request: bytes.into(),
         head: method == "HEAD",
+        h2,
     })
 }
 
@@ -308,8 +339,12 @@ mod tests {
             Err(ConfigError::InvalidUrl { .. })
         ));
         assert!(matches!(
-            config(&["http://127.0.0.1/", "--http-version", "2"]),
+            config(&["http://127.0.0.1/", "--http-version", "3"]),
             Err(ConfigError::HttpVersion(_))
+        ));
+        assert!(matches!(
+            config(&["http://127.0.0.1/", "-p", "4"]),
+            Err(ConfigError::ParallelNeedsHttp2)
         ));
         assert!(matches!(
             config(&["http://127.0.0.1/", "-q", "0"]),
@@ -328,6 +363,32 @@ mod tests {
             ]),
             Err(ConfigError::DuplicateTarget(_))
         ));
+    }
+
+    #[test]
+    fn http2_request_has_authority_and_no_host_header() {
+        let c = config(&[
+            "http://example.test:8080/a?b=1",
+            "--http-version",
+            "2",
+            "-p",
+            "8",
+            "-H",
+            "x-a: 1",
+            "-H",
+            "connection: close",
+        ])
+        .unwrap();
+        assert!(c.http2);
+        assert_eq!(c.parallel, 8);
+        let r = c.targets[0].h2.as_ref().unwrap().build();
+        assert_eq!(r.uri().to_string(), "http://example.test:8080/a?b=1");
+        assert_eq!(r.headers()["x-a"], "1");
+        assert!(r.headers().get("host").is_none());
+        assert!(r.headers().get("connection").is_none());
+        let c = config(&["https://[::1]/", "--http2", "--host", "h.test"]).unwrap();
+        let r = c.targets[0].h2.as_ref().unwrap().build();
+        assert_eq!(r.uri().authority().unwrap().as_str(), "h.test");
     }
 
     #[test]

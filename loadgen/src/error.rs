@@ -20,11 +20,12 @@ pub enum ErrorKind {
     TruncatedResponse,
     AbortedDeadline,
     InFlightLimit,
+    Http2,
     Io,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Dns,
         ErrorKind::ConnectionRefused,
         ErrorKind::ConnectTimeout,
@@ -39,6 +40,7 @@ impl ErrorKind {
         ErrorKind::TruncatedResponse,
         ErrorKind::AbortedDeadline,
         ErrorKind::InFlightLimit,
+        ErrorKind::Http2,
         ErrorKind::Io,
     ];
 
@@ -58,6 +60,7 @@ impl ErrorKind {
             ErrorKind::TruncatedResponse => "truncated response",
             ErrorKind::AbortedDeadline => "aborted due to deadline",
             ErrorKind::InFlightLimit => "in-flight limit reached",
+            ErrorKind::Http2 => "http/2 error",
             ErrorKind::Io => "i/o error",
         }
     }

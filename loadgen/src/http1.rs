@@ -1,13 +1,13 @@
 //! One HTTP/1.1 request/response on an established stream: the request is pre-built bytes, the
-//! response head is parsed with httparse and the body is counted, not kept.
+//! response head is parsed by `head` and the body is counted, not kept.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{clock::mono_ns, error::ErrorKind};
-
-/// A response head larger than this is treated as malformed.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
+use crate::{
+    clock::mono_ns,
+    error::ErrorKind,
+    head::{self, BodyKind, MAX_HEAD},
+};
 
 /// When each step happened; filled as the exchange goes, so that a timed-out or failed
 /// exchange still tells how far it got.
@@ -24,13 +24,6 @@ pub struct Response {
     pub end_ns: u64,
     /// The connection can carry another request.
     pub reusable: bool,
-}
-
-enum BodyKind {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
 }
 
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
@@ -50,8 +43,13 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut filled = 0usize;
     loop {
-        // Head: read until httparse says it is complete (skipping 1xx interim responses).
-        let (status, head_len, body, mut reusable) = loop {
+        // Head: read until it is complete (skipping 1xx interim responses).
+        let head::Head {
+            status,
+            len: head_len,
+            body,
+            mut reusable,
+        } = loop {
             if filled == buf.len() {
                 if buf.len() >= MAX_HEAD {
                     return Err(ErrorKind::MalformedResponse);
@@ -70,7 +68,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 progress.first_byte_ns = Some(mono_ns());
             }
             filled += n;
-            if let Some(parsed) = parse_head(&buf[..filled], head_request)? {
+            if let Some(parsed) = head::parse(&buf[..filled], head_request)? {
                 break parsed;
             }
         };
@@ -142,60 +140,6 @@ async fn read<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8]) -> Result<usize, 
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
         Err(e) => Err(ErrorKind::from_io(&e)),
     }
-}
-
-type Head = (u16, usize, BodyKind, bool);
-
-fn parse_head(bytes: &[u8], head_request: bool) -> Result<Option<Head>, ErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ErrorKind::MalformedResponse),
-    };
-    let status = resp.code.ok_or(ErrorKind::MalformedResponse)?;
-    let http11 = resp.version == Some(1);
-    let mut reusable = http11;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ErrorKind::MalformedResponse)?;
-            if length.is_some_and(|l| l != v) {
-                return Err(ErrorKind::MalformedResponse);
-            }
-            length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    reusable = true;
-                }
-            }
-        }
-    }
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        BodyKind::None
-    } else if chunked {
-        BodyKind::Chunked
-    } else if let Some(l) = length {
-        BodyKind::Length(l)
-    } else {
-        BodyKind::UntilClose
-    };
-    Ok(Some((status, head_len, body, reusable)))
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The engine: one current-thread tokio runtime per worker thread, each holding its share of
 //! the connections and its own statistics (merged at the end), so the hot path takes no lock.
+//! HTTP/1.1 runs one request at a time per connection; HTTP/2 runs `-p` streams per connection.
 
 use std::{
     cell::{Cell, RefCell},
@@ -11,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     clock::{instant_at, mono_ns},
@@ -19,8 +20,10 @@ use crate::{
     conn::{Connection, Dial, Dialer, Stream},
     error::ErrorKind,
     http1::{self, Progress},
+    http2::{self, H2Conn},
     record::Sample,
     stats::Stats,
+    timer::Timer,
 };
 
 /// Per-target state shared by all worker threads.
@@ -138,12 +141,49 @@ impl Local {
     }
 }
 
+/// The request's own deadline (`-t`), the run's (`-z` without `-w`), and the earlier of both.
+fn deadlines(
+    shared: &Shared,
+    t: usize,
+    slot: Slot,
+    start_ns: u64,
+) -> (Instant, Option<Instant>, Instant) {
+    let cfg = &shared.cfg;
+    let request_deadline = instant_at(start_ns) + cfg.timeout;
+    let run_deadline = match shared.targets[t].deadline_ns.load(Relaxed) {
+        0 => None,
+        _ if cfg.wait_ongoing || slot.warmup => None,
+        d => Some(instant_at(d)),
+    };
+    let deadline = run_deadline.map_or(request_deadline, |r| r.min(request_deadline));
+    (deadline, run_deadline, request_deadline)
+}
+
+/// What a request that ran out of time is counted as, by how far it got.
+fn timeout_kind(
+    run_deadline: Option<Instant>,
+    request_deadline: Instant,
+    connected: bool,
+    progress: &Progress,
+) -> ErrorKind {
+    if run_deadline.is_some_and(|r| r <= request_deadline) {
+        ErrorKind::AbortedDeadline
+    } else if !connected {
+        ErrorKind::ConnectTimeout
+    } else if progress.first_byte_ns.is_none() {
+        ErrorKind::NeverAnswered
+    } else {
+        ErrorKind::Timeout
+    }
+}
+
 async fn one_request(
     shared: &Shared,
     t: usize,
     conn: &mut Option<Connection>,
     slot: Slot,
     buf: &mut Vec<u8>,
+    timer: &mut Timer,
 ) -> Sample {
     let cfg = &shared.cfg;
     let target = &cfg.targets[t];
@@ -158,41 +198,55 @@ async fn one_request(
         reused: conn.is_some(),
         ..Sample::default()
     };
-    let request_deadline = instant_at(start_ns) + cfg.timeout;
-    let run_deadline = match tr.deadline_ns.load(Relaxed) {
-        0 => None,
-        _ if cfg.wait_ongoing || slot.warmup => None,
-        d => Some(instant_at(d)),
-    };
-    let deadline = run_deadline.map_or(request_deadline, |r| r.min(request_deadline));
+    let (deadline, run_deadline, request_deadline) = deadlines(shared, t, slot, start_ns);
 
     let mut dial = Dial::default();
     let mut progress = Progress::default();
-    let result = tokio::time::timeout_at(deadline, async {
-        if conn.is_none() {
-            let id = tr.conn_ids.fetch_add(1, Relaxed);
-            *conn = Some(tr.dialer.dial(id, &mut dial).await?);
-        }
-        let Some(c) = conn.as_mut() else {
-            return Err(ErrorKind::Connect);
-        };
-        match &mut c.stream {
-            Stream::Tcp(st) => {
-                http1::exchange(st, &target.request, target.head, buf, &mut progress).await
+    // The dial runs under the same per-connection timer, bounded by --connect-timeout too.
+    let mut dial_failed = None;
+    if conn.is_none() {
+        let connect_by = Instant::now() + tr.dialer.connect_timeout();
+        let id = tr.conn_ids.fetch_add(1, Relaxed);
+        // Boxed: the dial future (a TLS handshake's state included) is large, and kept inline
+        // it would make every request's future as large, copied on each request.
+        let dialing = Box::pin(tr.dialer.dial_untimed(id, &mut dial));
+        match timer.run(connect_by.min(deadline), dialing).await {
+            Ok(Ok(c)) => *conn = Some(c),
+            Ok(Err(e)) => dial_failed = Some(Ok(Err(e))),
+            Err(_) if connect_by < deadline => {
+                dial_failed = Some(Ok(Err(ErrorKind::ConnectTimeout)))
             }
-            Stream::Tls(st) => {
-                http1::exchange(
-                    st.as_mut(),
-                    &target.request,
-                    target.head,
-                    buf,
-                    &mut progress,
-                )
+            Err(elapsed) => dial_failed = Some(Err(elapsed)),
+        }
+    }
+    let result = match dial_failed {
+        Some(r) => r,
+        None => {
+            timer
+                .run(deadline, async {
+                    let Some(c) = conn.as_mut() else {
+                        return Err(ErrorKind::Connect);
+                    };
+                    match &mut c.stream {
+                        Stream::Tcp(st) => {
+                            http1::exchange(st, &target.request, target.head, buf, &mut progress)
+                                .await
+                        }
+                        Stream::Tls(st) => {
+                            http1::exchange(
+                                st.as_mut(),
+                                &target.request,
+                                target.head,
+                                buf,
+                                &mut progress,
+                            )
+                            .await
+                        }
+                    }
+                })
                 .await
-            }
         }
-    })
-    .await;
+    };
 
     let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
     s.dial = dial;
@@ -223,19 +277,167 @@ async fn one_request(
         Err(_elapsed) => {
             s.end_ns = mono_ns();
             let tls_pending = s.dial.local.is_some() && target.tls && s.dial.tls_end_ns.is_none();
-            s.error = Some(if run_deadline.is_some_and(|r| r <= request_deadline) {
-                ErrorKind::AbortedDeadline
-            } else if !dialing_done || (!s.reused && tls_pending) {
-                ErrorKind::ConnectTimeout
-            } else if progress.first_byte_ns.is_none() {
-                ErrorKind::NeverAnswered
-            } else {
-                ErrorKind::Timeout
-            });
+            s.error = Some(timeout_kind(
+                run_deadline,
+                request_deadline,
+                dialing_done && (s.reused || !tls_pending),
+                &progress,
+            ));
             *conn = None;
         }
     }
     s
+}
+
+/// One HTTP/2 connection slot, shared by the streams that use it. The first stream that finds
+/// it empty dials (that request carries the dial's timings); the others wait for it.
+#[derive(Default)]
+struct H2Slot {
+    conn: RefCell<Option<H2Conn>>,
+    dialing: Cell<bool>,
+    ready: tokio::sync::Notify,
+}
+
+/// Marks a dial in progress; wakes the waiting streams however the dial ends (success,
+/// failure, or the request's timeout dropping it).
+struct Dialing<'a>(&'a H2Slot);
+
+impl<'a> Dialing<'a> {
+    fn new(slot: &'a H2Slot) -> Dialing<'a> {
+        slot.dialing.set(true);
+        Dialing(slot)
+    }
+}
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        self.0.dialing.set(false);
+        self.0.ready.notify_waiters();
+    }
+}
+
+/// The slot's open connection, or a new one (then `opened` is set and `dial` filled). Without
+/// keep-alive every request opens its own.
+async fn h2_conn(
+    tr: &TargetRun,
+    slot: &H2Slot,
+    keepalive: bool,
+    dial: &mut Dial,
+    opened: &mut bool,
+) -> Result<H2Conn, ErrorKind> {
+    if keepalive {
+        loop {
+            if let Some(c) = slot.conn.borrow().as_ref().filter(|c| c.is_open()) {
+                return Ok(c.clone());
+            }
+            if !slot.dialing.get() {
+                break;
+            }
+            // Single-threaded: nothing can notify between the check above and this await.
+            slot.ready.notified().await;
+        }
+    }
+    *opened = true;
+    let _dialing = keepalive.then(|| Dialing::new(slot));
+    let id = tr.conn_ids.fetch_add(1, Relaxed);
+    let c = Box::pin(async { H2Conn::start(tr.dialer.dial(id, dial).await?).await }).await?;
+    if keepalive {
+        *slot.conn.borrow_mut() = Some(c.clone());
+    }
+    Ok(c)
+}
+
+async fn one_request_h2(shared: &Shared, t: usize, slot: &H2Slot, claim: Slot) -> Sample {
+    let cfg = &shared.cfg;
+    let target = &cfg.targets[t];
+    let tr = &shared.targets[t];
+    let start_ns = mono_ns();
+    let mut s = Sample {
+        target: t,
+        seq: claim.seq,
+        warmup: claim.warmup,
+        scheduled_ns: claim.scheduled_ns,
+        start_ns,
+        ..Sample::default()
+    };
+    let (deadline, run_deadline, request_deadline) = deadlines(shared, t, claim, start_ns);
+    let mut dial = Dial::default();
+    let mut progress = Progress::default();
+    let mut opened = false;
+    let mut used: Option<H2Conn> = None;
+    let result = tokio::time::timeout_at(deadline, async {
+        let Some(req) = target.h2.as_ref() else {
+            return Err(ErrorKind::Http2);
+        };
+        let c = h2_conn(tr, slot, cfg.keepalive, &mut dial, &mut opened).await?;
+        used = Some(c.clone());
+        http2::exchange(&c, req, &mut progress).await
+    })
+    .await;
+
+    s.reused = !opened;
+    let dialing_done =
+        !opened || dial.tls_end_ns.is_some() || (dial.local.is_some() && !target.tls);
+    if opened {
+        s.dial = dial;
+    }
+    match &used {
+        Some(c) => {
+            s.conn_id = c.id;
+            s.local = Some(c.local);
+            s.remote = Some(c.remote);
+        }
+        None => {
+            s.local = dial.local;
+            s.remote = dial.remote;
+        }
+    }
+    s.written_ns = progress.written_ns;
+    s.first_byte_ns = progress.first_byte_ns;
+    let failed = match result {
+        Ok(Ok(resp)) => {
+            s.status = Some(resp.status);
+            s.bytes = resp.body_bytes;
+            s.end_ns = resp.end_ns;
+            false
+        }
+        Ok(Err(e)) => {
+            s.error = Some(e);
+            s.end_ns = mono_ns();
+            true
+        }
+        Err(_elapsed) => {
+            s.end_ns = mono_ns();
+            s.error = Some(timeout_kind(
+                run_deadline,
+                request_deadline,
+                dialing_done,
+                &progress,
+            ));
+            true
+        }
+    };
+    // A failed request's connection is suspect: later requests open a new one (the streams
+    // still running on it finish there).
+    if failed && let Some(c) = &used {
+        let mut cur = slot.conn.borrow_mut();
+        if cur.as_ref().is_some_and(|x| x.id == c.id) {
+            *cur = None;
+        }
+    }
+    s
+}
+
+/// HTTP/2 closed model: `-p` of these share one connection slot.
+async fn h2_stream_loop(local: Rc<Local>, t: usize, slot: Rc<H2Slot>) {
+    let shared = local.shared.clone();
+    while let Some(claim) = shared.claim(t) {
+        if let Some(at) = claim.scheduled_ns {
+            tokio::time::sleep_until(instant_at(at)).await;
+        }
+        let s = one_request_h2(&shared, t, &slot, claim).await;
+        local.finish(s).await;
+    }
 }
 
 /// Closed model: one connection, one request at a time, as oha and wrk do.
@@ -243,11 +445,12 @@ async fn connection_loop(local: Rc<Local>, t: usize) {
     let shared = local.shared.clone();
     let mut conn: Option<Connection> = None;
     let mut buf = Vec::with_capacity(8 * 1024);
+    let mut timer = Timer::default();
     while let Some(slot) = shared.claim(t) {
         if let Some(at) = slot.scheduled_ns {
             tokio::time::sleep_until(instant_at(at)).await;
         }
-        let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+        let s = one_request(&shared, t, &mut conn, slot, &mut buf, &mut timer).await;
         local.finish(s).await;
     }
 }
@@ -257,6 +460,8 @@ async fn connection_loop(local: Rc<Local>, t: usize) {
 async fn open_loop(local: Rc<Local>, t: usize, max_in_flight: u32) {
     let shared = local.shared.clone();
     let pool: Rc<RefCell<Vec<Connection>>> = Rc::new(RefCell::new(Vec::new()));
+    // HTTP/2: every request is a stream on this thread's one connection to the target.
+    let h2_slot = Rc::new(H2Slot::default());
     let in_flight = Rc::new(Cell::new(0u32));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(slot) = shared.claim(t) {
@@ -280,16 +485,23 @@ async fn open_loop(local: Rc<Local>, t: usize, max_in_flight: u32) {
             continue;
         }
         in_flight.set(in_flight.get() + 1);
-        let (local, pool, in_flight, shared) = (
+        let (local, pool, in_flight, shared, h2_slot) = (
             local.clone(),
             pool.clone(),
             in_flight.clone(),
             shared.clone(),
+            h2_slot.clone(),
         );
         tasks.spawn_local(async move {
+            if shared.cfg.http2 {
+                let s = one_request_h2(&shared, t, &h2_slot, slot).await;
+                in_flight.set(in_flight.get() - 1);
+                local.finish(s).await;
+                return;
+            }
             let mut conn = pool.borrow_mut().pop();
             let mut buf = Vec::with_capacity(8 * 1024);
-            let s = one_request(&shared, t, &mut conn, slot, &mut buf).await;
+            let s = one_request(&shared, t, &mut conn, slot, &mut buf, &mut Timer::default()).await;
             if let Some(c) = conn {
                 pool.borrow_mut().push(c);
             }
@@ -322,6 +534,13 @@ pub fn worker(
         if cfg.open_model {
             let share = (cfg.max_in_flight as usize).div_ceil(threads).max(1) as u32;
             set.spawn_local(open_loop(local.clone(), t, share));
+        } else if cfg.http2 {
+            for _ in (index..cfg.connections as usize).step_by(threads) {
+                let slot = Rc::new(H2Slot::default());
+                for _ in 0..cfg.parallel {
+                    set.spawn_local(h2_stream_loop(local.clone(), t, slot.clone()));
+                }
+            }
         } else {
             for _ in (index..cfg.connections as usize).step_by(threads) {
                 set.spawn_local(connection_loop(local.clone(), t));

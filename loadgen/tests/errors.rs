@@ -21,6 +21,46 @@ fn refused_connections() {
     assert_eq!(e, serde_json::json!({"connection refused": 5}));
 }
 
+/// A listener whose accept queue is full and that never accepts: the kernel drops further SYNs,
+/// so connecting hangs until --connect-timeout, for HTTP/1.1 and HTTP/2 alike.
+#[test]
+fn full_accept_queue_is_a_connect_timeout() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket calls on a socket this test owns, with a correctly sized address.
+    let (fd, port) = unsafe {
+        let fd = OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len), 0);
+        assert_eq!(libc::listen(fd.as_raw_fd(), 0), 0);
+        let mut len = len;
+        libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &mut len);
+        (fd, u16::from_be(addr.sin_port))
+    };
+    // Fill the queue (backlog 0 still queues one connection).
+    let _queued: Vec<_> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                Duration::from_millis(200),
+            )
+            .ok()
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{port}/");
+    for extra in [&[][..], &["--http-version", "2"]] {
+        let mut args = vec![&url[..], "-n", "2", "-c", "1", "--connect-timeout", "300ms"];
+        args.extend_from_slice(extra);
+        let started = std::time::Instant::now();
+        let e = errors_of(&args);
+        assert_eq!(e, serde_json::json!({"connect timeout": 2}), "{extra:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    drop(fd);
+}
+
 #[test]
 fn reset_by_the_server() {
     let s = serve(|mut s, peer, log| {
@@ -94,7 +134,8 @@ fn invalid_input_exits_2_before_sending() {
         vec!["not a url"],
         vec!["ftp://127.0.0.1/"],
         vec![&s.url(), "-n", "many"],
-        vec![&s.url(), "--http-version", "2"],
+        vec![&s.url(), "--http-version", "3"],
+        vec![&s.url(), "-p", "4"],
         vec![&s.url(), "-H", "bad header"],
         vec![&s.url(), "--records", "/nonexistent-dir/x.jsonl"],
     ] {

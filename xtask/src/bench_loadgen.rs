@@ -1,7 +1,8 @@
 //! `cargo xtask bench-loadgen`: loadgen against oha and wrk on a private loopback nginx, runs
 //! alternated, with requests/s ratios, client CPU per 100 k requests and peak RSS (from each
-//! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M, and the latency loadgen reports
-//! against a server that answers after exactly 10 ms.
+//! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M; then the latency each client reports
+//! against a server that answers 10 ms after reading each request, next to that server's own
+//! lateness, so that client and server error are told apart.
 
 use std::{
     io::{Read, Write},
@@ -276,14 +277,27 @@ fn ensure_tools() -> Result<Bins> {
     })
 }
 
-/// Answers every request exactly `delay` after reading it (thread per connection).
-fn delayed_server(delay: Duration) -> Result<u16> {
+/// How late the precise server wrote each response, in µs past "request read + delay".
+type Lateness = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// Answers every request exactly `delay` after it has read the request (thread per connection).
+/// A plain `sleep` wakes up late by the timer slack (50 µs) plus however long the scheduler takes
+/// on a busy machine, which then looks like client latency. So each thread runs with 1 ns timer
+/// slack, sleeps until shortly before the deadline and spins the rest, and records how late each
+/// response still was: the server's own error, measured separately from the client's.
+fn precise_server(delay: Duration) -> Result<(u16, Lateness)> {
+    const SPIN: Duration = Duration::from_micros(200);
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
+    let lateness: Lateness = Default::default();
+    let late = lateness.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let late = late.clone();
             std::thread::spawn(move || {
+                // SAFETY: prctl on the calling thread with an integer argument.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
                 let _ = s.set_nodelay(true);
                 let mut buf = [0u8; 4096];
                 let mut pending = Vec::new();
@@ -292,19 +306,120 @@ fn delayed_server(delay: Duration) -> Result<u16> {
                         Ok(0) | Err(_) => return,
                         Ok(n) => pending.extend_from_slice(&buf[..n]),
                     }
+                    let read_at = std::time::Instant::now();
                     while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                         pending.drain(..i + 4);
-                        std::thread::sleep(delay);
+                        let deadline = read_at + delay;
+                        if let Some(d) = deadline.checked_duration_since(std::time::Instant::now())
+                            && d > SPIN
+                        {
+                            std::thread::sleep(d - SPIN);
+                        }
+                        while std::time::Instant::now() < deadline {
+                            std::hint::spin_loop();
+                        }
                         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         if s.write_all(r).is_err() {
                             return;
                         }
+                        let us = deadline.elapsed().as_micros() as u64;
+                        late.lock().unwrap_or_else(|p| p.into_inner()).push(us);
                     }
                 }
             });
         }
     });
-    Ok(port)
+    Ok((port, lateness))
+}
+
+/// Value at percentile `p` (0–100) of unsorted samples.
+fn percentile(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[i.clamp(1, v.len()) - 1] as f64
+}
+
+/// wrk --latency prints "     50%   10.08ms"; returns seconds.
+fn wrk_percentile(out: &str, label: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        if it.next()? != label {
+            return None;
+        }
+        let v = it.next()?;
+        let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+        let (num, unit) = v.split_at(split);
+        let num: f64 = num.parse().ok()?;
+        Some(match unit {
+            "us" => num / 1e6,
+            "ms" => num / 1e3,
+            "s" => num,
+            "m" => num * 60.0,
+            _ => return None,
+        })
+    })
+}
+
+/// Latency each client reports against the precise 10 ms server, alternated in the same run,
+/// next to the server's own lateness for that client's run.
+fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
+    let delay = Duration::from_millis(10);
+    let (port, lateness) = precise_server(delay)?;
+    let url = format!("http://127.0.0.1:{port}/");
+    println!(
+        "server answering 10 ms after reading each request (sleep + spin), c = 16, 3 s per run:"
+    );
+    println!(
+        "{:<8} {:>9} {:>9} {:>16} {:>16}",
+        "client", "p50 - 10", "p99 - 10", "server late p50", "server late p99"
+    );
+    for _ in 0..rounds {
+        for tool in [Tool::Loadgen, Tool::Oha, Tool::Wrk] {
+            lateness.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut cmd = match tool {
+                Tool::Loadgen => {
+                    let mut k = Command::new(&bins.loadgen);
+                    k.args([&url, "-c", "16", "-z", "3s", "--no-tui", "-j"]);
+                    k
+                }
+                Tool::Oha => {
+                    let mut k = Command::new(&bins.oha);
+                    k.args([&url, "-c", "16", "-z", "3s", "--no-tui"]);
+                    k.args(["--output-format", "json"]);
+                    k
+                }
+                Tool::Wrk => {
+                    let mut k = Command::new("/usr/bin/wrk");
+                    k.args(["-t2", "-c16", "-d3s", "--latency", &url]);
+                    k
+                }
+            };
+            let (out, _) = measure(&mut cmd)?;
+            let (p50, p99) = match tool {
+                Tool::Wrk => (wrk_percentile(&out, "50%"), wrk_percentile(&out, "99%")),
+                _ => (
+                    json_field(&out, &["latencyPercentiles", "p50"]),
+                    json_field(&out, &["latencyPercentiles", "p99"]),
+                ),
+            };
+            let (p50, p99) = p50
+                .zip(p99)
+                .with_context(|| format!("{} printed no p50/p99:\n{out}", tool.name()))?;
+            let mut late = std::mem::take(&mut *lateness.lock().unwrap_or_else(|p| p.into_inner()));
+            println!(
+                "{:<8} {:>+7.3}ms {:>+7.3}ms {:>14.3}ms {:>14.3}ms",
+                tool.name(),
+                p50 * 1e3 - 10.0,
+                p99 * 1e3 - 10.0,
+                percentile(&mut late, 50.0) / 1e3,
+                percentile(&mut late, 99.0) / 1e3,
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn bench() -> Result<()> {
@@ -390,20 +505,7 @@ pub fn bench() -> Result<()> {
     );
     drop(nginx);
 
-    let port = delayed_server(Duration::from_millis(10))?;
-    let url10 = format!("http://127.0.0.1:{port}/");
-    let (out, _) = measure(
-        Command::new(&bins.loadgen).args([&url10, "-c", "16", "-z", "3s", "--no-tui", "-j"]),
-    )?;
-    let p50 = json_field(&out, &["latencyPercentiles", "p50"]).context("no p50")?;
-    let p99 = json_field(&out, &["latencyPercentiles", "p99"]).context("no p99")?;
-    println!(
-        "server answering after 10 ms, loadgen -c 16: p50 {:.3} ms ({:+.3}), p99 {:.3} ms ({:+.3})",
-        p50 * 1e3,
-        p50 * 1e3 - 10.0,
-        p99 * 1e3,
-        p99 * 1e3 - 10.0
-    );
+    latency_accuracy(&bins, rounds)?;
     Ok(())
 }
 
@@ -418,5 +520,18 @@ mod tests {
         assert_eq!(json_field(j, &["summary", "requestsPerSec"]), Some(1250.0));
         assert_eq!(json_field(j, &["latencyPercentiles", "p99"]), Some(0.0105));
         assert_eq!(json_field(j, &["nothing"]), None);
+    }
+
+    #[test]
+    fn wrk_latency_lines_are_read_in_seconds() {
+        let out =
+            "  Latency Distribution\n     50%   10.08ms\n     75%  850.00us\n     99%    1.20s\n";
+        assert_eq!(wrk_percentile(out, "50%"), Some(0.01008));
+        assert_eq!(wrk_percentile(out, "75%"), Some(0.00085));
+        assert_eq!(wrk_percentile(out, "99%"), Some(1.2));
+        assert_eq!(wrk_percentile(out, "90%"), None);
+        let mut v = vec![5, 1, 4, 2, 3];
+        assert_eq!(percentile(&mut v, 50.0), 3.0);
+        assert_eq!(percentile(&mut v, 99.0), 5.0);
     }
 }
