@@ -10,3 +10,4 @@ pub mod exchange;
 pub mod hist;
 pub mod layout;
 pub mod stats;
+pub mod tcflow;

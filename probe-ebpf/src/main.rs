@@ -15,6 +15,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
+mod tcflow;
+#[cfg(target_arch = "bpf")]
 mod tracepoints;
 
 #[cfg(target_arch = "bpf")]
