@@ -14,9 +14,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::sk_buff::SkBuff,
 };
-use probe_common::tcflow::{
-    TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchange, TcFlowKey,
-};
+use probe_common::tcflow::{TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchange, TcFlowKey};
 
 /// Connections in progress per interface; sized by `--max-sockets`.
 #[map]

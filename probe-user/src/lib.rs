@@ -12,6 +12,7 @@ pub mod latency;
 pub mod metadata;
 pub mod privilege;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod sidecar;
 pub mod table;

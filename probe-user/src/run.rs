@@ -66,7 +66,7 @@ pub struct Summary {
     pub series: Vec<SeriesSummary>,
     pub hops: Vec<HopSummary>,
     pub tcp_events: Vec<TcpEvents>,
-    /// Each container's cumulative CPU (cgroup `usage_usec`), sampled every second.
+    /// Each container's cumulative CPU (cgroup `usage_usec`), sampled every 500 ms.
     pub cpu: Vec<CpuSeries>,
 }
 
@@ -221,9 +221,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut tc_flow_events =
         unsafe { AsyncFd::register_with_interest(tc_flow_events, tokio::io::Interest::READABLE) }
             .map_err(|e| RunError::Io {
-                context: "polling the datapath ring buffer".into(),
-                source: e.into(),
-            })?;
+            context: "polling the datapath ring buffer".into(),
+            source: e.into(),
+        })?;
     let mut ifnames = datapath.as_ref().map(Datapath::names).unwrap_or_default();
     let mut sink = ExchangeSink {
         hops: HopAggregator::default(),
@@ -252,7 +252,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut resolver = Resolver::new(cgroup_root.clone());
     let mut cpu = CpuSampler::new(cgroup_root.clone());
     cpu.sample(&opts.metadata);
-    let cpu_every = Duration::from_secs(1);
+    let cpu_every = Duration::from_millis(500);
     let mut cpu_tick = tokio::time::interval_at(started + cpu_every, cpu_every);
     cpu_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stopped_by = loop {

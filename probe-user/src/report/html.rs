@@ -1,0 +1,3 @@
+pub fn render(_e: &[super::aggregate::EnvReport]) -> String {
+    String::new()
+}
