@@ -31,11 +31,13 @@ pub struct ReportArgs {
     pub markdown: Option<PathBuf>,
     pub html: Option<PathBuf>,
     pub proxy_containers: Vec<String>,
+    /// Print only the overview table.
+    pub brief: bool,
 }
 
 pub const USAGE: &str = "usage: hopprobe report [--label NAME] --loadgen RUN.json [--requests REQS.jsonl] \
 [--probe RECORDS.jsonl] [--summary HOPPROBE.json] [--label NAME2 ...] [--json FILE] [--markdown FILE] [--html FILE] \
-[--proxy-containers NAMES]";
+[--proxy-containers NAMES] [--brief]";
 
 /// Parses the flags in order: `--label` opens a new environment; `--loadgen`, `--requests`,
 /// `--probe`, `--summary` fill the current one (a second one of the same kind also opens a
@@ -95,6 +97,7 @@ pub fn parse_args(args: &[String]) -> Result<ReportArgs, String> {
                     *slot = Some(v);
                 }
             }
+            "--brief" => out.brief = true,
             "--json" => out.json = Some(value()?.into()),
             "--markdown" => out.markdown = Some(value()?.into()),
             "--html" => out.html = Some(value()?.into()),
@@ -202,7 +205,11 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
-    print!("{}", text::terminal(&envs));
+    if parsed.brief {
+        print!("{}", text::overview(&envs));
+    } else {
+        print!("{}", text::terminal(&envs));
+    }
     let report = Report { environments: envs };
     let mut outputs: Vec<(&PathBuf, String)> = Vec::new();
     if let Some(p) = &parsed.json {

@@ -118,8 +118,75 @@ fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One line per environment: the join, p50 and p99 split into outside / queue / service,
+/// throughput and Little's law.
+pub fn overview(envs: &[EnvReport]) -> String {
+    let header: Vec<String> = [
+        "environment",
+        "joined",
+        "p50 ms",
+        "outside",
+        "queue",
+        "service",
+        "p99 ms",
+        "outside",
+        "queue",
+        "service",
+        "req/s",
+        "in flight (λ·W)",
+        "c",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: Vec<Vec<String>> = envs
+        .iter()
+        .map(|e| {
+            let mut r = vec![e.label.clone()];
+            r.push(if e.mode == "per-request" {
+                format!("{:.1} %", e.join_rate * 100.0)
+            } else {
+                "distributions".into()
+            });
+            for p in ["p50", "p99"] {
+                match e.percentiles.iter().find(|x| x.percentile == p) {
+                    Some(x) => r.extend([
+                        f(x.e2e_ms),
+                        f(x.unaccounted_ms),
+                        f(x.queue_ms),
+                        f(x.service_ms),
+                    ]),
+                    None => {
+                        let d = e.distributions.iter().find(|x| x.percentile == p);
+                        let o = |v: Option<f64>| v.map_or("-".into(), f);
+                        r.extend([
+                            o(d.and_then(|d| d.e2e_ms)),
+                            o(d.and_then(|d| d.outside_ms)),
+                            "-".into(),
+                            "-".into(),
+                        ]);
+                    }
+                }
+            }
+            match &e.littles_law {
+                Some(l) => r.extend([
+                    format!("{:.1}", l.throughput_rps),
+                    format!("{:.2}", l.in_flight),
+                    l.concurrency.map_or("-".into(), |c| c.to_string()),
+                ]),
+                None => r.extend(["-".into(), "-".into(), "-".into()]),
+            }
+            r
+        })
+        .collect();
+    aligned(&header, &rows)
+}
+
 pub fn terminal(envs: &[EnvReport]) -> String {
-    let mut out = String::new();
+    let mut out = String::from(
+        "=== hopprobe report: overview (outside = unaccounted, outside the node) ===\n",
+    );
+    out.push_str(&overview(envs));
+    out.push('\n');
     for e in envs {
         let _ = writeln!(out, "=== hopprobe report: {} ===", e.label);
         for l in summary_lines(e) {
@@ -154,6 +221,21 @@ fn md_table(header: &[String], rows: &[Vec<String>]) -> String {
 
 pub fn markdown(envs: &[EnvReport]) -> String {
     let mut out = String::from("# hopprobe report\n\n");
+    {
+        let text = overview(envs);
+        let mut lines = text.lines().map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        });
+        if let Some(h) = lines.next() {
+            let rows: Vec<Vec<String>> = lines.collect();
+            out.push_str(&md_table(&h, &rows));
+            out.push('\n');
+        }
+    }
     for e in envs {
         let _ = writeln!(out, "## {}\n", e.label);
         for l in summary_lines(e) {
