@@ -21,7 +21,7 @@ use probe_common::tcflow::{TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchang
 pub static TC_FLOWS: LruHashMap<TcFlowKey, TcExchange> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
-pub static TC_FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static TC_FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 #[map]
 pub static TC_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TC_STAT_COUNT, 0);
