@@ -39,6 +39,9 @@ pub struct TcExchange {
     /// 4 for IPv4, 6 for IPv6.
     pub ip_version: u32,
     pub syn_ns: u64,
+    /// When the server's SYN-ACK passed (0: not seen): SYN → SYN-ACK is the handshake's time
+    /// on the node's side of this point.
+    pub synack_ns: u64,
     pub req_first_ns: u64,
     pub req_last_ns: u64,
     /// 0 while no response byte has passed.
@@ -47,7 +50,7 @@ pub struct TcExchange {
     pub req_bytes: u64,
     pub resp_bytes: u64,
 }
-const _: () = assert!(size_of::<TcExchange>() == 120);
+const _: () = assert!(size_of::<TcExchange>() == 128);
 
 /// Counters of the per-connection TC tracking (own map, `TC_FLOW_STATS`).
 pub const TC_STAT_SENT: u32 = 0;

@@ -137,6 +137,7 @@ pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
             resp_seq_end: 0,
             ip_version: s.ip_version,
             syn_ns: now,
+            synack_ns: 0,
             req_first_ns: 0,
             req_last_ns: 0,
             resp_first_ns: 0,
@@ -190,6 +191,9 @@ pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
     let x = unsafe { &mut *x };
     if s.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
         x.resp_seq_end = s.seq.wrapping_add(1);
+        if x.synack_ns == 0 {
+            x.synack_ns = now;
+        }
         return;
     }
     if s.len > 0 && x.req_first_ns != 0 && advances(s.seq, s.len, x.resp_seq_end) {

@@ -36,6 +36,9 @@ pub struct DatapathRecord {
     /// Exchange number on the connection, from 0.
     pub index: u32,
     pub syn_ns: u64,
+    /// When the server's SYN-ACK passed back.
+    #[serde(default)]
+    pub synack_ns: Option<u64>,
     pub req_first_ns: u64,
     pub req_last_ns: u64,
     pub resp_first_ns: Option<u64>,
@@ -84,6 +87,7 @@ impl DatapathRecord {
             isn: x.isn,
             index: x.index,
             syn_ns: x.syn_ns,
+            synack_ns: (x.synack_ns != 0).then_some(x.synack_ns),
             req_first_ns: x.req_first_ns,
             req_last_ns: x.req_last_ns,
             resp_first_ns: answered.then_some(x.resp_first_ns),
@@ -135,6 +139,7 @@ mod tests {
             resp_seq_end: 0,
             ip_version: 4,
             syn_ns: 1,
+            synack_ns: 0,
             req_first_ns: 2,
             req_last_ns: 3,
             resp_first_ns: 0,

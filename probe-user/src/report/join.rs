@@ -480,9 +480,31 @@ pub fn join(requests: &[Request], probe: &ProbeRecords, names: &Names) -> Joined
             points.push(("node (not followed)".into(), u_end));
         }
         let mut clamped = false;
-        let (segs, node_end) = segments(u.req_first_ns, &points, &mut clamped);
+        let (mut segs, node_end) = segments(u.req_first_ns, &points, &mut clamped);
+        let mut inside = node_end - u.req_first_ns;
+        // A connection opened for this request: its handshake's time on the node's side
+        // (SYN in → SYN-ACK out, including SYNs the pod dropped and the client resent) is a
+        // hop; the SYN-ACK's trip to the client and back is outside.
+        if u.index == 0
+            && let Some(synack) = u.synack_ns
+        {
+            let handshake = match synack.checked_sub(u.syn_ns) {
+                Some(d) if synack <= u.req_first_ns => d,
+                _ => {
+                    clamped = true;
+                    0
+                }
+            };
+            segs.insert(
+                0,
+                Segment {
+                    hop: "node handshake".into(),
+                    ns: handshake,
+                },
+            );
+            inside += handshake;
+        }
         let e2e = r.end_ns.saturating_sub(r.start_ns);
-        let inside = node_end - u.req_first_ns;
         let unaccounted = match e2e.checked_sub(inside) {
             Some(rest) => rest,
             None => {
@@ -563,6 +585,7 @@ mod tests {
             isn,
             index: 0,
             syn_ns: t[0],
+            synack_ns: None,
             req_first_ns: t[1],
             req_last_ns: t[1],
             resp_first_ns: Some(t[2]),
@@ -731,6 +754,23 @@ mod tests {
             assert_eq!(seg(b, "back app_queue"), 10_000);
             assert_eq!(seg(b, "back datapath_in"), 10_000);
             assert_eq!(seg(b, "front datapath_out"), 10_000);
+        }
+    }
+
+    #[test]
+    fn the_handshake_on_the_node_side_is_a_hop_and_the_rest_stays_outside() {
+        let (reqs, mut probe) = scenario(10);
+        for d in probe.datapath.iter_mut().filter(|d| d.point == "node_in") {
+            d.syn_ns = d.req_first_ns - 300_000;
+            d.synack_ns = Some(d.syn_ns + 50_000);
+        }
+        let j = join(&reqs, &probe, &names());
+        assert_eq!(j.clamped, 0);
+        for b in &j.breakdowns {
+            assert_eq!(b.segments[0].hop, "node handshake");
+            assert_eq!(b.segments[0].ns, 50_000);
+            assert_eq!(b.unaccounted_ns, 950_000);
+            assert_eq!(b.unaccounted_ns + b.hops_ns(), b.e2e_ns);
         }
     }
 
