@@ -17,6 +17,17 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Distinct colours for any number of groups: grey for the first (unaccounted), then hues a
+/// golden angle apart, alternating lightness.
+fn group_color(i: usize) -> String {
+    if i == 0 {
+        return "#9e9e9e".into();
+    }
+    let hue = (i as f64 * 137.508) % 360.0;
+    let light = if i % 2 == 0 { 38 } else { 55 };
+    format!("hsl({hue:.0},65%,{light}%)")
+}
+
 /// The group a hop is drawn in: queue, processing and sidecar per pod; the node's plumbing
 /// (datapath, pod delivery and send, loopback) together.
 pub fn group(hop: &str) -> String {
@@ -77,7 +88,7 @@ fn bars(envs: &[EnvReport]) -> String {
         r#"<svg class="bars" width="{}" height="{height}" role="img" aria-label="per-hop decomposition per percentile">"#,
         label_w + bar_w + 80.0
     );
-    let color = |g: &str| PALETTE[groups.iter().position(|x| x == g).unwrap_or(0) % PALETTE.len()];
+    let color = |g: &str| group_color(groups.iter().position(|x| x == g).unwrap_or(0));
     for (r, (label, g)) in rows.iter().enumerate() {
         let y = r as f64 * row_h + 4.0;
         let _ = write!(
