@@ -24,7 +24,7 @@ fn group_color(i: usize) -> String {
         return "#9e9e9e".into();
     }
     let hue = (i as f64 * 137.508) % 360.0;
-    let light = if i % 2 == 0 { 38 } else { 55 };
+    let light = if i.is_multiple_of(2) { 38 } else { 55 };
     format!("hsl({hue:.0},65%,{light}%)")
 }
 
