@@ -188,6 +188,10 @@ fn write(path: &PathBuf, text: &str) -> Result<(), String> {
 
 /// `hopprobe report ARGS`: prints the table, writes the requested files; exit code.
 pub fn main(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return 0;
+    }
     let parsed = match parse_args(args) {
         Ok(p) => p,
         Err(e) => {
