@@ -12,3 +12,4 @@ pub mod layout;
 pub mod ratelimit;
 pub mod sockops;
 pub mod stats;
+pub mod tcflow;

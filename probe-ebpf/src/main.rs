@@ -21,6 +21,8 @@ mod syscalls;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
+mod tcflow;
+#[cfg(target_arch = "bpf")]
 mod tracepoints;
 
 #[cfg(target_arch = "bpf")]

@@ -5,7 +5,10 @@ use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext}
 
 use probe_common::hist::{POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN, POINT_POD_OUT};
 
-use crate::datapath::{key_l2, pass};
+use crate::{
+    datapath::{key_l2, pass},
+    tcflow,
+};
 
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -13,9 +16,11 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 fn at(ctx: &TcContext, point: u32) -> i32 {
+    let ifx = ifindex(ctx);
     if let Ok(k) = key_l2(&ctx.skb) {
-        pass(&k, point, ifindex(ctx), 0);
+        pass(&k, point, ifx, 0);
     }
+    tcflow::track(&ctx.skb, point, ifx);
     // UNSPEC: let the next program (Cilium's, say) or the default action decide.
     TC_ACT_UNSPEC
 }

@@ -33,6 +33,9 @@ pub enum Command {
     Run(RunArgs),
     /// Report which eBPF hook types this kernel offers; exit 0 if hopprobe can run here.
     Check(CheckArgs),
+    /// Join a load generator's requests with hopprobe's records: where each request's time
+    /// went, per hop and percentile, per environment (`--label` starts one).
+    Report(ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,6 +127,15 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// `[--label NAME] --loadgen RUN.json [--requests REQS.jsonl] [--probe RECORDS.jsonl]
+    /// [--summary HOPPROBE.json]`, repeated per environment; `--json FILE`, `--markdown FILE`,
+    /// `--html FILE`, `--proxy-containers NAMES` anywhere.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
@@ -174,6 +186,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run_cmd(args),
         Command::Check(args) => check_cmd(&args),
+        Command::Report(args) => crate::report::main(&args.args),
     };
     ExitCode::from(code as u8)
 }

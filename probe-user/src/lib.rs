@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod conn;
+pub mod cpu;
 pub mod datapath;
 pub mod ebpf;
 pub mod evictions;
@@ -13,9 +14,11 @@ pub mod metadata;
 pub mod privilege;
 pub mod probe;
 pub mod reads;
+pub mod report;
 pub mod run;
 pub mod sidecar;
 pub mod table;
+pub mod tcflow;
 pub mod tracefs;
 
 /// Exit codes shared by the subcommands (documented in the README).

@@ -8,8 +8,12 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use probe_common::{conn::ConnEvent, exchange::Exchange};
+use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
+use probe_common::{
+    conn::ConnEvent,
+    exchange::Exchange,
+    tcflow::{TcExchange, TcFlowKey},
+};
 use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
@@ -21,6 +25,7 @@ use tracing::{info, warn};
 use crate::{
     cgroup::Resolver,
     conn::{Aggregator, SeriesSummary, sock_series},
+    cpu::{CpuSampler, CpuSeries},
     datapath::{Datapath, DatapathOptions},
     ebpf::MapSizes,
     evictions::{self, LruMaps},
@@ -36,6 +41,7 @@ use crate::{
     reads::ReadHook,
     sidecar::Pairer,
     table,
+    tcflow::{self, DatapathRecord},
 };
 
 #[derive(Debug, Clone)]
@@ -70,6 +76,8 @@ pub struct Summary {
     pub series: Vec<SeriesSummary>,
     pub hops: Vec<HopSummary>,
     pub tcp_events: Vec<TcpEvents>,
+    /// Each container's cumulative CPU (cgroup `usage_usec`), sampled every 500 ms.
+    pub cpu: Vec<CpuSeries>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,18 +157,31 @@ impl ExchangeSink<'_> {
         proxy
     }
 
+    fn write_line(&mut self, line: &str) {
+        if let Some(w) = self.records.as_mut()
+            && let Err(e) = writeln!(w, "{line}")
+        {
+            // Stop writing, keep measuring; the run reports the error at the end.
+            self.write_error = Some(e);
+            self.records = None;
+        }
+    }
+
+    fn add_datapath(&mut self, x: &TcExchange, ifnames: &BTreeMap<u32, String>) {
+        if self.records.is_some() {
+            let r = DatapathRecord::new(x, ifnames, &self.opts.metadata);
+            self.write_line(&serde_json::to_string(&r).unwrap_or_default());
+        }
+    }
+
     fn add(&mut self, x: &Exchange, resolver: &mut Resolver) {
         self.hops.record(x);
         if self.is_proxy(x.cgroup_id, resolver) {
             self.pairer.add(x);
         }
-        if let Some(w) = self.records.as_mut() {
+        if self.records.is_some() {
             let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
-            if let Err(e) = writeln!(w, "{line}") {
-                // Stop writing, keep measuring; the run reports the error at the end.
-                self.write_error = Some(e);
-                self.records = None;
-            }
+            self.write_line(&line);
         }
     }
 }
@@ -200,6 +221,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let tcp_counters = probe.take_tcp_counters()?;
     let sock_hists = probe.take_sock_hists()?;
     let lru = LruMaps::take(&mut probe)?;
+    let tc_flow_events: RingBuf<MapData> = probe.take("TC_FLOW_EVENTS")?;
+    let tc_flow_stats = probe.take("TC_FLOW_STATS")?;
+    let tc_flows_open: AyaHashMap<MapData, TcFlowKey, TcExchange> = probe.take("TC_FLOWS")?;
     let mut datapath = match opts.datapath.clone() {
         Some(o) => match Datapath::attach(probe.ebpf_mut(), o) {
             Ok(d) => {
@@ -230,6 +254,14 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 context: "polling the exchange ring buffer".into(),
                 source: e.into(),
             })?;
+    // SAFETY: as above.
+    let mut tc_flow_events =
+        unsafe { AsyncFd::register_with_interest(tc_flow_events, tokio::io::Interest::READABLE) }
+            .map_err(|e| RunError::Io {
+            context: "polling the datapath ring buffer".into(),
+            source: e.into(),
+        })?;
+    let mut ifnames = datapath.as_ref().map(Datapath::names).unwrap_or_default();
     let mut sink = ExchangeSink {
         hops: HopAggregator::default(),
         pairer: Pairer::default(),
@@ -256,6 +288,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut agg = Aggregator::default();
     let mut resolver = Resolver::new(cgroup_root.clone());
+    let mut cpu = CpuSampler::new(cgroup_root.clone());
+    cpu.sample(&opts.metadata);
+    let cpu_every = Duration::from_millis(500);
+    let mut cpu_tick = tokio::time::interval_at(started + cpu_every, cpu_every);
+    cpu_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stopped_by = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -272,6 +309,14 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 agg.unknown += short;
                 guard.clear_ready();
             }
+            guard = tc_flow_events.readable_mut() => {
+                let mut guard = guard.map_err(io("polling the datapath ring buffer"))?;
+                let mut short = 0;
+                drain(guard.get_inner_mut(), |x: &TcExchange| sink.add_datapath(x, &ifnames), &mut short);
+                agg.unknown += short;
+                guard.clear_ready();
+            }
+            _ = cpu_tick.tick() => cpu.sample(&opts.metadata),
             _ = tick.tick() => {
                 print_live(started.elapsed(), &agg, &mut resolver, &stats, &lru);
             }
@@ -281,14 +326,21 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 {
                     warn!(error = %e, "rescanning interfaces");
                 }
+                // Keep names of vanished veths: their last exchanges may still be in the ring.
+                if let Some(dp) = datapath.as_ref() {
+                    ifnames.extend(dp.names());
+                }
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             _ = sleep_until(deadline) => break "duration",
         }
     };
+    cpu.sample(&opts.metadata);
     // Detach first, then read what the programs wrote before they went.
-    let ifnames = datapath.as_ref().map(Datapath::names).unwrap_or_default();
+    if let Some(dp) = datapath.as_ref() {
+        ifnames.extend(dp.names());
+    }
     if let Some(mut dp) = datapath.take() {
         dp.detach_all(probe.ebpf_mut());
     }
@@ -301,7 +353,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         |x: &Exchange| sink.add(x, &mut resolver),
         &mut short,
     );
+    drain(
+        &mut tc_flow_events.into_inner(),
+        |x: &TcExchange| sink.add_datapath(x, &ifnames),
+        &mut short,
+    );
     agg.unknown += short;
+    // Connections still open at the TC points (kept alive) have answered exchanges too.
+    for (_, x) in tc_flows_open.iter().flatten() {
+        if x.resp_first_ns != 0 {
+            sink.add_datapath(&x, &ifnames);
+        }
+    }
     // Exchanges still open (kept-alive connections) have answered requests too.
     for (_, x) in lru.exchanges.iter().flatten() {
         if x.resp_first_ns != 0 {
@@ -311,6 +374,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut counters = read_counters(&stats);
     // Exact now: the programs are detached, nothing moves the counts any more.
     lru.add_evictions(&mut counters);
+    counters.extend(tcflow::read_counters(&tc_flow_stats));
     counters.insert("unknown_events", agg.unknown);
     counters.insert("unanswered_exchanges", sink.hops.unanswered);
     let (sidecar_hops, unpaired) = std::mem::take(&mut sink.pairer).finish();
@@ -344,6 +408,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             hops
         },
         tcp_events: read_tcp_events(&tcp_counters, &mut resolver),
+        cpu: cpu.finish(),
     };
     print_summary(&summary);
     if let Some(path) = &opts.json {

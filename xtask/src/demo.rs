@@ -105,22 +105,57 @@ pub fn demo() -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     let mut summaries = Vec::new();
+    let mut tags = Vec::new();
     for mesh in ["none", "sidecar"] {
         for c in CONNECTIONS {
             interrupted(&stop)?;
             summaries.push(run_one(mesh, c, &out, &stop)?);
+            tags.push(format!("{mesh}-c{connections}", connections = c));
         }
     }
     println!("\n=== demo: loadgen end to end vs hopprobe's hops (p50, ms) ===");
     for s in &summaries {
         println!("{s}");
     }
+    interrupted(&stop)?;
+    report(&out, &tags)?;
     println!(
         "\nfinished in {:.0} s; per-run JSON (loadgen and hopprobe) and records in {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
+    println!(
+        "report: {} (open in a browser; also report.json, report.md)",
+        out.join("report.html").display()
+    );
     Ok(())
+}
+
+/// `hopprobe report` over every run: one environment per run, all formats into `out`; prints
+/// the overview table.
+fn report(out: &Path, tags: &[String]) -> Result<()> {
+    let mut c = Command::new(bin("hopprobe"));
+    c.arg("report");
+    for tag in tags {
+        c.args(["--label", tag])
+            .arg("--loadgen")
+            .arg(out.join(format!("{tag}-loadgen.json")))
+            .arg("--requests")
+            .arg(out.join(format!("{tag}-requests.jsonl")))
+            .arg("--probe")
+            .arg(out.join(format!("{tag}-records.jsonl")))
+            .arg("--summary")
+            .arg(out.join(format!("{tag}-hopprobe.json")));
+    }
+    c.arg("--json")
+        .arg(out.join("report.json"))
+        .arg("--markdown")
+        .arg(out.join("report.md"))
+        .arg("--html")
+        .arg(out.join("report.html"))
+        .arg("--brief");
+    println!("\n=== demo: hopprobe report (ms; outside = the network outside the node) ===");
+    cmd::run(&mut c)
 }
 
 fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Result<String> {
@@ -152,6 +187,8 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
             .arg(format!("/run/hopprobe-lab/{LAB}/metadata.json"))
             .arg("--json")
             .arg(&probe_json)
+            .arg("--records")
+            .arg(out.join(format!("{tag}-records.jsonl")))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

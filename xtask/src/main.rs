@@ -112,7 +112,8 @@ fn test() -> Result<()> {
     ]);
     if root {
         test.env("HOPPROBE_ROOT_TESTS", "require")
-            .env("HOPPROBE_LAB_TESTS", "require");
+            .env("HOPPROBE_LAB_TESTS", "require")
+            .env("HOPPROBE_BROWSER_TESTS", "require");
     }
     let totals = cmd::run_counting_tests(&mut test)?;
     // cargo ends with the (empty) doc-test results of the last crate; one closing line says

@@ -9,8 +9,12 @@ use crate::cmd;
 /// (a file that proves the package is installed, the package).
 pub type Package = (&'static str, &'static str);
 
-/// What the integration tests run besides hopprobe.
-pub const TEST_PACKAGES: [Package; 1] = [("/usr/sbin/ip", "iproute2")];
+/// What the integration tests run besides hopprobe: `ip`, and Chromium to render the HTML
+/// report headless.
+pub const TEST_PACKAGES: [Package; 2] = [
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/bin/chromium", "chromium"),
+];
 
 /// What the lab runs: kube-proxy's and Istio's rules, sysctl, and haproxy for the
 /// bring-your-own-proxy example.

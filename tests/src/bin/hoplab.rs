@@ -107,6 +107,9 @@ struct UpArgs {
     ingress_cmd: Option<String>,
     #[arg(long, requires = "ingress_cmd")]
     ingress_template: Option<PathBuf>,
+    /// One-way delay on the client ↔ node link (netem on both ends): `5ms`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    link_delay: std::time::Duration,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -137,6 +140,7 @@ fn up(args: UpArgs) -> Result<()> {
     config.ingress_delay = args.ingress_delay;
     config.app_delay = args.app_delay;
     config.app_workers = args.app_workers;
+    config.link_delay = args.link_delay;
     let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
     config.sidecar_cmd = args.sidecar_cmd;
     config.sidecar_template = path(args.sidecar_template);

@@ -198,6 +198,11 @@ pub struct LabConfig {
     pub sidecar_template: Option<String>,
     pub ingress_cmd: Option<String>,
     pub ingress_template: Option<String>,
+    /// One-way delay on the client ↔ node link (netem on both ends; zero: none). What a
+    /// request spends outside the node grows by four of these with a connection per request
+    /// (the handshake's round trip and the request's).
+    #[serde(default)]
+    pub link_delay: Duration,
 }
 
 impl LabConfig {
@@ -217,6 +222,7 @@ impl LabConfig {
             sidecar_template: None,
             ingress_cmd: None,
             ingress_template: None,
+            link_delay: Duration::ZERO,
         }
     }
 

@@ -131,6 +131,9 @@ impl Lab {
             topology::create_netns(&names.netns(role))?;
         }
         topology::uplink(&names)?;
+        if !lab.state.config.link_delay.is_zero() {
+            topology::link_delay(&names, lab.state.config.link_delay)?;
+        }
         for p in &pods {
             topology::create_netns(&names.netns(p.service))?;
             topology::pod_network(&names, p)?;

@@ -74,6 +74,34 @@ pub fn create_netns(name: &str) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Whether this kernel can delay a link with netem (`sch_netem`, built in or loadable).
+pub fn netem_available() -> bool {
+    let Ok(ns) = crate::netns::NetNs::new("netem") else {
+        return false;
+    };
+    ns.exec(&[
+        "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+    ])
+    .is_ok()
+}
+
+/// Delays every packet leaving either end of the client ↔ node link by `delay` (netem): a
+/// network between the load generator and the node.
+pub fn link_delay(names: &Names, delay: std::time::Duration) -> Result<(), LabError> {
+    let us = delay.as_micros().to_string() + "us";
+    for ns in [names.netns("client"), names.netns("node")] {
+        in_ns(
+            &ns,
+            &["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &us, "limit", "100000"],
+            None,
+        )
+        .map_err(|e| LabError::Invalid(format!(
+            "--link-delay needs the netem qdisc (sch_netem), which this kernel lacks or cannot load: {e}"
+        )))?;
+    }
+    Ok(())
+}
+
 /// Client ↔ node uplink: both ends are `eth0`, as on a VM and a node.
 pub fn uplink(names: &Names) -> Result<(), LabError> {
     let (client, node) = (names.netns("client"), names.netns("node"));

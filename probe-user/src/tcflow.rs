@@ -1,0 +1,160 @@
+//! Per-connection exchanges seen by the TC programs (node uplink, pods' veths), written to
+//! `--records` as `"record":"datapath"` lines for `hopprobe report` to join loadgen's requests
+//! with the pods' sockets across NAT (see `probe_common::tcflow`).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use probe_common::{
+    hist::{POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN, POINT_POD_OUT},
+    tcflow::{TC_STAT_NAMES, TcExchange},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::Metadata;
+
+/// One exchange at one TC point, as written to the records file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatapathRecord {
+    /// Always `"datapath"`: tells these lines from socket exchanges.
+    pub record: String,
+    /// Where the connection's SYN passed: `node_in` (from outside, at the uplink), `pod_in`
+    /// (into a pod, at its veth), `pod_out` (a pod's own outbound connection), `node_out`.
+    pub point: String,
+    pub ifindex: u32,
+    pub interface: Option<String>,
+    /// The pod behind the veth, from `--metadata`.
+    pub pod: Option<String>,
+    /// The connection's 4-tuple at this point: the client sent the SYN.
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// The client's initial sequence number: the same at every point, whatever NAT did.
+    pub isn: u32,
+    /// Exchange number on the connection, from 0.
+    pub index: u32,
+    pub syn_ns: u64,
+    /// When the server's SYN-ACK passed back.
+    #[serde(default)]
+    pub synack_ns: Option<u64>,
+    pub req_first_ns: u64,
+    pub req_last_ns: u64,
+    pub resp_first_ns: Option<u64>,
+    pub resp_last_ns: Option<u64>,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+}
+
+pub const RECORD_KIND: &str = "datapath";
+
+pub fn point_name(point: u32) -> &'static str {
+    match point {
+        POINT_NODE_IN => "node_in",
+        POINT_NODE_OUT => "node_out",
+        POINT_POD_IN => "pod_in",
+        POINT_POD_OUT => "pod_out",
+        _ => "unknown",
+    }
+}
+
+fn sockaddr(bytes: [u8; 16], port: u16, ip_version: u32) -> SocketAddr {
+    let ip = if ip_version == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    };
+    SocketAddr::new(ip, port)
+}
+
+impl DatapathRecord {
+    pub fn new(x: &TcExchange, ifnames: &BTreeMap<u32, String>, metadata: &Metadata) -> Self {
+        let interface = ifnames.get(&x.key.ifindex).cloned();
+        let pod = interface
+            .as_deref()
+            .and_then(|i| metadata.interface(i))
+            .map(|m| m.pod.clone());
+        let answered = x.resp_first_ns != 0;
+        Self {
+            record: RECORD_KIND.into(),
+            point: point_name(x.point).into(),
+            ifindex: x.key.ifindex,
+            interface,
+            pod,
+            client: sockaddr(x.key.client_addr, x.key.client_port, x.ip_version),
+            server: sockaddr(x.key.server_addr, x.key.server_port, x.ip_version),
+            isn: x.isn,
+            index: x.index,
+            syn_ns: x.syn_ns,
+            synack_ns: (x.synack_ns != 0).then_some(x.synack_ns),
+            req_first_ns: x.req_first_ns,
+            req_last_ns: x.req_last_ns,
+            resp_first_ns: answered.then_some(x.resp_first_ns),
+            resp_last_ns: answered.then_some(x.resp_last_ns),
+            req_bytes: x.req_bytes,
+            resp_bytes: x.resp_bytes,
+        }
+    }
+}
+
+/// The TC tracking's own counters, by name.
+pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
+    TC_STAT_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let total = stats
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            (*name, total)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::tcflow::TcFlowKey;
+
+    #[test]
+    fn a_kernel_exchange_becomes_a_record_with_names() {
+        let mut client_addr = [0u8; 16];
+        client_addr[..4].copy_from_slice(&[10, 77, 0, 2]);
+        let mut server_addr = [0u8; 16];
+        server_addr[..4].copy_from_slice(&[10, 77, 0, 1]);
+        let x = TcExchange {
+            key: TcFlowKey {
+                client_addr,
+                server_addr,
+                ifindex: 3,
+                client_port: 40000,
+                server_port: 30080,
+            },
+            point: POINT_NODE_IN,
+            isn: 123,
+            index: 0,
+            req_seq_end: 0,
+            resp_seq_end: 0,
+            ip_version: 4,
+            syn_ns: 1,
+            synack_ns: 0,
+            req_first_ns: 2,
+            req_last_ns: 3,
+            resp_first_ns: 0,
+            resp_last_ns: 0,
+            req_bytes: 10,
+            resp_bytes: 0,
+        };
+        let names = BTreeMap::from([(3, "eth0".to_string())]);
+        let r = DatapathRecord::new(&x, &names, &Metadata::default());
+        assert_eq!(r.client.to_string(), "10.77.0.2:40000");
+        assert_eq!(r.server.to_string(), "10.77.0.1:30080");
+        assert_eq!(r.point, "node_in");
+        assert_eq!(r.interface.as_deref(), Some("eth0"));
+        assert_eq!(r.resp_first_ns, None);
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(line.contains("\"record\":\"datapath\""), "{line}");
+    }
+}
