@@ -130,6 +130,7 @@ fn test() -> Result<()> {
             load_only: false,
             timeout_secs: vm::DEFAULT_TIMEOUT_SECS,
             write_readme: false,
+            only: Vec::new(),
         })?;
     } else {
         eprintln!("xtask: not root: the VM test matrix (cargo xtask vm-test) is skipped");
