@@ -3,7 +3,6 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Write},
-    os::unix::process::CommandExt,
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
@@ -11,9 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-
-/// Nice value for qemu (below the default 0: ahead of ordinary processes).
-const QEMU_NICE: libc::c_int = -10;
 
 pub struct Boot {
     pub serial: String,
@@ -56,16 +52,6 @@ pub fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // The guest's tests bound elapsed times; on a shared machine, builds running beside the VM
-    // would otherwise take its CPUs away in the middle of a measurement. Raising qemu's
-    // priority needs root; without it the VM runs at normal priority.
-    // SAFETY: setpriority is async-signal-safe and touches only the child.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setpriority(libc::PRIO_PROCESS, 0, QEMU_NICE);
-            Ok(())
-        });
-    }
     eprintln!(
         "xtask: [{label}] booting {} under qemu (TCG)",
         kernel.display()
