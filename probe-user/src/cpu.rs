@@ -101,7 +101,7 @@ impl CpuSampler {
                     cgroup: rel.clone(),
                     namespace: meta.map(|m| m.namespace.clone()),
                     pod: meta.map(|m| m.pod.clone()),
-                    container: meta.map(|m| m.container.clone()),
+                    container: meta.and_then(|m| m.container.clone()),
                     samples: Vec::new(),
                 }
             });

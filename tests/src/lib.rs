@@ -2,6 +2,7 @@
 //! guards that remove them on drop (also when a test panics), and leftover checks.
 
 pub mod browser;
+pub mod emulation;
 pub mod lab;
 pub mod leftovers;
 pub mod netns;

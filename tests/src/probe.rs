@@ -114,8 +114,9 @@ pub fn measure(bin: &Path, args: &[&str], load: impl FnOnce()) -> Measured {
     full.extend_from_slice(args);
     let mut probe = Hopprobe::start(bin, &full);
     load();
-    // The last closes complete within a round trip on a veth; leave ample room.
-    std::thread::sleep(Duration::from_millis(300));
+    // The last closes complete within a round trip on a veth; leave ample room (more on an
+    // emulated CPU, where the apps take longer to close).
+    std::thread::sleep(crate::emulation::slack(Duration::from_millis(300)));
     probe.signal(Signal::SIGINT);
     let status = probe.wait(Duration::from_secs(15));
     let stderr = probe.stderr();

@@ -5,6 +5,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde_json::Value;
 use testkit::{
+    emulation::slack_ms,
     lab::{
         Lab,
         config::{Delay, LabConfig},
@@ -72,11 +73,12 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
         app.insert(service, p50_ms(&h));
     }
     eprintln!("app hop p50 (ms): {app:?}");
-    // Leaves: their service time, plus well under a millisecond of the app's own handling.
+    // Leaves: their service time, plus well under a millisecond of the app's own handling (more
+    // on an emulated CPU: testkit::emulation).
     for (service, injected) in [("details", 2.0), ("ratings", 4.0)] {
         let got = app[service];
         assert!(
-            (injected..injected + 1.0).contains(&got),
+            (injected..injected + slack_ms(1.0)).contains(&got),
             "{service}: {got} ms; {context}"
         );
     }
@@ -164,10 +166,10 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         // The minimum over 30 requests: scheduling delays on a busy machine only add time, so
         // the fastest request of each run shows what the proxy itself did. A sleep never ends
         // early, so the growth is at least the 2 ms injected (150 µs for measurement noise),
-        // and at most half a millisecond more. The strict max(10 %, 150 µs) goal on p50s
-        // belongs to the accuracy matrix on a quiet machine.
+        // and at most half a millisecond more (more on an emulated CPU). The strict
+        // max(10 %, 150 µs) goal on p50s belongs to the accuracy matrix on a quiet machine.
         assert!(
-            (-0.15..=0.5).contains(&(growth - 2.0)),
+            (-0.15..=slack_ms(0.5)).contains(&(growth - 2.0)),
             "{key:?}: min {min_without:.3} → {min_with:.3} ms"
         );
         assert!(
@@ -253,24 +255,29 @@ fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
         },
     )
     .summary;
-    let p50 = |hop: &str| -> f64 {
+    let productpage = |hop: &str| {
         summary["hops"]
             .as_array()
             .expect("hops")
             .iter()
             .find(|h| h["hop"] == hop && h["container"] == "productpage")
-            .unwrap_or_else(|| panic!("no {hop}: {:#}", summary["hops"]))["p50_us"]
+            .cloned()
+    };
+    let p50 = |hop: &str| -> f64 {
+        productpage(hop).unwrap_or_else(|| panic!("no {hop}: {:#}", summary["hops"]))["p50_us"]
             .as_f64()
             .expect("p50")
             / 1000.0
     };
-    let (queue, processing, total) = (p50("app_queue"), p50("app_processing"), p50("app"));
+    let total = p50("app");
+    let (queue, processing) = (p50("app_queue"), p50("app_processing"));
     eprintln!(
         "productpage p50: queue {queue:.2} ms + processing {processing:.2} ms; app {total:.2} ms"
     );
-    // Processing is the 10 ms service time plus two fast calls; the rest is waiting.
+    // Processing is the 10 ms service time plus two fast calls (slower on an emulated CPU); the
+    // rest is waiting.
     assert!(
-        (10.0..13.0).contains(&processing),
+        (10.0..10.0 + slack_ms(3.0)).contains(&processing),
         "processing {processing}"
     );
     assert!(

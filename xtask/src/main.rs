@@ -131,6 +131,9 @@ fn test() -> Result<()> {
             load_only: false,
             timeout_secs: vm::DEFAULT_TIMEOUT_SECS,
             write_readme: false,
+            only: Vec::new(),
+            // The lab's tests run on the host above; in the VMs only with `vm-test --lab`.
+            lab: false,
         })?;
     } else {
         eprintln!("xtask: not root: the VM test matrix (cargo xtask vm-test) is skipped");

@@ -71,6 +71,12 @@ pub fn available(test: &str) -> bool {
     if !crate::root::available(test) {
         return false;
     }
+    // CI's VM matrix leaves the lab out (`vm-test --lab` puts it in): under emulation its
+    // timing bounds are not yet reliable. Said on a line of its own, not as a silent pass.
+    if std::env::var("HOPPROBE_LAB_TESTS").as_deref() == Ok("off") {
+        eprintln!("LAB-OFF {test}: not run here (HOPPROBE_LAB_TESTS=off; vm-test --lab runs it)");
+        return false;
+    }
     let missing: Vec<&str> = ["iptables-restore", "sysctl"]
         .into_iter()
         .filter(|tool| {

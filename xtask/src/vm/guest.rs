@@ -6,6 +6,12 @@ use crate::cmd::TestTotals;
 /// Every line the guest prints for the host starts with this.
 pub const MARK: &str = "@@hopprobe-vm";
 
+/// Tells the tests that they run under qemu's software emulation (TCG), where a CPU is many
+/// times slower than the host's; testkit reads it (`testkit::emulation`) to widen upper timing
+/// bounds, and only those.
+pub const EMULATION_ENV: &str = "HOPPROBE_EMULATED_CPU";
+pub const EMULATION_VALUE: &str = "qemu-tcg";
+
 /// A test executable and the directory cargo would run it in (its package's).
 #[derive(Debug, Clone)]
 pub struct TestBinary {
@@ -23,6 +29,8 @@ pub struct Plan {
     pub objects: Vec<String>,
     /// Seconds one test binary may run before `timeout` kills it.
     pub test_timeout_secs: u64,
+    /// Run the lab's tests too (`vm-test --lab`); otherwise they say LAB-OFF.
+    pub lab: bool,
 }
 
 /// Busybox applets the script uses, linked into `/bin`. `ip` is not among them: the tests
@@ -37,9 +45,16 @@ fn quote(s: &str) -> String {
 }
 
 pub fn init_script(plan: &Plan) -> String {
+    let lab = if plan.lab { "require" } else { "off" };
     let mut s = format!(
         r#"#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NO_COLOR=1
+# A root or lab test that cannot run fails instead of passing with SKIPPED; and the tests know
+# that they run on a CPU that qemu emulates in software (see testkit::emulation).
+export HOPPROBE_ROOT_TESTS=require HOPPROBE_LAB_TESTS={lab} {EMULATION_ENV}={EMULATION_VALUE}
+# A node's container runtime gives its containers far more than the kernel's default 1024
+# descriptors (containerd: 1048576); haproxy refuses to start with fewer than it needs.
+ulimit -n 1048576
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -72,7 +87,7 @@ mark kernel "$(uname -r)" uptime "$(now)"
     for t in &plan.tests {
         s.push_str(&format!(
             "mark begin test {name}; t0=$(now)\n\
-             (cd {cwd} && HOPPROBE_ROOT_TESTS=require timeout {limit} {path} --test-threads=1)\n\
+             (cd {cwd} && timeout {limit} {path} --test-threads=1 --show-output)\n\
              mark end test {name} rc=$? start=$t0 stop=$(now)\n",
             name = quote(&t.name),
             cwd = quote(&t.cwd),
@@ -238,12 +253,17 @@ mod tests {
             xtask: "/w/target/debug/xtask".into(),
             objects: vec![],
             test_timeout_secs: 60,
+            lab: true,
         };
         let s = init_script(&plan);
         assert!(s.contains("insmod /lib/vm-modules/veth.ko"));
         assert!(s.contains(
-            "HOPPROBE_ROOT_TESTS=require timeout 60 '/w/target/debug/deps/cli-1' --test-threads=1"
+            "export HOPPROBE_ROOT_TESTS=require HOPPROBE_LAB_TESTS=require HOPPROBE_EMULATED_CPU=qemu-tcg\n"
         ));
+        // --show-output prints what passing tests said: measurements, and any SKIPPED.
+        assert!(
+            s.contains("timeout 60 '/w/target/debug/deps/cli-1' --test-threads=1 --show-output")
+        );
         assert!(s.ends_with("poweroff -f\n"));
         // A workspace below /tmp (CI's clone may be) must stay visible in the VM.
         assert!(!s.contains("tmpfs /tmp"), "{s}");

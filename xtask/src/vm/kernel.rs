@@ -34,10 +34,31 @@ pub const SERIES: [Series; 2] = [
 
 const FLAVOUR: &str = "-cloud-amd64";
 
-/// Modules the integration tests need that the cloud kernels build as modules: veth pairs,
-/// the clsact qdisc (in `sch_ingress`) and `cls_bpf`, through which aya attaches TC programs
-/// on kernels before 6.6, and `sch_netem`, which delays packets for the RTT test.
-pub const MODULES: [&str; 4] = ["veth", "sch_ingress", "cls_bpf", "sch_netem"];
+/// Modules the integration tests need that the cloud kernels build as modules, loaded in this
+/// order after their dependencies (`depends=`). The guest has no modprobe, so the kernel cannot
+/// load one on demand: whatever a rule needs must be here.
+pub const MODULES: [&str; 13] = [
+    // veth pairs; the clsact qdisc (in `sch_ingress`) and `cls_bpf`, through which aya attaches
+    // TC programs on kernels before 6.6.
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    // The lab's iptables-nft: tables and `nat` chains (nf_tables, nft_chain_nat pulling in
+    // nf_nat and nf_conntrack), and through nft_compat the xtables matches and targets its rules
+    // use: kube-proxy's DNAT (xt_nat), MARK and `-m mark` (xt_mark), MASQUERADE; Istio's REDIRECT
+    // and `-m owner`; `-p tcp --dport` (xt_tcpudp).
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_compat",
+    "xt_nat",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_REDIRECT",
+    "xt_owner",
+    "xt_tcpudp",
+    // Delays packets for the RTT test.
+    "sch_netem",
+];
 
 impl Series {
     /// The update number of a package of this series, `None` for other packages (debug
