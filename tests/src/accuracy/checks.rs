@@ -6,8 +6,8 @@ use std::fmt;
 use super::series::{EndToEnd, Hops, Latency, Quantile};
 use crate::lab::config::SERVICES;
 
-/// The ingress pod's name in the lab's metadata.
-pub const INGRESS_POD: &str = "istio-ingressgateway";
+/// The ingress pod and its container's name in the lab's metadata: where requests enter.
+pub const INGRESS: (&str, &str) = ("istio-ingressgateway", "ingress");
 
 pub fn pod_of(service: &str) -> String {
     format!("{service}-v1")
@@ -119,10 +119,9 @@ pub fn sidecar_growth(scenario: &str, base: &Hops, run: &Hops, injected_ms: f64)
 /// calls are each a hop of their own, so what is left is the app's service time.
 pub fn app_self(hops: &Hops, service: &str, q: Quantile) -> Option<f64> {
     let pod = pod_of(service);
-    let app = hops.one("app", &pod, None)?.get(q);
+    let app = hops.one("app", &pod, Some(service))?.get(q);
     let calls: f64 = hops
-        .of("upstream", Some(&pod))
-        .filter_map(Latency::of)
+        .in_container("upstream", &pod, Some(service))
         .map(|l| l.get(q))
         .sum();
     Some(app - calls)
@@ -187,7 +186,8 @@ fn distance_out(v: f64) -> f64 {
 /// the pod's socket, the server's time (which holds every hop behind it), the send back and
 /// the datapath out. Their p50s should add up to loadgen's p50, which also holds the
 /// client↔node wire and the client's own connect and write: within 10 %.
-pub fn path_sum(scenario: &str, hops: &Hops, entry_pod: &str, e2e: &EndToEnd) -> Row {
+pub fn path_sum(scenario: &str, hops: &Hops, entry: (&str, &str), e2e: &EndToEnd) -> Row {
+    let (entry_pod, container) = entry;
     let names = [
         "datapath_in",
         "pod_delivery",
@@ -197,7 +197,11 @@ pub fn path_sum(scenario: &str, hops: &Hops, entry_pod: &str, e2e: &EndToEnd) ->
     ];
     let parts: Option<Vec<f64>> = names
         .iter()
-        .map(|h| hops.one(h, entry_pod, None).map(|l| l.p50_us))
+        .map(|h| {
+            // The datapath hops belong to the pod's interface, not to a container.
+            let c = (!h.starts_with("datapath")).then_some(container);
+            hops.one(h, entry_pod, c).map(|l| l.p50_us)
+        })
         .collect();
     let Some(parts) = parts else {
         return Row::missing(
@@ -281,7 +285,7 @@ pub fn saturation(
     let pod = pod_of(app_service);
     let extra_ms = (loaded.1.p50_us - alone.1.p50_us) / 1000.0;
     let mut rows = Vec::new();
-    match loaded.0.one("app_queue", &pod, None) {
+    match loaded.0.one("app_queue", &pod, Some(app_service)) {
         Some(q) => rows.push(Row::range(
             scenario,
             format!("{app_service} queue wait p50 / added e2e p50 ({extra_ms:.1} ms)"),
@@ -335,7 +339,8 @@ mod tests {
         p50: f64,
         p90: f64,
     ) -> serde_json::Value {
-        json!({"hop": hop, "pod": pod, "direction": direction, "count": 10,
+        let container = pod.trim_end_matches("-v1");
+        json!({"hop": hop, "pod": pod, "container": container, "direction": direction, "count": 10,
                "mean_us": p50, "p50_us": p50, "p90_us": p90})
     }
 
@@ -345,6 +350,9 @@ mod tests {
             series("app", "productpage-v1", None, 9000.0, 9500.0),
             series("upstream", "productpage-v1", None, 3000.0, 3100.0),
             series("upstream", "productpage-v1", None, 4000.0, 4200.0),
+            // The sidecar's own sockets in the same pod are not the app's.
+            json!({"hop": "upstream", "pod": "productpage-v1", "container": "istio-proxy",
+                   "count": 10, "mean_us": 1.0, "p50_us": 1.0, "p90_us": 1.0}),
         ]}));
         assert_eq!(app_self(&hops, "productpage", Quantile::P50), Some(2000.0));
         assert_eq!(app_self(&hops, "productpage", Quantile::P90), Some(2200.0));

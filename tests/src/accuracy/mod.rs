@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use checks::{INGRESS_POD, Row};
+use checks::{INGRESS, Row};
 use series::{EndToEnd, Hops};
 
 use crate::lab::{
@@ -58,6 +58,8 @@ pub struct Options {
     pub app_delays: Vec<Duration>,
     /// Connections of the saturation run.
     pub connections: u32,
+    /// Where to keep each run's hopprobe summary and loadgen report, if anywhere.
+    pub keep: Option<PathBuf>,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
             sidecar_delays: vec![ms(0), ms(1), ms(5)],
             app_delays: vec![ms(0), ms(2), ms(10)],
             connections: 32,
+            keep: None,
         }
     }
 }
@@ -147,14 +150,9 @@ pub fn run(
                 config.app_delay.insert(s.into(), ms_delay(a));
             }
             let scenario = format!("c=1 D={} A={}", ms_label(d), ms_label(a));
-            let run = scenario_runs(programs, config, &[(1, opts.requests)])?.remove(0);
+            let run = scenario_runs(programs, opts, config, &[(1, opts.requests)])?.remove(0);
             let mut rows = checks::packet_hops(&scenario, &run.hops);
-            rows.push(checks::path_sum(
-                &scenario,
-                &run.hops,
-                INGRESS_POD,
-                &run.e2e,
-            ));
+            rows.push(checks::path_sum(&scenario, &run.hops, INGRESS, &run.e2e));
             rows.push(checks::match_rate(&scenario, &run.hops));
             push(rows, &mut report);
             grid.push((d, a, run));
@@ -198,9 +196,11 @@ pub fn run(
         .app_delay
         .insert(service.into(), ms_delay(Duration::from_millis(5)));
     config.app_workers.insert(service.into(), Workers(1));
-    let loaded_requests = opts.connections * 12;
+    // Enough that the ramp-up and the drain at the end are a small part of the run.
+    let loaded_requests = opts.connections * 25;
     let runs = scenario_runs(
         programs,
+        opts,
         config,
         &[(1, opts.requests / 2), (opts.connections, loaded_requests)],
     )?;
@@ -219,11 +219,11 @@ pub fn run(
     // No mesh: no sidecar hop, everything else still there.
     let mut config = LabConfig::new(&next_name());
     config.ingress = true;
-    let run = scenario_runs(programs, config, &[(1, opts.requests / 4)])?.remove(0);
+    let run = scenario_runs(programs, opts, config, &[(1, opts.requests / 4)])?.remove(0);
     let scenario = "c=1 mesh none";
     let mut rows = checks::no_mesh(scenario, &run.hops);
     rows.extend(checks::packet_hops(scenario, &run.hops));
-    rows.push(checks::path_sum(scenario, &run.hops, INGRESS_POD, &run.e2e));
+    rows.push(checks::path_sum(scenario, &run.hops, INGRESS, &run.e2e));
     rows.push(checks::match_rate(scenario, &run.hops));
     push(rows, &mut report);
     Ok(report)
@@ -244,9 +244,16 @@ fn both_ways(d: Duration) -> SidecarDelay {
 /// run through the ingress's NodePort with hopprobe attached to the node.
 fn scenario_runs(
     programs: &Programs,
+    opts: &Options,
     config: LabConfig,
     loads: &[(u32, u32)],
 ) -> Result<Vec<Run>, String> {
+    let tag = format!(
+        "{}-sidecar{}-app{}",
+        config.mesh,
+        config.sidecar_delay.inbound,
+        config.delay_of("productpage")
+    );
     let lab = Lab::up(config, &programs.hoplab).map_err(|e| format!("lab up: {e}"))?;
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
@@ -277,6 +284,16 @@ fn scenario_runs(
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| format!("loadgen wrote no JSON report to {}", out.display()))?;
         let e2e = EndToEnd::of(&report).ok_or("loadgen's report lacks oha's keys")?;
+        if let Some(dir) = &opts.keep {
+            let save = |what: &str, v: &serde_json::Value| {
+                let path = dir.join(format!("{tag}-c{connections}-{what}.json"));
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&path, v.to_string()))
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            };
+            save("hopprobe", &measured.summary)?;
+            save("loadgen", &report)?;
+        }
         if e2e.success_rate < 1.0 {
             return Err(format!(
                 "loadgen: only {:.1} % of requests succeeded",

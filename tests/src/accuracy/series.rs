@@ -61,11 +61,22 @@ impl Hops {
             .filter(move |h| h["hop"] == hop && pod.is_none_or(|p| h["pod"] == p))
     }
 
-    /// The single series of `hop` in `pod`, optionally narrowed by direction.
-    pub fn one(&self, hop: &str, pod: &str, direction: Option<&str>) -> Option<Latency> {
+    /// The single series of `hop` in `pod`, narrowed by container when given: a pod with a
+    /// sidecar has server and client sockets in both of its containers.
+    pub fn one(&self, hop: &str, pod: &str, container: Option<&str>) -> Option<Latency> {
+        self.in_container(hop, pod, container).next()
+    }
+
+    /// Every series of `hop` in `pod` (and `container`, when given).
+    pub fn in_container<'a>(
+        &'a self,
+        hop: &'a str,
+        pod: &'a str,
+        container: Option<&'a str>,
+    ) -> impl Iterator<Item = Latency> + 'a {
         self.of(hop, Some(pod))
-            .find(|h| direction.is_none_or(|d| h["direction"] == d))
-            .and_then(Latency::of)
+            .filter(move |h| container.is_none_or(|c| h["container"] == c))
+            .filter_map(Latency::of)
     }
 
     /// Sidecar series keyed by (pod, direction).

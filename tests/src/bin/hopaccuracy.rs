@@ -21,6 +21,9 @@ struct Cli {
     /// D ∈ {0, 1 ms}, A ∈ {0, 2 ms} instead of the full 3 × 3 grid.
     #[arg(long)]
     quick: bool,
+    /// Keep each run's hopprobe summary and loadgen report (JSON) in this directory.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     };
     let mut opts = Options::full(&cli.name);
     opts.requests = cli.requests;
+    opts.keep = cli.keep;
     if cli.quick {
         opts.sidecar_delays.truncate(2);
         opts.app_delays.truncate(2);
