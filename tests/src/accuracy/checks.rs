@@ -6,8 +6,13 @@ use std::fmt;
 use super::series::{EndToEnd, Hops, Latency, Quantile};
 use crate::lab::config::SERVICES;
 
-/// The ingress pod and its container's name in the lab's metadata: where requests enter.
-pub const INGRESS: (&str, &str) = ("istio-ingressgateway", "ingress");
+/// The ingress pod, its container's name in the lab's metadata and its port: where requests
+/// enter.
+pub const INGRESS: (&str, &str, u16) = (
+    "istio-ingressgateway",
+    "ingress",
+    crate::lab::names::INGRESS_PORT,
+);
 
 pub fn pod_of(service: &str) -> String {
     format!("{service}-v1")
@@ -182,12 +187,13 @@ fn distance_out(v: f64) -> f64 {
     if v <= 0.0 { 1.0 - v } else { v }
 }
 
-/// The hops a request crosses in the node, entering at `entry_pod`: datapath in, delivery to
-/// the pod's socket, the server's time (which holds every hop behind it), the send back and
-/// the datapath out. Their p50s should add up to loadgen's p50, which also holds the
-/// client↔node wire and the client's own connect and write: within 10 %.
-pub fn path_sum(scenario: &str, hops: &Hops, entry: (&str, &str), e2e: &EndToEnd) -> Row {
-    let (entry_pod, container) = entry;
+/// The hops a request crosses in the node, entering at `entry` (pod, container): the
+/// handshake of its connection (the published command opens one per request), datapath in,
+/// delivery to the pod's socket, the server's time (which holds every hop behind it), the send
+/// back and the datapath out. Their p50s should add up to loadgen's p50, which also holds the
+/// client↔node wire and the client's own work: within 10 %.
+pub fn path_sum(scenario: &str, hops: &Hops, entry: (&str, &str, u16), e2e: &EndToEnd) -> Row {
+    let (entry_pod, container, port) = entry;
     let names = [
         "datapath_in",
         "pod_delivery",
@@ -209,7 +215,11 @@ pub fn path_sum(scenario: &str, hops: &Hops, entry: (&str, &str), e2e: &EndToEnd
             format!("every hop of the path through {entry_pod}"),
         );
     };
-    let sum: f64 = parts.iter().sum();
+    let handshake = hops
+        .cgroup_of(entry_pod, container)
+        .and_then(|cg| hops.passive_handshake_p50(cg, port))
+        .unwrap_or(0.0);
+    let sum: f64 = parts.iter().sum::<f64>() + handshake;
     Row::range(
         scenario,
         format!(

@@ -219,8 +219,13 @@ pub fn run(
     // No mesh: no sidecar hop, everything else still there.
     let mut config = LabConfig::new(&next_name());
     config.ingress = true;
-    let run = scenario_runs(programs, opts, config, &[(1, opts.requests / 4)])?.remove(0);
-    let scenario = "c=1 mesh none";
+    for s in SERVICES {
+        config
+            .app_delay
+            .insert(s.into(), ms_delay(Duration::from_millis(2)));
+    }
+    let run = scenario_runs(programs, opts, config, &[(1, opts.requests / 2)])?.remove(0);
+    let scenario = "c=1 mesh none A=2ms";
     let mut rows = checks::no_mesh(scenario, &run.hops);
     rows.extend(checks::packet_hops(scenario, &run.hops));
     rows.push(checks::path_sum(scenario, &run.hops, INGRESS, &run.e2e));

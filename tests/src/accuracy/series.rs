@@ -99,6 +99,25 @@ impl Hops {
             .collect()
     }
 
+    /// p50 of the handshakes the listener on `port` of the cgroup `cgroup_id` accepted:
+    /// from the client's SYN to its ACK, as the node saw them.
+    pub fn passive_handshake_p50(&self, cgroup_id: u64, port: u16) -> Option<f64> {
+        self.0["series"].as_array()?.iter().find(|s| {
+            s["metric"] == "handshake"
+                && s["direction"] == "passive"
+                && s["cgroup_id"] == cgroup_id
+                && s["local_port"] == port
+        })?["p50_us"]
+            .as_f64()
+    }
+
+    /// The cgroup id of `container` in `pod`, from any of its series.
+    pub fn cgroup_of(&self, pod: &str, container: &str) -> Option<u64> {
+        self.all()
+            .find(|h| h["pod"] == pod && h["container"] == container)?["cgroup_id"]
+            .as_u64()
+    }
+
     pub fn counter(&self, name: &str) -> u64 {
         self.0["counters"][name].as_u64().unwrap_or(0)
     }
