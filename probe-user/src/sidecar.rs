@@ -6,9 +6,14 @@
 //! proxy plus the response's way back.
 //!
 //! Pairing: each upstream exchange goes to the not yet paired downstream exchange of the same
-//! proxy that encloses it (request started before, response returned after) and whose request
-//! finished last before the upstream request began — the one the proxy most plausibly was
-//! forwarding. At concurrency 1 this is exact. Under concurrency, two requests that overlap
+//! proxy and the same direction that encloses it (request started before, response returned
+//! after) and whose request finished last before the upstream request began — the one the
+//! proxy most plausibly was forwarding. At concurrency 1 this is exact. Direction keeps the
+//! two halves of a sidecar apart: a downstream exchange whose client is in the pod (the app,
+//! redirected to the proxy on loopback) is outbound and pairs only with calls leaving the pod;
+//! one from outside is inbound and pairs only with calls to the pod's own addresses. Without
+//! it, a slow inbound request (queued behind a one-worker app) encloses the outbound calls of
+//! other requests and soaks them up. Under concurrency, two requests that overlap
 //! inside the proxy within a few microseconds can be swapped; each paired hop then stays within
 //! the enclosing exchange and the distribution of hops is what is reported. Downstream exchanges
 //! with no enclosed upstream one (the proxy answered itself, or the upstream exchange had not
@@ -88,13 +93,44 @@ impl Pairer {
     }
 }
 
-fn direction(down: &Exchange, up: &Exchange) -> Direction {
-    // Forwarded to loopback or to the pod's own address: into the pod.
-    let to = addr(&up.flow, false).ip();
-    if to.is_loopback() || to == addr(&down.flow, true).ip() {
-        Direction::Inbound
-    } else {
-        Direction::Outbound
+/// The pod's own addresses as the proxy sees them: loopback, and where its inbound listener
+/// was reached.
+struct Own(Vec<std::net::IpAddr>);
+
+impl Own {
+    fn of(down: &[&Exchange]) -> Self {
+        let mut ips: Vec<_> = down
+            .iter()
+            .map(|d| addr(&d.flow, true).ip())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        Self(ips)
+    }
+
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        ip.is_loopback() || self.0.contains(&ip)
+    }
+
+    /// A downstream exchange from inside the pod (the app's call, redirected to the proxy on
+    /// loopback) is outbound; one from anywhere else is inbound.
+    fn down(&self, d: &Exchange) -> Direction {
+        let (local, remote) = (addr(&d.flow, true).ip(), addr(&d.flow, false).ip());
+        if local.is_loopback() || self.contains(remote) {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        }
+    }
+
+    /// Forwarded to loopback or to the pod's own address: into the pod.
+    fn up(&self, u: &Exchange) -> Direction {
+        if self.contains(addr(&u.flow, false).ip()) {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
     }
 }
 
@@ -103,13 +139,18 @@ pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
     let mut up: Vec<&Exchange> = up.iter().collect();
     down.sort_by_key(|x| x.req_first_ns);
     up.sort_by_key(|x| x.req_first_ns);
+    let own = Own::of(&down);
+    let down_dir: Vec<Direction> = down.iter().map(|d| own.down(d)).collect();
     let mut taken = vec![false; down.len()];
     let mut hops = Vec::new();
     for u in up {
+        let direction = own.up(u);
         // Downstream exchanges that began before this upstream request; the latest first.
         let end = down.partition_point(|d| d.req_first_ns <= u.req_first_ns);
         let best = (0..end)
-            .filter(|&i| !taken[i] && down[i].resp_first_ns >= u.resp_first_ns)
+            .filter(|&i| {
+                !taken[i] && down_dir[i] == direction && down[i].resp_first_ns >= u.resp_first_ns
+            })
             .max_by_key(|&i| down[i].req_last_ns.min(u.req_first_ns));
         if let Some(i) = best {
             taken[i] = true;
@@ -117,7 +158,7 @@ pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
             let total = d.resp_first_ns - d.req_first_ns;
             let inner = u.resp_first_ns.saturating_sub(u.req_first_ns);
             hops.push(SidecarHop {
-                direction: direction(d, u),
+                direction,
                 ns: total.saturating_sub(inner),
             });
         }
@@ -135,6 +176,11 @@ mod tests {
     };
 
     fn x(role: u8, remote: [u8; 4], req: u64, resp: u64) -> Exchange {
+        at(role, POD, remote, req, resp)
+    }
+
+    /// An exchange on a socket bound to `local` (the proxy's end).
+    fn at(role: u8, local: [u8; 4], remote: [u8; 4], req: u64, resp: u64) -> Exchange {
         let mut flow = FlowKey {
             local_addr: [0; 16],
             remote_addr: [0; 16],
@@ -143,7 +189,7 @@ mod tests {
             family: AF_INET,
             _pad: 0,
         };
-        flow.local_addr[..4].copy_from_slice(&[10, 78, 0, 11]);
+        flow.local_addr[..4].copy_from_slice(&local);
         flow.remote_addr[..4].copy_from_slice(&remote);
         Exchange {
             req_first_ns: req,
@@ -162,6 +208,7 @@ mod tests {
         }
     }
 
+    const POD: [u8; 4] = [10, 78, 0, 11];
     const CLIENT: [u8; 4] = [10, 78, 0, 10];
     const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
     const SERVICE: [u8; 4] = [10, 96, 0, 13];
@@ -184,9 +231,42 @@ mod tests {
 
     #[test]
     fn outbound_calls_go_to_services() {
-        let down = [x(ROLE_SERVER, CLIENT, 0, 4_000)];
+        // The app's call, redirected to the proxy's outbound port on loopback.
+        let down = [at(ROLE_SERVER, LOOPBACK, POD, 0, 4_000)];
         let up = [x(ROLE_CLIENT, SERVICE, 1_000, 3_000)];
         assert_eq!(pair(&down, &up).0[0].direction, Direction::Outbound);
+    }
+
+    #[test]
+    fn a_slow_inbound_request_does_not_take_outbound_calls() {
+        // The app, busy with an earlier request, calls out: 40..44 ms downstream, forwarded
+        // 41..43 ms. Between the two an inbound request arrives (40.5 ms), held by the proxy's
+        // delay until 41.6 ms, then queued behind the app until 99.6 ms: it arrived last
+        // before the call was forwarded and encloses it, but it is the other half of the proxy.
+        let down = [
+            x(ROLE_SERVER, CLIENT, 40_500_000, 101_000_000),
+            at(ROLE_SERVER, LOOPBACK, POD, 40_000_000, 44_000_000),
+        ];
+        let up = [
+            x(ROLE_CLIENT, SERVICE, 41_000_000, 43_000_000),
+            x(ROLE_CLIENT, LOOPBACK, 41_600_000, 99_600_000),
+        ];
+        let (mut hops, unpaired) = pair(&down, &up);
+        hops.sort_by_key(|h| h.direction);
+        assert_eq!(
+            hops,
+            vec![
+                SidecarHop {
+                    direction: Direction::Inbound,
+                    ns: 2_500_000
+                },
+                SidecarHop {
+                    direction: Direction::Outbound,
+                    ns: 2_000_000
+                }
+            ]
+        );
+        assert_eq!(unpaired, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Test fixtures shared by hopprobe's integration tests: root gating, network namespaces with
 //! guards that remove them on drop (also when a test panics), and leftover checks.
 
+pub mod accuracy;
 pub mod browser;
 pub mod emulation;
 pub mod lab;

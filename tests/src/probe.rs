@@ -18,6 +18,11 @@ pub struct Hopprobe {
 impl Hopprobe {
     /// Starts `bin args...` and waits until it logs that it has attached.
     pub fn start(bin: &Path, args: &[&str]) -> Self {
+        Self::try_start(bin, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], with what went wrong as an error instead of a panic.
+    pub fn try_start(bin: &Path, args: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info")
@@ -25,7 +30,7 @@ impl Hopprobe {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let pipe = child.stderr.take().expect("piped");
@@ -44,12 +49,12 @@ impl Hopprobe {
         let mut probe = Self { child, stderr };
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = probe.child.try_wait().ok().flatten();
-            panic!(
+            return Err(format!(
                 "hopprobe did not attach within 30 s (exit: {status:?}); stderr:\n{}",
                 probe.stderr()
-            );
+            ));
         }
-        probe
+        Ok(probe)
     }
 
     pub fn stderr(&self) -> String {
@@ -62,18 +67,27 @@ impl Hopprobe {
 
     /// Waits for the process to exit; panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.try_wait(timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::wait`], with an error instead of a panic.
+    pub fn try_wait(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         let until = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    // Let the reader thread take the last lines.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Ok(status);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for hopprobe: {e}")),
             }
             if Instant::now() > until {
-                panic!(
+                return Err(format!(
                     "hopprobe still running {timeout:?} later; stderr:\n{}",
                     self.stderr()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -101,34 +115,42 @@ pub struct Measured {
 /// runs `load`, leaves the last packets of the load a moment to be seen, stops it with
 /// SIGINT and reads its summary. Panics (with its log) when it does not exit cleanly.
 pub fn measure(bin: &Path, args: &[&str], load: impl FnOnce()) -> Measured {
-    let dir = tempfile::tempdir().expect("tempdir");
+    try_measure(bin, args, || {
+        load();
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`measure`] for callers that report errors instead of panicking; `load`'s error ends the
+/// run (hopprobe is stopped all the same).
+pub fn try_measure(
+    bin: &Path,
+    args: &[&str],
+    load: impl FnOnce() -> Result<(), String>,
+) -> Result<Measured, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let json = dir.path().join("summary.json");
     let records = dir.path().join("records.jsonl");
-    let mut full = vec![
-        "run",
-        "--json",
-        json.to_str().expect("utf-8"),
-        "--records",
-        records.to_str().expect("utf-8"),
-    ];
+    let (json_arg, records_arg) = (json.display().to_string(), records.display().to_string());
+    let mut full = vec!["run", "--json", &json_arg, "--records", &records_arg];
     full.extend_from_slice(args);
-    let mut probe = Hopprobe::start(bin, &full);
-    load();
+    let mut probe = Hopprobe::try_start(bin, &full)?;
+    load()?;
     // The last closes complete within a round trip on a veth; leave ample room (more on an
     // emulated CPU, where the apps take longer to close).
     std::thread::sleep(crate::emulation::slack(Duration::from_millis(300)));
     probe.signal(Signal::SIGINT);
-    let status = probe.wait(Duration::from_secs(15));
+    let status = probe.try_wait(Duration::from_secs(15))?;
     let stderr = probe.stderr();
-    assert!(
-        status.success(),
-        "hopprobe exited {status}; stderr:\n{stderr}"
-    );
-    let text = std::fs::read_to_string(&json).expect("summary written");
-    Measured {
-        summary: serde_json::from_str(&text).expect("summary is JSON"),
+    if !status.success() {
+        return Err(format!("hopprobe exited {status}; stderr:\n{stderr}"));
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("reading the summary: {e}"))?;
+    Ok(Measured {
+        summary: serde_json::from_str(&text).map_err(|e| format!("summary is not JSON: {e}"))?,
         stderr,
         records,
         _dir: dir,
-    }
+    })
 }

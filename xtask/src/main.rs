@@ -36,6 +36,13 @@ enum Task {
     },
     /// The lab with and without a sidecar mesh under loadgen, measured by hopprobe.
     Demo,
+    /// The per-hop ground-truth matrix in the lab (needs root): sidecar delay × app service
+    /// time, expected vs measured per hop; exits non-zero when a row is out of tolerance.
+    Accuracy {
+        /// Arguments for `hopaccuracy`, e.g. `-- --quick` or `-- --requests 200`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Everything CI checks: install what is missing, build, lint, run every test (root ones
     /// included when run as root, and then the VM matrix: every test inside Linux 6.1 and 6.12).
     Test,
@@ -72,6 +79,37 @@ fn main() -> Result<()> {
             cmd::exec(&cmd::workspace_root().join("target/debug/hoplab"), &args)?;
         }
         Task::Demo => demo::demo()?,
+        Task::Accuracy { args } => {
+            if !system::is_root() {
+                anyhow::bail!(
+                    "the accuracy matrix builds network namespaces and loads eBPF programs: run \
+                     it as root"
+                );
+            }
+            system::ensure_packages(&system::LAB_PACKAGES)?;
+            ebpf::build()?;
+            cmd::cargo(&[
+                "build",
+                "-p",
+                "probe-user",
+                "-p",
+                "loadgen",
+                "-p",
+                "hopprobe-tests",
+                "--bin",
+                "hopprobe",
+                "--bin",
+                "loadgen",
+                "--bin",
+                "hoplab",
+                "--bin",
+                "hopaccuracy",
+            ])?;
+            cmd::exec(
+                &cmd::workspace_root().join("target/debug/hopaccuracy"),
+                &args,
+            )?;
+        }
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
         Task::VmTest(args) => vm::run(&args)?,

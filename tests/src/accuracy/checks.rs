@@ -1,0 +1,414 @@
+//! The accuracy checks: each compares what hopprobe measured with what the lab injected (or
+//! with loadgen's end-to-end view) and says whether it is inside the tolerance.
+
+use std::fmt;
+
+use super::series::{EndToEnd, Hops, Latency, Quantile};
+use crate::lab::config::SERVICES;
+
+/// The ingress pod, its container's name in the lab's metadata and its port: where requests
+/// enter.
+pub const INGRESS: (&str, &str, u16) = (
+    "istio-ingressgateway",
+    "ingress",
+    crate::lab::names::INGRESS_PORT,
+);
+
+pub fn pod_of(service: &str) -> String {
+    format!("{service}-v1")
+}
+
+/// One line of the accuracy table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub scenario: String,
+    pub check: String,
+    /// The expectation in words: a value with its tolerance, or a range.
+    pub expected: String,
+    pub measured: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Row {
+    pub fn pass(&self) -> bool {
+        (self.low..=self.high).contains(&self.measured)
+    }
+
+    /// `measured` must be within the tolerance of `expected_ms`: max(10 %, 150 µs).
+    fn within(scenario: &str, check: String, expected_ms: f64, measured_ms: f64) -> Self {
+        let tol = (expected_ms * 0.10).max(0.150);
+        Self {
+            scenario: scenario.to_owned(),
+            check,
+            expected: format!("{expected_ms:.3} ± {tol:.3} ms"),
+            measured: measured_ms,
+            low: expected_ms - tol,
+            high: expected_ms + tol,
+        }
+    }
+
+    fn range(
+        scenario: &str,
+        check: String,
+        expected: String,
+        measured: f64,
+        low: f64,
+        high: f64,
+    ) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            check,
+            expected,
+            measured,
+            low,
+            high,
+        }
+    }
+
+    /// A row that fails because a series hopprobe should have reported is missing.
+    pub fn missing(scenario: &str, what: String) -> Self {
+        Self::range(
+            scenario,
+            format!("{what} reported"),
+            "present".into(),
+            f64::NAN,
+            0.0,
+            0.0,
+        )
+    }
+}
+
+impl fmt::Display for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<20} {:<48} {:>20} {:>10.3}  {}",
+            self.scenario,
+            self.check,
+            self.expected,
+            self.measured,
+            if self.pass() { "ok" } else { "FAIL" }
+        )
+    }
+}
+
+/// Every sidecar series of `run` grows by `injected_ms` over the same series in `base`.
+pub fn sidecar_growth(scenario: &str, base: &Hops, run: &Hops, injected_ms: f64) -> Vec<Row> {
+    let before = base.sidecars();
+    let mut rows = Vec::new();
+    for ((pod, dir), after) in run.sidecars() {
+        let Some((_, b)) = before.iter().find(|(k, _)| k.0 == pod && k.1 == dir) else {
+            rows.push(Row::missing(
+                scenario,
+                format!("baseline sidecar {pod} {dir}"),
+            ));
+            continue;
+        };
+        for q in Quantile::BOTH {
+            rows.push(Row::within(
+                scenario,
+                format!("sidecar {pod} {dir} {} growth (ms)", q.name()),
+                injected_ms,
+                (after.get(q) - b.get(q)) / 1000.0,
+            ));
+        }
+    }
+    if rows.is_empty() {
+        rows.push(Row::missing(scenario, "any sidecar hop".into()));
+    }
+    rows
+}
+
+/// An app's own time at quantile `q`: its server hop minus the calls it makes, in µs. The
+/// calls are each a hop of their own, so what is left is the app's service time.
+pub fn app_self(hops: &Hops, service: &str, q: Quantile) -> Option<f64> {
+    let pod = pod_of(service);
+    let app = hops.one("app", &pod, Some(service))?.get(q);
+    let calls: f64 = hops
+        .in_container("upstream", &pod, Some(service))
+        .map(|l| l.get(q))
+        .sum();
+    Some(app - calls)
+}
+
+/// Each app's own time in `run` grows by `injected_ms` over `base`.
+pub fn app_growth(scenario: &str, base: &Hops, run: &Hops, injected_ms: f64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for service in SERVICES {
+        for q in Quantile::BOTH {
+            match (app_self(base, service, q), app_self(run, service, q)) {
+                (Some(b), Some(a)) => rows.push(Row::within(
+                    scenario,
+                    format!("app {service} {} growth, less its calls (ms)", q.name()),
+                    injected_ms,
+                    (a - b) / 1000.0,
+                )),
+                _ => rows.push(Row::missing(scenario, format!("app {service}"))),
+            }
+        }
+    }
+    rows
+}
+
+/// The kernel's packet hops: every series has a p50 above zero and below a millisecond.
+pub fn packet_hops(scenario: &str, hops: &Hops) -> Vec<Row> {
+    ["datapath_in", "pod_delivery", "pod_send", "datapath_out"]
+        .into_iter()
+        .map(|hop| {
+            let p50s: Vec<f64> = hops
+                .of(hop, None)
+                .filter_map(Latency::of)
+                .map(|l| l.p50_us / 1000.0)
+                .collect();
+            if p50s.is_empty() {
+                return Row::missing(scenario, hop.into());
+            }
+            // The series furthest out of (0, 1) ms stands for all of them.
+            let worst = p50s
+                .iter()
+                .copied()
+                .max_by(|a, b| distance_out(*a).total_cmp(&distance_out(*b)))
+                .unwrap_or(f64::NAN);
+            Row::range(
+                scenario,
+                format!("{hop} p50, worst of {} series (ms)", p50s.len()),
+                "> 0 and < 1 ms".into(),
+                worst,
+                f64::MIN_POSITIVE,
+                1.0 - f64::EPSILON,
+            )
+        })
+        .collect()
+}
+
+/// How far outside (0, 1) a value is; inside values rank by closeness to the upper bound.
+fn distance_out(v: f64) -> f64 {
+    if v <= 0.0 { 1.0 - v } else { v }
+}
+
+/// The hops a request crosses in the node, entering at `entry` (pod, container): the
+/// handshake of its connection (the published command opens one per request), datapath in,
+/// delivery to the pod's socket, the server's time (which holds every hop behind it), the send
+/// back and the datapath out. Their p50s should add up to loadgen's p50, which also holds the
+/// client↔node wire and the client's own work: within 10 %.
+pub fn path_sum(scenario: &str, hops: &Hops, entry: (&str, &str, u16), e2e: &EndToEnd) -> Row {
+    let (entry_pod, container, port) = entry;
+    let names = [
+        "datapath_in",
+        "pod_delivery",
+        "app",
+        "pod_send",
+        "datapath_out",
+    ];
+    let parts: Option<Vec<f64>> = names
+        .iter()
+        .map(|h| {
+            // The datapath hops belong to the pod's interface, not to a container.
+            let c = (!h.starts_with("datapath")).then_some(container);
+            hops.one(h, entry_pod, c).map(|l| l.p50_us)
+        })
+        .collect();
+    let Some(parts) = parts else {
+        return Row::missing(
+            scenario,
+            format!("every hop of the path through {entry_pod}"),
+        );
+    };
+    let handshake = hops
+        .cgroup_of(entry_pod, container)
+        .and_then(|cg| hops.passive_handshake_p50(cg, port))
+        .unwrap_or(0.0);
+    let sum: f64 = parts.iter().sum::<f64>() + handshake;
+    Row::range(
+        scenario,
+        format!(
+            "hops along the path / loadgen p50 ({:.2} / {:.2} ms)",
+            sum / 1000.0,
+            e2e.p50_us / 1000.0
+        ),
+        "1 ± 10 %".into(),
+        sum / e2e.p50_us,
+        0.9,
+        1.1,
+    )
+}
+
+/// Packets seen entering a pod that were matched with their earlier sighting at the uplink or
+/// at another pod's veth — across the NodePort's and the ClusterIP's DNAT.
+pub fn match_rate(scenario: &str, hops: &Hops) -> Row {
+    let matched = hops.counter("pod_in_matched") as f64;
+    let unmatched = hops.counter("pod_in_unmatched") as f64;
+    let rate = if matched + unmatched > 0.0 {
+        matched / (matched + unmatched)
+    } else {
+        f64::NAN
+    };
+    Row::range(
+        scenario,
+        format!(
+            "packets matched across NAT ({matched} of {})",
+            matched + unmatched
+        ),
+        "≥ 99 %".into(),
+        rate * 100.0,
+        99.0,
+        100.0,
+    )
+}
+
+/// Without a mesh: no sidecar hop, and every other hop still reported.
+pub fn no_mesh(scenario: &str, hops: &Hops) -> Vec<Row> {
+    let kinds = hops.kinds();
+    let mut rows = vec![Row::range(
+        scenario,
+        "sidecar series (count)".into(),
+        "0".into(),
+        hops.of("sidecar", None).count() as f64,
+        0.0,
+        0.0,
+    )];
+    for hop in [
+        "datapath_in",
+        "pod_delivery",
+        "app",
+        "upstream",
+        "pod_send",
+        "datapath_out",
+    ] {
+        if !kinds.contains(hop) {
+            rows.push(Row::missing(scenario, hop.into()));
+        }
+    }
+    rows
+}
+
+/// Under load against a one-worker app: the time added over the concurrency-1 run is queue
+/// wait at that app, not sidecar time, and Little's law holds for the client.
+pub fn saturation(
+    scenario: &str,
+    app_service: &str,
+    alone: (&Hops, &EndToEnd),
+    loaded: (&Hops, &EndToEnd),
+    connections: u32,
+) -> Vec<Row> {
+    let pod = pod_of(app_service);
+    let extra_ms = (loaded.1.p50_us - alone.1.p50_us) / 1000.0;
+    let mut rows = Vec::new();
+    match loaded.0.one("app_queue", &pod, Some(app_service)) {
+        Some(q) => rows.push(Row::range(
+            scenario,
+            format!("{app_service} queue wait p50 / added e2e p50 ({extra_ms:.1} ms)"),
+            "≥ 0.8".into(),
+            q.p50_us / 1000.0 / extra_ms,
+            0.8,
+            1.2,
+        )),
+        None => rows.push(Row::missing(
+            scenario,
+            format!("app_queue of {app_service}"),
+        )),
+    }
+    let before = alone.0.sidecars();
+    for ((p, dir), after) in loaded.0.sidecars() {
+        let base = before
+            .iter()
+            .find(|(k, _)| k.0 == p && k.1 == dir)
+            .map_or(0.0, |(_, l)| l.p50_us);
+        rows.push(Row::range(
+            scenario,
+            format!("sidecar {p} {dir} p50 growth / added e2e p50"),
+            "< 0.05".into(),
+            (after.p50_us - base) / 1000.0 / extra_ms,
+            -0.05,
+            0.05,
+        ));
+    }
+    let in_flight = loaded.1.rps * loaded.1.mean_us / 1e6;
+    rows.push(Row::range(
+        scenario,
+        format!("req/s × mean latency / connections ({in_flight:.1} / {connections})"),
+        "1 ± 15 %".into(),
+        in_flight / f64::from(connections),
+        0.85,
+        1.15,
+    ));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn series(
+        hop: &str,
+        pod: &str,
+        direction: Option<&str>,
+        p50: f64,
+        p90: f64,
+    ) -> serde_json::Value {
+        let container = pod.trim_end_matches("-v1");
+        json!({"hop": hop, "pod": pod, "container": container, "direction": direction, "count": 10,
+               "mean_us": p50, "p50_us": p50, "p90_us": p90})
+    }
+
+    #[test]
+    fn app_self_time_leaves_out_the_calls() {
+        let hops = Hops(json!({"hops": [
+            series("app", "productpage-v1", None, 9000.0, 9500.0),
+            series("upstream", "productpage-v1", None, 3000.0, 3100.0),
+            series("upstream", "productpage-v1", None, 4000.0, 4200.0),
+            // The sidecar's own sockets in the same pod are not the app's.
+            json!({"hop": "upstream", "pod": "productpage-v1", "container": "istio-proxy",
+                   "count": 10, "mean_us": 1.0, "p50_us": 1.0, "p90_us": 1.0}),
+        ]}));
+        assert_eq!(app_self(&hops, "productpage", Quantile::P50), Some(2000.0));
+        assert_eq!(app_self(&hops, "productpage", Quantile::P90), Some(2200.0));
+        assert_eq!(app_self(&hops, "details", Quantile::P50), None);
+    }
+
+    #[test]
+    fn tolerance_is_ten_percent_or_150_us() {
+        let small = Row::within("s", "c".into(), 1.0, 1.14);
+        assert!(small.pass());
+        assert!(!Row::within("s", "c".into(), 1.0, 1.16).pass());
+        assert!(Row::within("s", "c".into(), 10.0, 10.9).pass());
+        assert!(!Row::within("s", "c".into(), 10.0, 11.1).pass());
+        assert!(!Row::missing("s", "x".into()).pass());
+    }
+
+    #[test]
+    fn sidecar_growth_compares_the_same_series() {
+        let base = Hops(json!({"hops": [series("sidecar", "a", Some("inbound"), 300.0, 400.0)]}));
+        let run = Hops(json!({"hops": [series("sidecar", "a", Some("inbound"), 1310.0, 1900.0)]}));
+        let rows = sidecar_growth("s", &base, &run, 1.0);
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].pass(), "{}", rows[0]);
+        assert!(!rows[1].pass(), "{}", rows[1]);
+        let other = Hops(json!({"hops": [series("sidecar", "b", Some("inbound"), 1.0, 1.0)]}));
+        assert!(!sidecar_growth("s", &base, &other, 1.0)[0].pass());
+    }
+
+    #[test]
+    fn packet_hops_must_be_positive_and_below_a_millisecond() {
+        let ok = Hops(json!({"hops": [
+            series("datapath_in", "a", None, 4.0, 8.0),
+            series("pod_delivery", "a", None, 2.0, 3.0),
+            series("pod_send", "a", None, 3.0, 5.0),
+            series("datapath_out", "a", None, 5.0, 9.0),
+        ]}));
+        assert!(packet_hops("s", &ok).iter().all(Row::pass));
+        let zero = Hops(json!({"hops": [
+            series("datapath_in", "a", None, 4.0, 8.0),
+            series("datapath_in", "b", None, 0.0, 8.0),
+        ]}));
+        assert!(!packet_hops("s", &zero)[0].pass());
+        // The other three kinds are missing.
+        assert_eq!(
+            packet_hops("s", &zero).iter().filter(|r| !r.pass()).count(),
+            4
+        );
+    }
+}

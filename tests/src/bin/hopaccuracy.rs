@@ -1,0 +1,82 @@
+//! `hopaccuracy` (`cargo xtask accuracy`): the ground-truth matrix of the per-hop engine in
+//! the lab; prints expected vs measured per hop and exits 1 when a row is out of tolerance.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use testkit::accuracy::{self, Options, Programs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hopaccuracy",
+    about = "hopprobe's per-hop figures against the delays injected in the lab"
+)]
+struct Cli {
+    /// Prefix of the labs' names.
+    #[arg(long, default_value = "hpacc")]
+    name: String,
+    /// Requests per concurrency-1 run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(20..))]
+    requests: u32,
+    /// D ∈ {0, 1 ms}, A ∈ {0, 2 ms} instead of the full 3 × 3 grid.
+    #[arg(long)]
+    quick: bool,
+    /// Keep each run's hopprobe summary and loadgen report (JSON) in this directory.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: locating this program: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let programs = match Programs::beside(&dir.join("hoplab"), &dir.join("hopprobe")) {
+        Ok(p) if p.hopprobe.exists() => p,
+        Ok(p) => {
+            eprintln!("error: {} not found: build it first", p.hopprobe.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut opts = Options::full(&cli.name);
+    opts.requests = cli.requests;
+    opts.keep = cli.keep;
+    if cli.quick {
+        opts.sidecar_delays.truncate(2);
+        opts.app_delays.truncate(2);
+    }
+    eprintln!(
+        "D ∈ {:?} × A ∈ {:?}, {} requests each at c=1, then c={} against a one-worker app",
+        opts.sidecar_delays, opts.app_delays, opts.requests, opts.connections
+    );
+    let started = std::time::Instant::now();
+    let report = accuracy::run(&programs, &opts, |rows| {
+        for r in rows {
+            eprintln!("{r}");
+        }
+    });
+    match report {
+        Ok(report) => {
+            println!("{report}");
+            eprintln!("in {:.0} s", started.elapsed().as_secs_f64());
+            if report.failures().next().is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The per-hop ground-truth matrix (issue 5): sidecar delay D ∈ {0, 1, 5 ms} × app service
+//! time A ∈ {0, 2, 10 ms} at concurrency 1, a one-worker app at concurrency 32, and a lab
+//! without a mesh; every row of `cargo xtask accuracy` must be inside its tolerance.
+
+use std::path::Path;
+
+use testkit::accuracy::{self, Options, Programs};
+
+#[test]
+fn every_hop_matches_what_the_lab_injected() {
+    if !testkit::lab::available("every_hop_matches_what_the_lab_injected") {
+        return;
+    }
+    let programs = Programs::beside(
+        Path::new(env!("CARGO_BIN_EXE_hoplab")),
+        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+    )
+    .expect("loadgen is built with the workspace's tests");
+    let opts = Options::full(&format!("hpt{}a", std::process::id() % 100_000));
+    let report = accuracy::run(&programs, &opts, |rows| {
+        for r in rows {
+            eprintln!("{r}");
+        }
+    })
+    .expect("the matrix runs");
+    eprintln!("{report}");
+    let failed: Vec<String> = report.failures().map(ToString::to_string).collect();
+    assert!(
+        failed.is_empty(),
+        "out of tolerance:\n{}",
+        failed.join("\n")
+    );
+    assert_eq!(testkit::leftovers::all(), Vec::<String>::new());
+}
