@@ -99,9 +99,9 @@ impl CpuSampler {
                 let meta = metadata.lookup(&rel);
                 CpuSeries {
                     cgroup: rel.clone(),
-                    namespace: meta.map(|m| m.namespace.clone()),
-                    pod: meta.map(|m| m.pod.clone()),
-                    container: meta.and_then(|m| m.container.clone()),
+                    namespace: meta.as_ref().map(|m| m.namespace.clone()),
+                    pod: meta.as_ref().map(|m| m.pod.clone()),
+                    container: meta.and_then(|m| m.container),
                     samples: Vec::new(),
                 }
             });

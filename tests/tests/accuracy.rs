@@ -11,6 +11,11 @@ fn every_hop_matches_what_the_lab_injected() {
     if !testkit::lab::available("every_hop_matches_what_the_lab_injected") {
         return;
     }
+    if testkit::emulation::emulated() {
+        // Tolerances of 150 µs mean nothing on a CPU that qemu emulates in software.
+        eprintln!("HOST-ONLY every_hop_matches_what_the_lab_injected: a timing matrix");
+        return;
+    }
     let programs = Programs::beside(
         Path::new(env!("CARGO_BIN_EXE_hoplab")),
         Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
