@@ -56,7 +56,7 @@ fn every_record_is_delivered_rate_limited_or_dropped() {
     drop(c);
     server.join().expect("server");
     // The last records (at the close) follow within a round trip or two.
-    let until = Instant::now() + Duration::from_secs(5);
+    let until = Instant::now() + testkit::emulation::slack(Duration::from_secs(5));
     while Instant::now() < until && read_counters(&stats)["exchanges_produced"] < 2 * PINGS {
         std::thread::sleep(Duration::from_millis(20));
     }
