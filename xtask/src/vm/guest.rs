@@ -52,6 +52,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NO_COLOR=1
 # A root or lab test that cannot run fails instead of passing with SKIPPED; and the tests know
 # that they run on a CPU that qemu emulates in software (see testkit::emulation).
 export HOPPROBE_ROOT_TESTS=require HOPPROBE_LAB_TESTS={lab} {EMULATION_ENV}={EMULATION_VALUE}
+# No browser in the image: the report's rendering test runs on the host.
+export HOPPROBE_BROWSER_TESTS=off
 # A node's container runtime gives its containers far more than the kernel's default 1024
 # descriptors (containerd: 1048576); haproxy refuses to start with fewer than it needs.
 ulimit -n 1048576
