@@ -115,11 +115,12 @@ fn evictions_from_a_tiny_socket_map_are_counted() {
     for map in ["evicted_conns", "evicted_sk_flow", "evicted_flow_sock"] {
         assert!(c[map] >= must_go, "{map}: {c:?}");
     }
-    // Independent evidence: a socket whose entry was evicted closes unseen. Other sockets on
-    // the machine may close unseen too (opened before attaching), or be evicted and still be
-    // open, so allow a little either way.
+    // Independent evidence: a socket that closes unseen had its entry evicted (or was opened
+    // before hopprobe attached, a few at most). The converse does not hold: an evicted socket
+    // that changes state again before closing is tracked anew (CI saw 286–384 of 384 close
+    // unseen), so only this direction is exact.
     assert!(
-        untracked.abs_diff(evicted) <= 20,
+        untracked >= 1 && untracked <= evicted + 20,
         "evicted {evicted} vs closed unseen {untracked}: {c:?}"
     );
     assert_eq!(leftovers::all(), Vec::<String>::new());
