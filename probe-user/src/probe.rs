@@ -356,7 +356,15 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), ProgramErro
 
 /// Sums the per-CPU counters by name.
 pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
-    stats::NAMES
+    sum_per_cpu(stats, &stats::NAMES)
+}
+
+/// Sums each per-CPU counter of `stats` over the CPUs; `names[i]` names index `i`.
+pub fn sum_per_cpu(
+    stats: &PerCpuArray<MapData, u64>,
+    names: &[&'static str],
+) -> BTreeMap<&'static str, u64> {
+    names
         .iter()
         .enumerate()
         .map(|(i, name)| {

@@ -100,17 +100,7 @@ impl DatapathRecord {
 
 /// The TC tracking's own counters, by name.
 pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
-    TC_STAT_NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let total = stats
-                .get(&(i as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
-            (*name, total)
-        })
-        .collect()
+    crate::probe::sum_per_cpu(stats, &TC_STAT_NAMES)
 }
 
 #[cfg(test)]

@@ -73,13 +73,16 @@ fn interrupted(flag: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-pub fn demo() -> Result<()> {
+/// What the demo and the accuracy matrix need before they drive the lab: root, the lab's
+/// packages, the eBPF object, and hopprobe, loadgen and hoplab built (plus `extra_bins` of the
+/// tests package).
+pub fn prepare_lab_run(task: &str, extra_bins: &[&str]) -> Result<()> {
     if !system::is_root() {
-        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
+        bail!("{task} builds network namespaces and loads eBPF programs: run it as root");
     }
     system::ensure_packages(&system::LAB_PACKAGES)?;
     ebpf::build()?;
-    cmd::cargo(&[
+    let mut args = vec![
         "build",
         "-p",
         "probe-user",
@@ -93,7 +96,15 @@ pub fn demo() -> Result<()> {
         "loadgen",
         "--bin",
         "hoplab",
-    ])?;
+    ];
+    for bin in extra_bins {
+        args.extend(["--bin", bin]);
+    }
+    cmd::cargo(&args)
+}
+
+pub fn demo() -> Result<()> {
+    prepare_lab_run("the demo", &[])?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

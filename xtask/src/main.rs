@@ -80,31 +80,7 @@ fn main() -> Result<()> {
         }
         Task::Demo => demo::demo()?,
         Task::Accuracy { args } => {
-            if !system::is_root() {
-                anyhow::bail!(
-                    "the accuracy matrix builds network namespaces and loads eBPF programs: run \
-                     it as root"
-                );
-            }
-            system::ensure_packages(&system::LAB_PACKAGES)?;
-            ebpf::build()?;
-            cmd::cargo(&[
-                "build",
-                "-p",
-                "probe-user",
-                "-p",
-                "loadgen",
-                "-p",
-                "hopprobe-tests",
-                "--bin",
-                "hopprobe",
-                "--bin",
-                "loadgen",
-                "--bin",
-                "hoplab",
-                "--bin",
-                "hopaccuracy",
-            ])?;
+            demo::prepare_lab_run("the accuracy matrix", &["hopaccuracy"])?;
             cmd::exec(
                 &cmd::workspace_root().join("target/debug/hopaccuracy"),
                 &args,
