@@ -193,8 +193,19 @@ fn up_twice_down_twice_and_status_without_a_lab() {
         return;
     }
     let name = lab_name("e");
-    let o = hoplab(&["up", "--name", &name]);
+    // With a delayed client link: its delay line is a process of the lab's too.
+    let o = hoplab(&["up", "--name", &name, "--link-delay", "1ms"]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("client link  1ms each way"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        teardown::processes(&name).len(),
+        5,
+        "four apps and the delay line"
+    );
     assert!(
         text(&o).contains("http://10.77.0.1:30080/productpage"),
         "{}",
@@ -227,7 +238,16 @@ fn a_killed_creator_leaves_state_that_down_and_up_clean() {
     let name = lab_name("f");
     for then in ["down", "up"] {
         let mut child = Command::new(HOPLAB)
-            .args(["up", "--name", &name, "--mesh", "sidecar", "--ingress"])
+            .args([
+                "up",
+                "--name",
+                &name,
+                "--mesh",
+                "sidecar",
+                "--ingress",
+                "--link-delay",
+                "2ms",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -13,7 +13,6 @@ use testkit::{
     lab::{
         Lab,
         config::{Delay, LabConfig},
-        topology,
     },
     probe::measure,
 };
@@ -197,31 +196,29 @@ fn report_joins_the_lab_and_shows_the_slowed_hop_grow() {
 
     // What the client ↔ node link adds lands outside the node: a connection per request
     // crosses the link four times before its response is complete (SYN, SYN-ACK, request,
-    // response).
-    if topology::netem_available() {
-        let delay = Duration::from_millis(5);
-        let far = run("c", 2, delay);
-        check(&far.joined, "link +5 ms");
-        let m2 = medians(&far.joined);
-        let added = m2["unaccounted"] as i64 - m0["unaccounted"] as i64;
-        let expect = 4 * delay.as_nanos() as i64;
-        assert!(
-            (added - expect).abs() < 2_000_000,
-            "outside grew {added} ns, link adds {expect}; {m2:?}"
-        );
-        let inside = |m: &BTreeMap<String, u64>| {
-            m.iter()
-                .filter(|(h, _)| *h != "unaccounted")
-                .map(|(_, v)| *v as i64)
-                .sum::<i64>()
-        };
-        assert!(
-            (inside(&m2) - inside(&m0)).abs() < 2_000_000,
-            "the node's hops stay put: {m0:?} {m2:?}"
-        );
-    } else {
-        println!(
-            "NOTE: this kernel has no netem qdisc (sch_netem): the link-delay check did not run"
-        );
-    }
+    // response). The lab's delay line (`lab::wire`) works on every kernel, netem or not.
+    let delay = Duration::from_millis(5);
+    let far = run("c", 2, delay);
+    check(&far.joined, "link +5 ms");
+    let m2 = medians(&far.joined);
+    let added = m2["unaccounted"] as i64 - m0["unaccounted"] as i64;
+    let expect = 4 * delay.as_nanos() as i64;
+    println!(
+        "link +{delay:?} each way: unaccounted p50 {} → {} ns, grew {added} ns for {expect} ns",
+        m0["unaccounted"], m2["unaccounted"]
+    );
+    assert!(
+        (added - expect).abs() < 2_000_000,
+        "outside grew {added} ns, link adds {expect}; {m2:?}"
+    );
+    let inside = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .filter(|(h, _)| *h != "unaccounted")
+            .map(|(_, v)| *v as i64)
+            .sum::<i64>()
+    };
+    assert!(
+        (inside(&m2) - inside(&m0)).abs() < 2_000_000,
+        "the node's hops stay put: {m0:?} {m2:?}"
+    );
 }

@@ -10,7 +10,7 @@ use testkit::lab::{
     app::{self, AppOptions},
     config::{Delay, LabConfig, Mesh, SidecarDelay, Workers, per_service},
     proxy::{self, Route},
-    state, teardown,
+    state, teardown, topology, wire,
 };
 
 #[derive(Parser, Debug)]
@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, value_parser = parse_upstream)]
         upstream: Vec<(String, SocketAddr)>,
     },
+    /// (inside the lab) The delayed client ↔ node link: a TAP device at each end.
+    #[command(hide = true)]
+    Wire {
+        #[arg(long)]
+        lab: String,
+        #[arg(long)]
+        client_netns: String,
+        #[arg(long)]
+        node_netns: String,
+        /// One-way delay in microseconds.
+        #[arg(long)]
+        delay_us: u64,
+    },
     /// (inside the lab) A proxy container: sidecar or ingress.
     #[command(hide = true)]
     Proxy {
@@ -107,7 +120,8 @@ struct UpArgs {
     ingress_cmd: Option<String>,
     #[arg(long, requires = "ingress_cmd")]
     ingress_template: Option<PathBuf>,
-    /// One-way delay on the client ↔ node link (netem on both ends): `5ms`.
+    /// One-way delay on the client ↔ node link (a userspace delay line between two TAP
+    /// devices, both directions): `5ms`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     link_delay: std::time::Duration,
 }
@@ -186,6 +200,23 @@ fn main() -> ExitCode {
         })
         .context("app"),
         Command::Proxy { lab: _, route } => proxy::serve(route).context("proxy"),
+        Command::Wire {
+            lab: _,
+            client_netns,
+            node_netns,
+            delay_us,
+        } => {
+            let end = |netns: String| wire::End {
+                netns,
+                ifname: topology::UPLINK.to_owned(),
+            };
+            wire::run(
+                &end(client_netns),
+                &end(node_netns),
+                std::time::Duration::from_micros(delay_us),
+            )
+            .context("client link")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -198,7 +198,7 @@ pub struct LabConfig {
     pub sidecar_template: Option<String>,
     pub ingress_cmd: Option<String>,
     pub ingress_template: Option<String>,
-    /// One-way delay on the client ↔ node link (netem on both ends; zero: none). What a
+    /// One-way delay on the client ↔ node link (a delay line in both directions, see `wire`; zero: a plain veth). What a
     /// request spends outside the node grows by four of these with a connection per request
     /// (the handshake's round trip and the request's).
     #[serde(default)]

@@ -11,6 +11,7 @@ pub mod spawn;
 pub mod state;
 pub mod teardown;
 pub mod topology;
+pub mod wire;
 
 use std::{
     fs,
@@ -60,6 +61,9 @@ pub struct Lab {
     pub state: LabState,
     keep: bool,
 }
+
+/// Cgroup of the delayed client link's process, beside kubepods.slice under the lab's root.
+const WIRE_CGROUP: &str = "hoplab-wire.scope";
 
 pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 
@@ -136,10 +140,12 @@ impl Lab {
         for role in ["client", "node"] {
             topology::create_netns(&names.netns(role))?;
         }
-        topology::uplink(&names)?;
-        if !lab.state.config.link_delay.is_zero() {
-            topology::link_delay(&names, lab.state.config.link_delay)?;
+        if lab.state.config.link_delay.is_zero() {
+            topology::uplink_veth(&names)?;
+        } else {
+            lab.start_wire(&names, exe)?;
         }
+        topology::uplink(&names)?;
         for p in &pods {
             topology::create_netns(&names.netns(p.service))?;
             topology::pod_network(&names, p)?;
@@ -172,6 +178,52 @@ impl Lab {
         )))?;
         lab.wait_ready(Duration::from_secs(20))?;
         Ok(lab)
+    }
+
+    /// The delayed client ↔ node link: a `hoplab wire` process owning a TAP device at each
+    /// end (see `wire`). Its cgroup sits beside the pods', so `down` kills it with them.
+    fn start_wire(&self, names: &Names, exe: &Path) -> Result<(), LabError> {
+        let cgroup = self.state.cgroup_root.join(WIRE_CGROUP);
+        fs::create_dir_all(&cgroup).map_err(io_err(format!("creating {}", cgroup.display())))?;
+        let log = names.state_dir().join("wire.log");
+        let (client, node) = (names.netns("client"), names.netns("node"));
+        let delay_us = self.state.config.link_delay.as_micros().to_string();
+        let args: Vec<String> = [
+            "wire",
+            "--lab",
+            &self.state.config.name,
+            "--client-netns",
+            &client,
+            "--node-netns",
+            &node,
+            "--delay-us",
+            &delay_us,
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        spawn::spawn(
+            exe,
+            &args,
+            &spawn::Placement {
+                netns: &client,
+                cgroup: &cgroup,
+                uid: None,
+                log: &log,
+            },
+        )
+        .map_err(io_err("starting the client link's delay line"))?;
+        for ns in [&client, &node] {
+            if !topology::wait_link(ns, topology::UPLINK, Duration::from_secs(5)) {
+                let said = fs::read_to_string(&log).unwrap_or_default();
+                return Err(LabError::NotReady(format!(
+                    "the client link's delay line did not create {} in {ns} within 5 s: {}",
+                    topology::UPLINK,
+                    said.trim()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn start_pod(&mut self, names: &Names, p: &Pod, exe: &Path) -> Result<(), LabError> {

@@ -164,6 +164,12 @@ impl LabState {
             self.metadata_file.display()
         ));
         out.push_str("injected:\n");
+        if !c.link_delay.is_zero() {
+            out.push_str(&format!(
+                "  client link  {:?} each way (delay line between TAP devices)\n",
+                c.link_delay
+            ));
+        }
         for p in &self.pods {
             if p.service != super::names::INGRESS_SERVICE {
                 out.push_str(&format!(

@@ -127,10 +127,12 @@ pub fn down(lab: &str) -> Result<(), LabError> {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
         }
+        // `populated 0` rather than empty cgroup.procs: a killed multi-threaded process (the
+        // delay line) can be gone from cgroup.procs while its other threads still exit,
+        // and rmdir fails until the last one has.
         let cgroups_empty = root.as_deref().is_none_or(|r| {
-            cgroup_dirs(r).iter().all(|d| {
-                fs::read_to_string(d.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
-            })
+            fs::read_to_string(r.join("cgroup.events"))
+                .map_or(true, |e| e.lines().any(|l| l == "populated 0"))
         });
         if cgroups_empty && processes(lab).is_empty() {
             break;

@@ -74,41 +74,36 @@ pub fn create_netns(name: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Whether this kernel can delay a link with netem (`sch_netem`, built in or loadable).
-pub fn netem_available() -> bool {
-    let Ok(ns) = crate::netns::NetNs::new("netem") else {
-        return false;
-    };
-    ns.exec(&[
-        "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
-    ])
-    .is_ok()
-}
+/// The client ↔ node link's interface name at both ends, as on a VM and a node.
+pub const UPLINK: &str = "eth0";
 
-/// Delays every packet leaving either end of the client ↔ node link by `delay` (netem): a
-/// network between the load generator and the node.
-pub fn link_delay(names: &Names, delay: std::time::Duration) -> Result<(), LabError> {
-    let us = delay.as_micros().to_string() + "us";
-    for ns in [names.netns("client"), names.netns("node")] {
-        in_ns(
-            &ns,
-            &["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &us, "limit", "100000"],
-            None,
-        )
-        .map_err(|e| LabError::Invalid(format!(
-            "--link-delay needs the netem qdisc (sch_netem), which this kernel lacks or cannot load: {e}"
-        )))?;
-    }
+/// Client ↔ node link without delay: a veth pair.
+pub fn uplink_veth(names: &Names) -> Result<(), LabError> {
+    let (client, node) = (names.netns("client"), names.netns("node"));
+    ip_(&[
+        "-n", &node, "link", "add", UPLINK, "type", "veth", "peer", "name", UPLINK, "netns",
+        &client,
+    ])?;
     Ok(())
 }
 
-/// Client ↔ node uplink: both ends are `eth0`, as on a VM and a node.
+/// Waits until `ifname` exists in `ns` (a delay line's TAP device, created by its process).
+pub fn wait_link(ns: &str, ifname: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if ip(&["-n", ns, "link", "show", "dev", ifname]).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Addresses and routes of the client ↔ node link, whichever devices carry it.
 pub fn uplink(names: &Names) -> Result<(), LabError> {
     let (client, node) = (names.netns("client"), names.netns("node"));
-    ip_(&[
-        "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-        &client,
-    ])?;
     for (ns, addr) in [(&node, NODE_IP), (&client, CLIENT_IP)] {
         ip_(&[
             "-n",
@@ -117,9 +112,9 @@ pub fn uplink(names: &Names) -> Result<(), LabError> {
             "add",
             &format!("{addr}/24"),
             "dev",
-            "eth0",
+            UPLINK,
         ])?;
-        ip_(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip_(&["-n", ns, "link", "set", UPLINK, "up"])?;
     }
     // A node's default route leaves by its uplink; hopprobe finds the uplink by it.
     ip_(&[
@@ -131,7 +126,7 @@ pub fn uplink(names: &Names) -> Result<(), LabError> {
         "via",
         &CLIENT_IP.to_string(),
         "dev",
-        "eth0",
+        UPLINK,
     ])?;
     sysctl(&node, "net.ipv4.ip_forward", "1")?;
     Ok(())

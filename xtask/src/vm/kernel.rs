@@ -37,7 +37,7 @@ const FLAVOUR: &str = "-cloud-amd64";
 /// Modules the integration tests need that the cloud kernels build as modules, loaded in this
 /// order after their dependencies (`depends=`). The guest has no modprobe, so the kernel cannot
 /// load one on demand: whatever a rule needs must be here.
-pub const MODULES: [&str; 13] = [
+pub const MODULES: [&str; 14] = [
     // veth pairs; the clsact qdisc (in `sch_ingress`) and `cls_bpf`, through which aya attaches
     // TC programs on kernels before 6.6.
     "veth",
@@ -58,6 +58,8 @@ pub const MODULES: [&str; 13] = [
     "xt_tcpudp",
     // Delays packets for the RTT test.
     "sch_netem",
+    // TAP devices: the lab's delayed client link (`--link-delay`).
+    "tun",
 ];
 
 impl Series {
