@@ -142,6 +142,59 @@ pub fn demo() -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask test` asks of the demo it runs: every run joined (≥ 99 % of requests,
+/// ≤ 1 % clamped) and Little's law holding against loadgen's concurrency within 15 %.
+pub fn check_report() -> Result<()> {
+    check_report_file(&cmd::workspace_root().join("target/demo/report.json"))
+}
+
+fn check_report_file(path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let envs = report["environments"]
+        .as_array()
+        .context("report.json has no environments")?;
+    if envs.len() != CONNECTIONS.len() * 2 {
+        bail!("the demo's report has {} environments, not 4", envs.len());
+    }
+    let mut failures = Vec::new();
+    for e in envs {
+        let label = e["label"].as_str().unwrap_or("?");
+        let num = |v: &serde_json::Value, what: &str| {
+            v.as_f64()
+                .with_context(|| format!("report.json: {label} has no number {what}"))
+        };
+        let (rate, clamped, joined) = (
+            num(&e["join_rate"], "join_rate")?,
+            num(&e["clamped"], "clamped")?,
+            num(&e["joined"], "joined")?,
+        );
+        let (in_flight, c) = (
+            num(&e["littles_law"]["in_flight"], "littles_law.in_flight")?,
+            num(&e["littles_law"]["concurrency"], "littles_law.concurrency")?,
+        );
+        println!(
+            "demo check {label}: joined {:.2} %, clamped {clamped}, in flight {in_flight:.2} of {c}",
+            rate * 100.0
+        );
+        if rate < 0.99 {
+            failures.push(format!("{label}: joined {:.2} % < 99 %", rate * 100.0));
+        }
+        if clamped > joined / 100.0 {
+            failures.push(format!("{label}: {clamped} of {joined} clamped"));
+        }
+        if (in_flight - c).abs() > 0.15 * c {
+            failures.push(format!("{label}: λ·W {in_flight:.2} for {c} connections"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("the demo's report: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
 /// `hopprobe report` over every run: one environment per run, all formats into `out`; prints
 /// the overview table.
 fn report(out: &Path, tags: &[String]) -> Result<()> {
@@ -287,4 +340,48 @@ fn hops_line(path: &Path) -> String {
         find("sidecar", "productpage-v1", "istio-proxy", Some("inbound")),
         find("sidecar", "productpage-v1", "istio-proxy", Some("outbound")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_report_file;
+
+    fn report(join_rate: f64, in_flight: f64) -> String {
+        let env = |label: &str, c: u32| {
+            format!(
+                r#"{{"label":"{label}","join_rate":{join_rate},"joined":2000,"clamped":3,
+                "littles_law":{{"in_flight":{in_flight},"concurrency":{c}}}}}"#
+            )
+        };
+        format!(
+            r#"{{"environments":[{},{},{},{}]}}"#,
+            env("none-c32", 32),
+            env("none-c64", 32),
+            env("sidecar-c32", 32),
+            env("sidecar-c64", 32)
+        )
+    }
+
+    fn check(text: &str) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, text)?;
+        check_report_file(&path)
+    }
+
+    #[test]
+    fn the_demo_check_passes_a_good_report_and_names_what_is_wrong_in_a_bad_one() {
+        check(&report(1.0, 31.6)).expect("a good report");
+        let low = check(&report(0.98, 31.6)).expect_err("low join rate");
+        assert!(low.to_string().contains("joined 98.00 %"), "{low}");
+        let little = check(&report(1.0, 20.0)).expect_err("Little's law off");
+        assert!(little.to_string().contains("λ·W 20.00"), "{little}");
+        let missing =
+            check(r#"{"environments":[{"label":"x"},{},{},{}]}"#).expect_err("no numbers");
+        assert!(
+            missing.to_string().contains("no number join_rate"),
+            "{missing}"
+        );
+        assert!(check("not json").is_err());
+    }
 }

@@ -137,6 +137,9 @@ fn test() -> Result<()> {
         anyhow::bail!("no test ran");
     }
     if root {
+        // The README's first command, as a fresh machine runs it, and what its report must say.
+        demo::demo()?;
+        demo::check_report()?;
         // The kernels EKS nodes run: the same tests, and hooks this machine lacks (kprobe,
         // fentry).
         vm::run(&vm::Args {
