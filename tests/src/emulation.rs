@@ -1,16 +1,22 @@
 //! Tests that run on a CPU qemu emulates in software (the VM matrix's TCG guests, where every
 //! instruction costs many host instructions) are told so by `HOPPROBE_EMULATED_CPU`, which
-//! only the guest's `/init` sets. Under it, and only under it, the upper bounds a test puts on
-//! elapsed time — the part of a bound that is the machine's own overhead, never an injected
-//! delay — are widened by [`FACTOR`]. Counts, match rates, lower bounds (an injected sleep
-//! never ends early) and cleanup checks stay as they are.
+//! only the guest's `/init` sets. There, and only there:
+//! - deadlines a test waits for (counters to settle, sockets to close) are widened by
+//!   [`FACTOR`] ([`slack`]);
+//! - bounds that measure the machine rather than the kernel — the overhead part of an upper
+//!   bound on elapsed time, and comparisons between two runs' timings — are printed instead
+//!   of asserted ([`assert_timing`]): each run carries milliseconds to hundreds of
+//!   milliseconds of the emulator's own time, depending on what else the host runs.
+//!
+//! Counts, match rates, hop presence, lower bounds (an injected sleep never ends early) and
+//! cleanup checks are asserted the same everywhere.
 
 use std::time::Duration;
 
 /// The environment variable the VM's `/init` sets (to `qemu-tcg`).
 pub const ENV: &str = "HOPPROBE_EMULATED_CPU";
 
-/// How much wider an overhead bound is under TCG. Measured in the VM matrix (2 vCPUs on a
+/// How much longer a test waits under TCG. Measured in the VM matrix (2 vCPUs on a
 /// 2-core host that was also running other builds and another VM): the lab's end-to-end p50
 /// overhead was 157–169 ms against the host's 8 ms allowance (×21), a leaf's `app` hop
 /// overhead up to 15.6 ms against 1 ms, the sidecar hop's growth beyond 2 ms up to 3.7 ms
@@ -32,9 +38,20 @@ pub fn slack(d: Duration) -> Duration {
     d * factor()
 }
 
-/// [`slack`] for bounds kept in milliseconds.
-pub fn slack_ms(ms: f64) -> f64 {
-    ms * f64::from(factor())
+/// Asserts `ok`, a timing bound that holds on a real CPU but measures the machine under
+/// emulation: the overhead part of an upper bound, or how much a hop grew between two runs.
+/// Under emulation it is printed (`TIMING NOT ASSERTED UNDER EMULATION`), and the caller
+/// asserts what still holds there (an injected sleep's lower bound).
+pub fn assert_timing(ok: bool, what: impl FnOnce() -> String) {
+    if ok {
+        return;
+    }
+    let what = what();
+    if emulated() {
+        println!("TIMING NOT ASSERTED UNDER EMULATION: {what}");
+    } else {
+        panic!("{what}");
+    }
 }
 
 #[cfg(test)]
@@ -42,14 +59,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_overhead_allowances_widen_and_only_under_emulation() {
+    fn only_deadlines_widen_and_timing_is_asserted_on_real_cpus() {
         let d = Duration::from_millis(8);
         if emulated() {
             assert_eq!(slack(d), d * FACTOR);
-            assert_eq!(slack_ms(0.5), 0.5 * f64::from(FACTOR));
+            assert_timing(false, || "printed, not asserted".into());
         } else {
             assert_eq!(slack(d), d);
-            assert_eq!(slack_ms(0.5), 0.5);
+            let failed = std::panic::catch_unwind(|| assert_timing(false, || "asserted".into()));
+            assert!(
+                failed.is_err(),
+                "a failed timing bound panics on a real CPU"
+            );
         }
+        assert_timing(true, || unreachable!("not formatted when it holds"));
     }
 }

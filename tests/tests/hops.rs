@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde_json::Value;
 use testkit::{
-    emulation::slack_ms,
+    emulation::assert_timing,
     lab::{
         Lab,
         config::{Delay, LabConfig},
@@ -73,14 +73,14 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
         app.insert(service, p50_ms(&h));
     }
     eprintln!("app hop p50 (ms): {app:?}");
-    // Leaves: their service time, plus well under a millisecond of the app's own handling (more
-    // on an emulated CPU: testkit::emulation).
+    // Leaves: their service time, plus well under a millisecond of the app's own handling (not
+    // asserted on an emulated CPU: testkit::emulation).
     for (service, injected) in [("details", 2.0), ("ratings", 4.0)] {
         let got = app[service];
-        assert!(
-            (injected..injected + slack_ms(1.0)).contains(&got),
-            "{service}: {got} ms; {context}"
-        );
+        assert!(got >= injected, "{service}: {got} ms; {context}");
+        assert_timing(got < injected + 1.0, || {
+            format!("{service}: {got} ms for {injected} ms; {context}")
+        });
     }
     // Callers include their calls: reviews ⊇ 3 ms + ratings; productpage ⊇ 5 ms + both calls.
     assert!(app["reviews"] >= 3.0 + app["ratings"], "{app:?}");
@@ -166,12 +166,20 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         // The minimum over 30 requests: scheduling delays on a busy machine only add time, so
         // the fastest request of each run shows what the proxy itself did. A sleep never ends
         // early, so the growth is at least the 2 ms injected (150 µs for measurement noise),
-        // and at most half a millisecond more (more on an emulated CPU). The strict
-        // max(10 %, 150 µs) goal on p50s belongs to the accuracy matrix on a quiet machine.
+        // and at most half a millisecond more. The strict max(10 %, 150 µs) goal on p50s
+        // belongs to the accuracy matrix on a quiet machine.
+        //
+        // Under emulation even the fastest of 30 requests carries milliseconds of the
+        // emulator's own time (minima of 2.3–3.4 ms without delay in the VMs), so the growth
+        // is only printed there; what still holds is that the delayed run's fastest request
+        // contains the whole sleep.
         assert!(
-            (-0.15..=slack_ms(0.5)).contains(&(growth - 2.0)),
-            "{key:?}: min {min_without:.3} → {min_with:.3} ms"
+            min_with >= 2.0,
+            "{key:?}: min {min_with:.3} ms < the 2 ms injected"
         );
+        assert_timing((-0.15..=0.5).contains(&(growth - 2.0)), || {
+            format!("{key:?}: min {min_without:.3} → {min_with:.3} ms")
+        });
         assert!(
             p50_with >= 2.0,
             "{key:?}: p50 {p50_with:.3} ms < the 2 ms injected"
@@ -276,10 +284,8 @@ fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
     );
     // Processing is the 10 ms service time plus two fast calls (slower on an emulated CPU); the
     // rest is waiting.
-    assert!(
-        (10.0..10.0 + slack_ms(3.0)).contains(&processing),
-        "processing {processing}"
-    );
+    assert!(processing >= 10.0, "processing {processing}");
+    assert_timing(processing < 13.0, || format!("processing {processing} ms"));
     assert!(
         queue > 3.0 * processing,
         "queue {queue} vs processing {processing}"

@@ -7,7 +7,7 @@ use std::{
 };
 
 use testkit::{
-    emulation::slack,
+    emulation::assert_timing,
     lab::{
         Lab,
         config::{Delay, LabConfig, Mesh, Workers},
@@ -110,13 +110,12 @@ fn latency_covers_the_injected_delays_and_little_more() {
     let (min, p50) = (took[0], took[took.len() / 2]);
     eprintln!("expected ≥ {expected:?}; measured min {min:?}, p50 {p50:?}");
     assert!(min >= expected, "min {min:?} < injected {expected:?}");
-    // Eleven proxy and app hand-offs, each a wake-up on a 2-core machine, cost a few ms (more
-    // on an emulated CPU: testkit::emulation).
-    let overhead = slack(8 * MS);
-    assert!(
-        p50 < expected + overhead,
-        "p50 {p50:?} is more than {overhead:?} above the injected {expected:?}"
-    );
+    // Eleven proxy and app hand-offs, each a wake-up on a 2-core machine, cost a few ms (not
+    // asserted on an emulated CPU: testkit::emulation).
+    let overhead = 8 * MS;
+    assert_timing(p50 < expected + overhead, || {
+        format!("p50 {p50:?} is more than {overhead:?} above the injected {expected:?}")
+    });
 }
 
 #[test]
