@@ -184,9 +184,14 @@ fn report_joins_the_lab_and_shows_the_slowed_hop_grow() {
         slow.joined.offset_ns
     );
     let (top, grew) = growth.iter().max_by_key(|(_, g)| **g).expect("hops");
-    assert_eq!(top.as_str(), "productpage-v1 app_processing", "{context}");
-    // How much it grew compares two runs: exact on a real CPU, noise under emulation (see
-    // testkit::emulation), where each run's own lower bound is asserted instead.
+    // Which hop grew, and by how much, compares two runs: exact on a real CPU, noise under
+    // emulation (see testkit::emulation; in the VMs productpage's processing median once fell
+    // from 44 to 41 ms while its sleep grew by 6 ms — four requests at a time queue for two
+    // emulated CPUs, and a longer sleep is time not spent in that queue), where each run's
+    // own lower bound is asserted instead.
+    assert_timing(top.as_str() == "productpage-v1 app_processing", || {
+        format!("{top} grew most, by {grew} ns; {context}")
+    });
     assert_timing((4_500_000..7_500_000).contains(grew), || {
         format!("grew {grew} ns; {context}")
     });

@@ -397,9 +397,7 @@ pub fn run(args: &Args) -> Result<()> {
         let running: Vec<_> = prepared
             .iter()
             .map(|(series, kernel, _, initrd, log)| {
-                scope.spawn(move || {
-                    qemu::boot(&kernel.vmlinuz, initrd, log, limit, series.name)
-                })
+                scope.spawn(move || qemu::boot(&kernel.vmlinuz, initrd, log, limit, series.name))
             })
             .collect();
         running
