@@ -100,7 +100,7 @@ fn check_kept_alive(args: &[&str], port: u16) {
     (&served).write_all(b"ok").expect("write");
     let mut reply = [0u8; 2];
     early.read_exact(&mut reply).expect("read");
-    check_split_with(args, port, || {
+    let hooks = check_split_with(args, port, || {
         let first =
             std::thread::spawn(move || serve_kept_alive(served.try_clone().expect("dup"), served));
         ask_kept_alive(&mut early);
@@ -113,6 +113,7 @@ fn check_kept_alive(args: &[&str], port: u16) {
         drop(late);
         second.join().expect("server");
     });
+    assert!(hooks.contains("tcp:tcp_rcv_space_adjust"), "{hooks}");
 }
 
 fn check_split(args: &[&str], port: u16) -> String {
