@@ -16,6 +16,15 @@ pub const ROLE_CLIENT: u8 = 2;
 pub const PHASE_REQUEST: u8 = 1;
 pub const PHASE_RESPONSE: u8 = 2;
 
+/// Which hook times the reads of the sockets it can name (`READ_HOOK` map, written by
+/// userspace once the hooks are attached); `tcp:tcp_rcv_space_adjust` times the rest.
+/// None: `tcp_rcv_space_adjust` times every read.
+pub const READ_HOOK_NONE: u32 = 0;
+/// `sock:sock_recv_length`: names the sockets it saw become ESTABLISHED (`SK_FLOW`).
+pub const READ_HOOK_RECV_LENGTH: u32 = 1;
+/// The syscall tracepoints: name the fds they saw accepted (the thread's read is in `READS`).
+pub const READ_HOOK_SYSCALLS: u32 = 2;
+
 /// One exchange as the socket saw it; also the per-socket state while it is in progress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
     conn::{ConnState, FlowKey, PeerKey, SynSeen, TcpCounters},
@@ -47,6 +47,10 @@ pub static ACCEPT_ADDR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1638
 #[map]
 pub static READS: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(16384, 0);
 
+/// Which read hook runs besides `tcp_rcv_space_adjust` (`probe_common::exchange::READ_HOOK_*`);
+/// written by userspace after attaching.
+#[map]
+pub static READ_HOOK: Array<u32> = Array::with_max_entries(1, 0);
 /// Smoothed RTT histograms per CPU, per cgroup and service port.
 #[map]
 pub static SOCK_HIST: PerCpuHashMap<SockHistKey, Hist> =

@@ -9,9 +9,10 @@
 //!   (as `sock_recv_length` does).
 //! - `close`: forgets the fd.
 //!
-//! Not seen: accepts that pass no address buffer, fds that were dup'ed or passed to another
-//! process, and sockets accepted before hopprobe attached; those exchanges keep their `app` hop
-//! whole, as before.
+//! Not named here: accepts that pass no address buffer, fds that were dup'ed or passed to
+//! another process, and sockets accepted before hopprobe attached. Their reads are timed by
+//! `hp_tcp_rcv_space` (`tracepoints.rs`), which defers to this path only for the reads whose
+//! entry found the fd (`READS`).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},

@@ -1,7 +1,7 @@
 //! `sock:inet_sock_set_state`: handshake latency and connection lifetime.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -11,14 +11,14 @@ use probe_common::{
         FlowKey, PeerKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT,
         TCP_RETRANSMITS,
     },
-    exchange::{PHASE_REQUEST, ROLE_SERVER},
+    exchange::{PHASE_REQUEST, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS, ROLE_SERVER},
     sockops::FlowSock,
     stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
 
 use crate::maps::{
-    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, SK_FLOW, SYNS, TCP_COUNTERS,
-    count, layout, lru_insert, lru_remove,
+    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, READ_HOOK, READS, SK_FLOW, SYNS,
+    TCP_COUNTERS, count, layout, lru_insert, lru_remove,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -285,9 +285,13 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
 /// the request has left the queue and the app starts on it.
 #[inline(always)]
 pub fn mark_first_read(flow: &FlowKey) {
-    let Some(cookie) = (unsafe { FLOW_COOKIE.get(flow) }) else {
-        return;
-    };
+    if let Some(cookie) = unsafe { FLOW_COOKIE.get(flow) } {
+        mark_first_read_of(cookie);
+    }
+}
+
+#[inline(always)]
+fn mark_first_read_of(cookie: &u64) {
     let Some(x) = EXCHANGES.get_ptr_mut(cookie) else {
         return;
     };
@@ -296,6 +300,41 @@ pub fn mark_first_read(flow: &FlowKey) {
     if x.role == ROLE_SERVER && x.phase == PHASE_REQUEST && x.first_read_ns == 0 {
         x.first_read_ns = now();
     }
+}
+
+/// Offsets in `tcp:tcp_rcv_space_adjust` (the same on 6.1, 6.12 and 6.18); userspace checks
+/// them against tracefs before attaching.
+const RCV_SPACE_SKADDR: usize = 8;
+const RCV_SPACE_COOKIE: usize = 64;
+
+/// `tcp_recvmsg` copied data to the process: the read hook for sockets the other read hooks
+/// cannot name. `hp_sock_recv` (through `SK_FLOW`) and the syscall fallback (through
+/// `accept`) learn a socket when it becomes ESTABLISHED or is accepted, so a connection opened
+/// before hopprobe attached — a proxy's kept-alive pool to its app, made by the first request —
+/// kept its `app` hop whole, and so did, with the syscall fallback, every fd a process dup'ed.
+/// This tracepoint runs in the reading task, inside `recvmsg`, and carries the socket cookie,
+/// which keys the exchange directly. It leaves the reads the primary hook will see to that
+/// hook, so each read is timed by one hook.
+#[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
+pub fn hp_tcp_rcv_space(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets checked against the format by userspace; the helper bounds the reads.
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(RCV_SPACE_SKADDR) }) else {
+        return 0;
+    };
+    let primary_sees_it = match READ_HOOK.get(0).copied() {
+        Some(READ_HOOK_RECV_LENGTH) => unsafe { SK_FLOW.get(&sk) }.is_some(),
+        // The read's entry found the fd among the accepted ones; its exit marks the read.
+        Some(READ_HOOK_SYSCALLS) => unsafe { READS.get(&bpf_get_current_pid_tgid()) }.is_some(),
+        _ => false,
+    };
+    if primary_sees_it {
+        return 0;
+    }
+    // SAFETY: as above.
+    if let Ok(cookie) = unsafe { ctx.read_at::<u64>(RCV_SPACE_COOKIE) } {
+        mark_first_read_of(&cookie);
+    }
+    0
 }
 
 /// Offset of `skaddr` in tcp:tcp_retransmit_skb and tcp:tcp_send_reset (after `skbaddr`), and

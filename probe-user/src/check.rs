@@ -85,6 +85,11 @@ pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
         &[Hook::Tracepoint],
     ),
     (
+        "hp_tcp_rcv_space",
+        "app queue wait on sockets opened before hopprobe attached: tcp_recvmsg copied data",
+        &[Hook::Tracepoint],
+    ),
+    (
         "hp_sys_enter_accept",
         "app queue wait where sock_recv_length is missing: accept's peer address",
         &[Hook::Tracepoint],
@@ -419,6 +424,7 @@ fn attaches_to(program: &str, recv_length: bool, fallback: Option<&str>) -> Opti
     }
     let fixed = match program {
         "hp_sock_set_state" => Some("sock:inet_sock_set_state"),
+        "hp_tcp_rcv_space" => Some("tcp:tcp_rcv_space_adjust"),
         "hp_tcp_retransmit" => Some("tcp:tcp_retransmit_skb"),
         "hp_tcp_send_reset" => Some("tcp:tcp_send_reset"),
         "hp_tcp_receive_reset" => Some("tcp:tcp_receive_reset"),

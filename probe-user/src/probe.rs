@@ -8,13 +8,14 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, TracePoint,
     },
 };
 use probe_common::{
     conn::{TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS, TcpCounters},
+    exchange::{READ_HOOK_NONE, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS},
     hist::{BUCKETS, Hist, HistKey},
     sockops::SockHistKey,
     stats,
@@ -91,6 +92,7 @@ pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
 pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
 pub const SOCK_OPS_PROGRAM: &str = "hp_sock_ops";
 pub const RECV_PROGRAM: &str = "hp_sock_recv";
+pub const RCV_SPACE_PROGRAM: &str = "hp_tcp_rcv_space";
 
 impl Probe {
     pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
@@ -160,9 +162,17 @@ impl Probe {
                         target,
                     }))
                 }
-                Err(why) => warn!(%why, "no hook sees reads: the app hop is not split"),
+                Err(why) => warn!(%why, "no hook sees reads but tcp_rcv_space_adjust"),
             }
         }
+        let read_hook = if hooks.iter().any(|h| h.program == RECV_PROGRAM) {
+            READ_HOOK_RECV_LENGTH
+        } else if hooks.iter().any(|h| h.program == reads::SYSCALL_EXIT_RECV) {
+            READ_HOOK_SYSCALLS
+        } else {
+            READ_HOOK_NONE
+        };
+        set_read_hook(&mut ebpf, read_hook)?;
         // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
         // timed from SYN_RECV); exchanges are not.
         for (program, attach_type, hook) in [
@@ -265,12 +275,19 @@ struct OptionalTracepoint {
     layout: &'static [(&'static str, usize)],
 }
 
-const OPTIONAL_TRACEPOINTS: [OptionalTracepoint; 4] = [
+const OPTIONAL_TRACEPOINTS: [OptionalTracepoint; 5] = [
     OptionalTracepoint {
         program: "hp_sock_recv",
         category: "sock",
         name: "sock_recv_length",
         layout: &[("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)],
+    },
+    // With either read hook: it times the reads of sockets opened before hopprobe attached.
+    OptionalTracepoint {
+        program: RCV_SPACE_PROGRAM,
+        category: "tcp",
+        name: "tcp_rcv_space_adjust",
+        layout: &[("skaddr", 8), ("sock_cookie", 64)],
     },
     OptionalTracepoint {
         program: "hp_tcp_retransmit",
@@ -323,6 +340,18 @@ fn attach_checked_tracepoint(
     tp.attach(category, name)
         .map_err(|e| ebpf::error_brief(&e))?;
     Ok(())
+}
+
+/// Tells `hp_tcp_rcv_space` which reads the other read hook times (see
+/// `probe_common::exchange::READ_HOOK_*`).
+fn set_read_hook(ebpf: &mut Ebpf, hook: u32) -> Result<(), AttachError> {
+    let name = "READ_HOOK";
+    let map = ebpf.map_mut(name).ok_or(AttachError::MissingMap(name))?;
+    let mut array: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| AttachError::Map { name, source })?;
+    array
+        .set(0, hook, 0)
+        .map_err(|source| AttachError::Map { name, source })
 }
 
 fn attach_cgroup_skb(

@@ -5,6 +5,9 @@
 //! Fallback, on older kernels (6.1 on EKS): syscall tracepoints — `accept`/`accept4` map the
 //! new fd to its flow by the peer address, `read`/`readv`/`recvfrom`/`recvmsg` mark the first
 //! read, `close` forgets the fd (see `probe-ebpf/src/syscalls.rs`).
+//! Either way, `tcp:tcp_rcv_space_adjust` (every kernel hopprobe supports; attached in
+//! `probe.rs` with the other optional tracepoints) times the reads the chosen hook cannot name:
+//! sockets opened before hopprobe attached and, with the fallback, fds that were dup'ed.
 
 use std::path::Path;
 
@@ -32,6 +35,9 @@ pub struct SyscallProgram {
     pub fields: &'static [(&'static str, usize)],
 }
 
+/// The program that marks a read in the fallback; attached means the fallback runs.
+pub const SYSCALL_EXIT_RECV: &str = "hp_sys_exit_recv";
+
 pub const SYSCALL_PROGRAMS: [SyscallProgram; 5] = [
     SyscallProgram {
         program: "hp_sys_enter_accept",
@@ -54,7 +60,7 @@ pub const SYSCALL_PROGRAMS: [SyscallProgram; 5] = [
         fields: &[("fd", 16)],
     },
     SyscallProgram {
-        program: "hp_sys_exit_recv",
+        program: SYSCALL_EXIT_RECV,
         tracepoints: &[
             "sys_exit_read",
             "sys_exit_readv",

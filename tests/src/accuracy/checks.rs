@@ -194,6 +194,53 @@ pub fn app_growth(scenario: &str, base: &Hops, run: &Hops, injected_ms: f64) -> 
     rows
 }
 
+/// Every server socket's `app` series splits whole: its `app_queue` and `app_processing`
+/// series (same cgroup and port) count as many exchanges as it does. Every process in the lab
+/// reads its requests, so a missing split is a read hopprobe did not match to its exchange
+/// (as kept-alive connections opened before hopprobe attached once were).
+pub fn app_split(scenario: &str, hops: &Hops) -> Row {
+    let count_of = |hop: &str, app: &serde_json::Value| {
+        hops.of(hop, None)
+            .find(|h| h["cgroup_id"] == app["cgroup_id"] && h["local_port"] == app["local_port"])
+            .and_then(|h| h["count"].as_u64())
+            .unwrap_or(0)
+    };
+    let (mut series, mut incomplete) = (0, 0);
+    // (split share, name) of the series split least.
+    let mut worst: Option<(f64, String)> = None;
+    for app in hops.of("app", None) {
+        let Some(total) = app["count"].as_u64().filter(|&n| n > 0) else {
+            continue;
+        };
+        series += 1;
+        let split = count_of("app_queue", app).min(count_of("app_processing", app));
+        let share = split as f64 / total as f64;
+        if split != total {
+            incomplete += 1;
+        }
+        if worst.as_ref().is_none_or(|(w, _)| share < *w) {
+            let name = format!(
+                "{}/{}:{} {split} of {total}",
+                app["pod"].as_str().unwrap_or("?"),
+                app["container"].as_str().unwrap_or("?"),
+                app["local_port"]
+            );
+            worst = Some((share, name));
+        }
+    }
+    let Some((share, name)) = worst else {
+        return Row::missing(scenario, "app".into());
+    };
+    Row::range(
+        scenario,
+        format!("app split / app, {incomplete} of {series} short, worst {name}"),
+        "1".into(),
+        share,
+        1.0,
+        1.0,
+    )
+}
+
 /// The kernel's packet hops: every series has a p50 above zero and below a millisecond.
 pub fn packet_hops(scenario: &str, hops: &Hops) -> Vec<Row> {
     ["datapath_in", "pod_delivery", "pod_send", "datapath_out"]
@@ -442,6 +489,29 @@ mod tests {
         assert!(!rows[1].pass(), "{}", rows[1]);
         let other = Hops(json!({"hops": [series("sidecar", "b", Some("inbound"), 1.0, 1.0)]}));
         assert!(!sidecar_growth("s", &base, &other, 1.0)[0].pass());
+    }
+
+    #[test]
+    fn app_split_needs_every_exchange_split() {
+        let app = |hop: &str, port: u16, count: u64| {
+            json!({"hop": hop, "pod": "a-v1", "container": "a", "cgroup_id": 7,
+                   "local_port": port, "count": count})
+        };
+        let whole = Hops(json!({"hops": [
+            app("app", 9080, 10), app("app_queue", 9080, 10), app("app_processing", 9080, 10),
+            app("app", 15006, 4), app("app_queue", 15006, 4), app("app_processing", 15006, 4),
+        ]}));
+        assert!(app_split("s", &whole).pass(), "{}", app_split("s", &whole));
+        // The split of port 15006 is missing (as before the fix), and 9080's is partial.
+        let split_partly = Hops(json!({"hops": [
+            app("app", 9080, 10), app("app_queue", 9080, 9), app("app_processing", 9080, 10),
+            app("app", 15006, 4),
+        ]}));
+        let row = app_split("s", &split_partly);
+        assert!(!row.pass());
+        assert_eq!(row.measured, 0.0);
+        assert!(row.check.contains("a-v1/a:15006 0 of 4"), "{}", row.check);
+        assert!(!app_split("s", &Hops(json!({"hops": []}))).pass());
     }
 
     #[test]

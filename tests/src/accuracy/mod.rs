@@ -156,6 +156,7 @@ pub fn run(
                 &scenario, &run.hops, INGRESS, &run.e2e, false,
             ));
             rows.push(checks::match_rate(&scenario, &run.hops));
+            rows.push(checks::app_split(&scenario, &run.hops));
             push(rows, &mut report);
             grid.push((d, a, run));
         }
@@ -207,16 +208,16 @@ pub fn run(
         &[(1, opts.requests / 2), (opts.connections, loaded_requests)],
     )?;
     let scenario = format!("c={} {service} 1 worker", opts.connections);
-    push(
-        checks::saturation(
-            &scenario,
-            service,
-            (&runs[0].hops, &runs[0].e2e),
-            (&runs[1].hops, &runs[1].e2e),
-            opts.connections,
-        ),
-        &mut report,
+    let mut rows = checks::saturation(
+        &scenario,
+        service,
+        (&runs[0].hops, &runs[0].e2e),
+        (&runs[1].hops, &runs[1].e2e),
+        opts.connections,
     );
+    rows.push(checks::app_split("c=1 productpage 1 worker", &runs[0].hops));
+    rows.push(checks::app_split(&scenario, &runs[1].hops));
+    push(rows, &mut report);
 
     // No mesh: no sidecar hop, everything else still there.
     let mut config = LabConfig::new(&next_name());
@@ -234,6 +235,7 @@ pub fn run(
         scenario, &run.hops, INGRESS, &run.e2e, false,
     ));
     rows.push(checks::match_rate(scenario, &run.hops));
+    rows.push(checks::app_split(scenario, &run.hops));
     push(rows, &mut report);
     Ok(report)
 }
