@@ -26,6 +26,10 @@ const PACKAGES: [system::Package; 3] = [
 #[derive(Clone, Copy, Debug)]
 enum Tool {
     Loadgen,
+    /// loadgen asking the server to close each connection (`-H "Connection: close"`), the
+    /// only way wrk has to avoid keep-alive: without keep-alive, this is the run to set
+    /// beside wrk's, as `--disable-keepalive` (the client closes, as oha does) is beside oha's.
+    LoadgenServerCloses,
     Oha,
     Wrk,
 }
@@ -34,6 +38,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Loadgen => "loadgen",
+            Tool::LoadgenServerCloses => "loadgen (server closes)",
             Tool::Oha => "oha",
             Tool::Wrk => "wrk",
         }
@@ -184,6 +189,12 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
             k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
             k
         }
+        Tool::LoadgenServerCloses => {
+            let mut k = Command::new(&bins.loadgen);
+            k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
+            k.args(["-H", "Connection: close"]);
+            k
+        }
         Tool::Oha => {
             let mut k = Command::new(&bins.oha);
             k.args([
@@ -208,12 +219,12 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
             k
         }
     };
-    if !keepalive && !matches!(tool, Tool::Wrk) {
+    if !keepalive && matches!(tool, Tool::Loadgen | Tool::Oha) {
         cmd.arg("--disable-keepalive");
     }
     let (out, mut run) = measure(&mut cmd)?;
     match tool {
-        Tool::Loadgen | Tool::Oha => {
+        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Oha => {
             let rps = json_field(&out, &["summary", "requestsPerSec"])
                 .with_context(|| format!("{} printed no requestsPerSec:\n{out}", tool.name()))?;
             let total = json_field(&out, &["summary", "total"]).unwrap_or(f64::from(secs));
@@ -380,7 +391,7 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
         for tool in [Tool::Loadgen, Tool::Oha, Tool::Wrk] {
             lateness.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let mut cmd = match tool {
-                Tool::Loadgen => {
+                Tool::Loadgen | Tool::LoadgenServerCloses => {
                     let mut k = Command::new(&bins.loadgen);
                     k.args([&url, "-c", "16", "-z", "3s", "--no-tui", "-j"]);
                     k
@@ -438,14 +449,17 @@ pub fn bench() -> Result<()> {
         "nginx (1 worker) on {url}; {rounds} alternated rounds of {secs} s per tool and setting"
     );
     println!(
-        "{:<10} {:>4} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "{:<10} {:>4} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
         "keepalive",
         "c",
         "loadgen/s",
+        "lg(sc)/s",
         "oha/s",
         "wrk/s",
         "ratio",
+        "ratio sc",
         "cpu lg",
+        "cpu sc",
         "cpu oha",
         "cpu wrk",
         "rss lg",
@@ -454,40 +468,70 @@ pub fn bench() -> Result<()> {
     );
     for keepalive in [true, false] {
         for c in [32u32, 64, 128] {
-            let mut sums = [Run::default(); 3];
+            let tools: &[Tool] = if keepalive {
+                &[Tool::Loadgen, Tool::Oha, Tool::Wrk]
+            } else {
+                &[
+                    Tool::Loadgen,
+                    Tool::LoadgenServerCloses,
+                    Tool::Oha,
+                    Tool::Wrk,
+                ]
+            };
+            let mut sums = [Run::default(); 4];
             for _ in 0..rounds {
-                for (i, tool) in [Tool::Loadgen, Tool::Oha, Tool::Wrk]
-                    .into_iter()
-                    .enumerate()
-                {
+                for &tool in tools {
                     let r = run_tool(tool, &bins, &url, c, keepalive, secs)?;
+                    let i = tool as usize;
                     sums[i].requests += r.requests;
                     sums[i].rps += r.rps / rounds as f64;
                     sums[i].cpu_s += r.cpu_s;
                     sums[i].maxrss_kb = sums[i].maxrss_kb.max(r.maxrss_kb);
                 }
             }
+            let [lg, lg_sc, oha, wrk] = sums;
             let cpu = |r: &Run| r.cpu_s / r.requests * 100_000.0;
-            let best = sums[1].rps.max(sums[2].rps);
+            // With keep-alive every client keeps its connections; without, each is compared
+            // with the client that closes the same way (see `Tool::LoadgenServerCloses`).
+            let (ratio, ratio_sc) = if keepalive {
+                (lg.rps / oha.rps.max(wrk.rps), None)
+            } else {
+                (lg.rps / oha.rps, Some(lg_sc.rps / wrk.rps))
+            };
             println!(
-                "{:<10} {:>4} {:>11.0} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}M {:>6}M {:>6}M",
+                "{:<10} {:>4} {:>11.0} {:>11} {:>11.0} {:>11.0} {:>8.2} {:>8} {:>8.2} {:>8} {:>8.2} {:>8.2} {:>6}M {:>6}M {:>6}M",
                 if keepalive { "yes" } else { "no" },
                 c,
-                sums[0].rps,
-                sums[1].rps,
-                sums[2].rps,
-                sums[0].rps / best,
-                cpu(&sums[0]),
-                cpu(&sums[1]),
-                cpu(&sums[2]),
-                sums[0].maxrss_kb / 1024,
-                sums[1].maxrss_kb / 1024,
-                sums[2].maxrss_kb / 1024,
+                lg.rps,
+                if keepalive {
+                    "-".to_owned()
+                } else {
+                    format!("{:.0}", lg_sc.rps)
+                },
+                oha.rps,
+                wrk.rps,
+                ratio,
+                ratio_sc.map_or("-".to_owned(), |r| format!("{r:.2}")),
+                cpu(&lg),
+                if keepalive {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", cpu(&lg_sc))
+                },
+                cpu(&oha),
+                cpu(&wrk),
+                lg.maxrss_kb / 1024,
+                oha.maxrss_kb / 1024,
+                wrk.maxrss_kb / 1024,
             );
         }
     }
     println!(
-        "ratio = loadgen requests/s / max(oha, wrk); cpu = client CPU seconds per 100k requests"
+        "ratio = loadgen requests/s / max(oha, wrk) with keep-alive; without it, loadgen \
+         --disable-keepalive / oha --disable-keepalive (the client closes)\n\
+         ratio sc = loadgen -H 'Connection: close' / wrk -H 'Connection: close' (the server \
+         closes: wrk cannot close on its own)\n\
+         cpu = client CPU seconds per 100k requests (cpu sc: loadgen's server-closes run)"
     );
 
     // Peak RSS against -n: histograms, not vectors, so it should not grow.
