@@ -97,10 +97,27 @@ fn wait_listening(port: u16) -> Result<()> {
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
+/// Loopback addresses nginx listens on. Without keep-alive a 3 s run leaves tens of thousands
+/// of client sockets in TIME_WAIT for 60 s, more than the ephemeral ports to one address, and
+/// every connect of the next run then searches for a port it may reuse: the run after a busy
+/// one was measurably slower, whichever tool it was. Each run gets an address of its own, so
+/// it starts from a clean slate and the order of the tools does not matter.
+const LOOPBACK_ADDRESSES: u32 = 250;
+
 struct Nginx {
     _guard: Guard,
     _dir: TempDir,
     port: u16,
+    next: std::cell::Cell<u32>,
+}
+
+impl Nginx {
+    /// The URL for the next run: the next of nginx's loopback addresses, round robin.
+    fn url(&self) -> String {
+        let i = self.next.get() % LOOPBACK_ADDRESSES + 1;
+        self.next.set(i);
+        format!("http://127.0.0.{i}:{}/", self.port)
+    }
 }
 
 struct TempDir(PathBuf);
@@ -116,13 +133,16 @@ fn start_nginx() -> Result<Nginx> {
     std::fs::create_dir_all(&dir.0)?;
     let port = free_port()?;
     let d = dir.0.display();
+    let listens: String = (1..=LOOPBACK_ADDRESSES)
+        .map(|i| format!("listen 127.0.0.{i}:{port}; "))
+        .collect();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
            fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
            keepalive_requests 1000000;\n\
-           server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello world\\n\"; }} }}\n}}\n"
+           server {{ {listens} location / {{ return 200 \"hello world\\n\"; }} }}\n}}\n"
     );
     let conf_path = dir.0.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
@@ -135,6 +155,7 @@ fn start_nginx() -> Result<Nginx> {
         _guard: guard,
         _dir: dir,
         port,
+        next: std::cell::Cell::new(0),
     })
 }
 
@@ -436,7 +457,7 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
 pub fn bench() -> Result<()> {
     let bins = ensure_tools()?;
     let nginx = start_nginx()?;
-    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let url = format!("http://127.0.0.{{1..{LOOPBACK_ADDRESSES}}}:{}/", nginx.port);
     let secs = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -446,7 +467,8 @@ pub fn bench() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     println!(
-        "nginx (1 worker) on {url}; {rounds} alternated rounds of {secs} s per tool and setting"
+        "nginx (1 worker) on {url} (a fresh address per run); {rounds} rounds of {secs} s per \
+         tool and setting, each round starting with the next tool"
     );
     println!(
         "{:<10} {:>4} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
@@ -479,9 +501,11 @@ pub fn bench() -> Result<()> {
                 ]
             };
             let mut sums = [Run::default(); 4];
-            for _ in 0..rounds {
-                for &tool in tools {
-                    let r = run_tool(tool, &bins, &url, c, keepalive, secs)?;
+            for round in 0..rounds {
+                // Each round starts with the next tool, so none is always first.
+                for k in 0..tools.len() {
+                    let tool = tools[(k + round) % tools.len()];
+                    let r = run_tool(tool, &bins, &nginx.url(), c, keepalive, secs)?;
                     let i = tool as usize;
                     sums[i].requests += r.requests;
                     sums[i].rps += r.rps / rounds as f64;
@@ -537,9 +561,15 @@ pub fn bench() -> Result<()> {
     // Peak RSS against -n: histograms, not vectors, so it should not grow.
     let mut rss = Vec::new();
     for n in ["10000", "1000000"] {
-        let (_, r) = measure(
-            Command::new(&bins.loadgen).args([&url, "-c", "64", "-n", n, "--no-tui", "-j"]),
-        )?;
+        let (_, r) = measure(Command::new(&bins.loadgen).args([
+            &nginx.url(),
+            "-c",
+            "64",
+            "-n",
+            n,
+            "--no-tui",
+            "-j",
+        ]))?;
         rss.push(r.maxrss_kb);
         println!("loadgen -n {n:>7} -c 64: peak RSS {} KiB", r.maxrss_kb);
     }
