@@ -16,11 +16,10 @@ use std::time::Duration;
 /// The environment variable the VM's `/init` sets (to `qemu-tcg`).
 pub const ENV: &str = "HOPPROBE_EMULATED_CPU";
 
-/// How much longer a test waits under TCG. Measured in the VM matrix (2 vCPUs on a
-/// 2-core host that was also running other builds and another VM): the lab's end-to-end p50
-/// overhead was 157–169 ms against the host's 8 ms allowance (×21), a leaf's `app` hop
-/// overhead up to 15.6 ms against 1 ms, the sidecar hop's growth beyond 2 ms up to 3.7 ms
-/// against 0.5 ms (×7); see the README's "Tests".
+/// How much longer a test waits under TCG for something to settle. The emulated CPU ran the
+/// lab's requests about 20 times slower than the host (an end-to-end overhead of 157–169 ms
+/// where the host needs under 8 ms); closing 1400 sockets took over 5 s instead of a fraction
+/// of one. See the README's "Timing under emulation".
 pub const FACTOR: u32 = 24;
 
 /// True inside the VM matrix.
