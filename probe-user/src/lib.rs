@@ -11,6 +11,7 @@ pub mod evictions;
 pub mod hops;
 pub mod latency;
 pub mod metadata;
+pub mod missed;
 pub mod privilege;
 pub mod probe;
 pub mod reads;

@@ -260,6 +260,11 @@ impl Probe {
         self.take("STATS")
     }
 
+    /// Runs of each program the kernel skipped (see `missed`), and their total.
+    pub fn missed_runs(&self) -> BTreeMap<String, u64> {
+        crate::missed::missed_runs(&self.ebpf)
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }

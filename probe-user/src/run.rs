@@ -344,6 +344,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     if let Some(mut dp) = datapath.take() {
         dp.detach_all(probe.ebpf_mut());
     }
+    // Read while the programs are still loaded; nothing of ours runs on the TC points any more
+    // and the rest stop with `drop`, so the count can grow by at most a few in between.
+    let missed = probe.missed_runs();
     drop(probe);
     let mut ring = ring.into_inner();
     let mut short = 0;
@@ -376,6 +379,10 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     lru.add_evictions(&mut counters);
     counters.extend(tcflow::read_counters(&tc_flow_stats));
     counters.insert("unknown_events", agg.unknown);
+    counters.insert(
+        "missed_runs",
+        missed.get("missed_runs").copied().unwrap_or(0),
+    );
     counters.insert("unanswered_exchanges", sink.hops.unanswered);
     let (sidecar_hops, unpaired) = std::mem::take(&mut sink.pairer).finish();
     for (cgroup, hop) in sidecar_hops {

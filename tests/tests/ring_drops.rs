@@ -8,7 +8,7 @@ use std::{
 
 use probe_user::{
     ebpf::MapSizes,
-    probe::{Probe, read_counters},
+    probe::{Probe, TRACEPOINT_PROGRAM, read_counters},
 };
 use testkit::leftovers;
 
@@ -55,6 +55,9 @@ fn a_full_ring_buffer_counts_its_drops() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Runs the kernel skipped (a softirq firing the tracepoint while the program already ran
+    // on that CPU) produce no event; each can cost a connection's socket its two events.
+    let missed = probe.missed_runs();
     drop(probe);
 
     let mut received = 0u64;
@@ -62,7 +65,11 @@ fn a_full_ring_buffer_counts_its_drops() {
         received += 1;
     }
     let counters = read_counters(&stats);
-    eprintln!("received {received}, counters {counters:?}");
+    eprintln!("received {received}, counters {counters:?}, skipped runs {missed:?}");
+    let skipped = missed
+        .get(&format!("missed_runs_{TRACEPOINT_PROGRAM}"))
+        .copied()
+        .unwrap_or(0);
     let (sent, dropped) = (counters["events_sent"], counters["ringbuf_drops"]);
     assert!(
         dropped > 0,
@@ -72,7 +79,11 @@ fn a_full_ring_buffer_counts_its_drops() {
         received, sent,
         "every event the kernel sent arrived: {counters:?}"
     );
-    // Other traffic on the machine may add events, never remove them.
-    assert!(sent + dropped >= 4 * CONNECTIONS, "{counters:?}");
+    // Other traffic on the machine may add events, never remove them; a skipped run removes
+    // at most two (a socket never tracked: its handshake and its lifetime).
+    assert!(
+        sent + dropped + 2 * skipped >= 4 * CONNECTIONS,
+        "{counters:?}, skipped runs {missed:?}"
+    );
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
