@@ -205,15 +205,12 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
     let z = format!("{secs}s");
     let conns = c.to_string();
     let mut cmd = match tool {
-        Tool::Loadgen => {
+        Tool::Loadgen | Tool::LoadgenServerCloses => {
             let mut k = Command::new(&bins.loadgen);
             k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
-            k
-        }
-        Tool::LoadgenServerCloses => {
-            let mut k = Command::new(&bins.loadgen);
-            k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
-            k.args(["-H", "Connection: close"]);
+            if matches!(tool, Tool::LoadgenServerCloses) {
+                k.args(["-H", "Connection: close"]);
+            }
             k
         }
         Tool::Oha => {
