@@ -33,6 +33,10 @@ pub enum Hop {
     PodDelivery,
     /// What a proxy container added to a request it forwarded (see `sidecar`).
     Sidecar,
+    /// The part of `sidecar` before the proxy read the request (its socket's queue).
+    SidecarQueue,
+    /// `sidecar` less `sidecar_queue`: the proxy's own work and delay, both ways.
+    SidecarProcessing,
     App,
     /// Server side: request arrived → the process first read it (accept and receive queues).
     AppQueue,
@@ -55,7 +59,7 @@ impl Hop {
                 Some(Direction::Inbound)
             }
             Hop::Upstream | Hop::PodSend | Hop::DatapathOut => Some(Direction::Outbound),
-            Hop::Sidecar => None,
+            Hop::Sidecar | Hop::SidecarQueue | Hop::SidecarProcessing => None,
         }
     }
 
@@ -66,6 +70,8 @@ impl Hop {
             Hop::PodDelivery => "pod_delivery",
             Hop::PodSend => "pod_send",
             Hop::Sidecar => "sidecar",
+            Hop::SidecarQueue => "sidecar_queue",
+            Hop::SidecarProcessing => "sidecar_processing",
             Hop::App => "app",
             Hop::AppQueue => "app_queue",
             Hop::AppProcessing => "app_processing",
@@ -179,16 +185,23 @@ impl HopAggregator {
 
     /// A paired sidecar hop (see `sidecar::pair`).
     pub fn record_sidecar(&mut self, cgroup_id: u64, hop: SidecarHop) {
-        self.series
-            .entry(HopKey {
-                hop: Hop::Sidecar,
-                cgroup_id,
-                local_port: None,
-                peer: None,
-                direction: Some(hop.direction),
-            })
-            .or_default()
-            .record(hop.ns);
+        let split = hop
+            .queue_ns
+            .map(|q| [(Hop::SidecarQueue, q), (Hop::SidecarProcessing, hop.ns - q)]);
+        for (series, ns) in
+            std::iter::once((Hop::Sidecar, hop.ns)).chain(split.into_iter().flatten())
+        {
+            self.series
+                .entry(HopKey {
+                    hop: series,
+                    cgroup_id,
+                    local_port: None,
+                    peer: None,
+                    direction: Some(hop.direction),
+                })
+                .or_default()
+                .record(ns);
+        }
     }
 
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
@@ -419,6 +432,32 @@ mod tests {
         assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
         assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
         assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
+    }
+
+    #[test]
+    fn a_sidecar_hop_with_its_read_splits_into_queue_and_processing() {
+        let mut agg = HopAggregator::default();
+        let hop = |ns, queue_ns| SidecarHop {
+            direction: Direction::Inbound,
+            ns,
+            queue_ns,
+        };
+        agg.record_sidecar(5, hop(1_200_000, Some(200_000)));
+        // Without a seen read the hop counts, the split does not.
+        agg.record_sidecar(5, hop(1_200_000, None));
+        let s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        let one = |hop| {
+            let h = s.iter().find(|h| h.hop == hop).expect("series");
+            assert_eq!(h.direction, Some(Direction::Inbound));
+            (h.latency.count, h.latency.p50_us)
+        };
+        assert_eq!(one(Hop::Sidecar).0, 2);
+        let (n, queue) = one(Hop::SidecarQueue);
+        assert_eq!(n, 1);
+        assert!((queue - 200.0).abs() <= 0.5, "{queue}");
+        let (n, processing) = one(Hop::SidecarProcessing);
+        assert_eq!(n, 1);
+        assert!((processing - 1_000.0).abs() <= 1.0, "{processing}");
     }
 
     #[test]

@@ -124,21 +124,30 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, 
         },
     )
     .summary;
-    let hops = summary["hops"]
+    let hops = per_pod_and_direction(&summary, "sidecar")
+        .into_iter()
+        .map(|(k, (_, min, p50))| (k, (min, p50)))
+        .collect();
+    (hops, summary)
+}
+
+/// (count, min ms, p50 ms) of every `hop` series, per pod and direction.
+fn per_pod_and_direction(summary: &Value, hop: &str) -> HashMap<(String, String), (u64, f64, f64)> {
+    summary["hops"]
         .as_array()
         .expect("hops")
         .iter()
-        .filter(|h| h["hop"] == "sidecar")
+        .filter(|h| h["hop"] == hop)
         .map(|h| {
             let key = (
                 h["pod"].as_str().unwrap_or("?").to_owned(),
                 h["direction"].as_str().unwrap_or("?").to_owned(),
             );
             let ms = |f: &str| h[f].as_f64().expect("latency") / 1000.0;
-            (key, (ms("min_us"), ms("p50_us")))
+            let count = h["count"].as_u64().expect("count");
+            (key, (count, ms("min_us"), ms("p50_us")))
         })
-        .collect();
-    (hops, summary)
+        .collect()
 }
 
 #[test]
@@ -158,6 +167,24 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         // Inbound in all four pods; outbound where the app calls others.
         assert_eq!(hops.len(), 6, "{:#}", summary["hops"]);
         assert_eq!(summary["counters"]["sidecar_unpaired"], 0);
+        // Every proxy reads each request before it forwards it, and the read hook (whichever
+        // this kernel runs) sees it: every hop splits into its queue wait and the rest, and
+        // the rest holds the whole delay (the sleep comes after the read).
+        let queue = per_pod_and_direction(&summary, "sidecar_queue");
+        let processing = per_pod_and_direction(&summary, "sidecar_processing");
+        let counts = per_pod_and_direction(&summary, "sidecar");
+        for (key, &(n, _, _)) in &counts {
+            assert_eq!(
+                queue.get(key).map(|q| q.0),
+                Some(n),
+                "{key:?} sidecar_queue"
+            );
+            let (m, min, _) = processing.get(key).copied().expect("sidecar_processing");
+            assert_eq!(m, n, "{key:?} sidecar_processing");
+            if delay != "0" {
+                assert!(min >= 2.0, "{key:?}: processing min {min:.3} ms < 2 ms");
+            }
+        }
         p50.push(hops);
     }
     for (key, &(min_with, p50_with)) in &p50[1] {

@@ -79,9 +79,9 @@ impl Hops {
             .filter_map(Latency::of)
     }
 
-    /// Sidecar series keyed by (pod, direction).
-    pub fn sidecars(&self) -> Vec<((String, String), Latency)> {
-        self.of("sidecar", None)
+    /// Series of `hop` (`sidecar` or one of its parts) keyed by (pod, direction).
+    pub fn sidecars(&self, hop: &str) -> Vec<((String, String), Latency)> {
+        self.of(hop, None)
             .filter_map(|h| {
                 let key = (
                     h["pod"].as_str()?.to_owned(),
