@@ -36,8 +36,10 @@ pub struct Exchange {
     pub resp_last_ns: u64,
     pub req_bytes: u64,
     pub resp_bytes: u64,
-    /// Server side: when the process first read the request (`sock:sock_recv_length`, Linux
-    /// 6.12+); 0 when not seen. Splits the app's time into queue wait and processing.
+    /// Server side: when the process first read the request; client side: when it first read
+    /// the response (the read hooks: `sock:sock_recv_length`, the syscall fallback,
+    /// `tcp:tcp_rcv_space_adjust`); 0 when not seen. Splits the app's time into queue wait and
+    /// processing, and a call's time from the caller's wake-up after it.
     pub first_read_ns: u64,
     pub cgroup_id: u64,
     pub cookie: u64,

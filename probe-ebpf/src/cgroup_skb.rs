@@ -219,7 +219,15 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
                     x.resp_bytes += seg.payload as u64;
                 }
             }
-            if closing {
+            // The server answered and closed (HTTP/1.1 `Connection: close`) before the caller
+            // read the answer: the exchange stays until the caller's own FIN (or a RST), so the
+            // read hooks can still time the caller's wake-up to it (`first_read_ns`).
+            let answered_unread = x.role == ROLE_CLIENT
+                && x.phase == PHASE_RESPONSE
+                && x.first_read_ns == 0
+                && dir == Dir::In
+                && seg.flags & TCP_FLAG_RST == 0;
+            if closing && !answered_unread {
                 // Ingress and egress may both see the close (a FIN each way) at once: only the
                 // one whose delete succeeds reports the exchange.
                 let done = *x;

@@ -11,7 +11,10 @@ use probe_common::{
         FlowKey, PeerKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT,
         TCP_RETRANSMITS,
     },
-    exchange::{PHASE_REQUEST, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS, ROLE_SERVER},
+    exchange::{
+        Exchange, PHASE_REQUEST, PHASE_RESPONSE, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS,
+        ROLE_SERVER,
+    },
     sockops::FlowSock,
     stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
@@ -281,23 +284,30 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// The process read from the socket of `flow`: on a server socket with a request waiting,
-/// the request has left the queue and the app starts on it.
+/// The process read from the server socket of `flow`: with a request waiting, the request
+/// has left the queue and the app starts on it.
 #[inline(always)]
 pub fn mark_first_read(flow: &FlowKey) {
-    if let Some(cookie) = unsafe { FLOW_COOKIE.get(flow) } {
-        mark_first_read_of(cookie);
+    // SAFETY: the value is copied out at once.
+    let Some(cookie) = unsafe { FLOW_COOKIE.get(flow) }.copied() else {
+        return;
+    };
+    if let Some(x) = EXCHANGES.get_ptr_mut(&cookie) {
+        // SAFETY: map value pointer, valid for this run.
+        mark_read(unsafe { &mut *x });
     }
 }
 
+/// The first read of what the socket is waiting for: a server's of its request, a client's of
+/// its answer.
 #[inline(always)]
-fn mark_first_read_of(cookie: &u64) {
-    let Some(x) = EXCHANGES.get_ptr_mut(cookie) else {
-        return;
+fn mark_read(x: &mut Exchange) {
+    let waiting = if x.role == ROLE_SERVER {
+        PHASE_REQUEST
+    } else {
+        PHASE_RESPONSE
     };
-    // SAFETY: map value pointer, valid for this run.
-    let x = unsafe { &mut *x };
-    if x.role == ROLE_SERVER && x.phase == PHASE_REQUEST && x.first_read_ns == 0 {
+    if x.phase == waiting && x.first_read_ns == 0 {
         x.first_read_ns = now();
     }
 }
@@ -307,33 +317,43 @@ fn mark_first_read_of(cookie: &u64) {
 const RCV_SPACE_SKADDR: usize = 8;
 const RCV_SPACE_COOKIE: usize = 64;
 
-/// `tcp_recvmsg` copied data to the process: the read hook for sockets the other read hooks
-/// cannot name. `hp_sock_recv` (through `SK_FLOW`) and the syscall fallback (through
-/// `accept`) learn a socket when it becomes ESTABLISHED or is accepted, so a connection opened
-/// before hopprobe attached — a proxy's kept-alive pool to its app, made by the first request —
-/// kept its `app` hop whole, and so did, with the syscall fallback, every fd a process dup'ed.
-/// This tracepoint runs in the reading task, inside `recvmsg`, and carries the socket cookie,
-/// which keys the exchange directly. It leaves the reads the primary hook will see to that
-/// hook, so each read is timed by one hook.
+/// `tcp_recvmsg` copied data to the process. It runs in the reading task, inside `recvmsg`,
+/// and carries the socket cookie, which keys the exchange directly, so it times:
+/// - every client socket's first read of its answer (the caller's wake-up after a call). The
+///   flow-keyed hooks cannot: behind an OUTPUT REDIRECT (a sidecar's) the socket's own
+///   addresses, which `sock_recv_length` knows it by, are not the packets' ones, which
+///   `FLOW_COOKIE` is keyed by;
+/// - the server sockets the primary hook cannot name. `hp_sock_recv` (through `SK_FLOW`) and
+///   the syscall fallback (through `accept`) learn a socket when it becomes ESTABLISHED or is
+///   accepted, so a connection opened before hopprobe attached — a proxy's kept-alive pool to
+///   its app, made by the first request — kept its `app` hop whole, and so did, with the
+///   syscall fallback, every fd a process dup'ed. The server reads the primary hook will see
+///   are left to it, so each read is timed by one hook.
 #[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
 pub fn hp_tcp_rcv_space(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets checked against the format by userspace; the helper bounds the reads.
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(RCV_SPACE_SKADDR) }) else {
+    let (Ok(sk), Ok(cookie)) = (unsafe { ctx.read_at::<u64>(RCV_SPACE_SKADDR) }, unsafe {
+        ctx.read_at::<u64>(RCV_SPACE_COOKIE)
+    }) else {
         return 0;
     };
-    let primary_sees_it = match READ_HOOK.get(0).copied() {
-        Some(READ_HOOK_RECV_LENGTH) => unsafe { SK_FLOW.get(&sk) }.is_some(),
-        // The read's entry found the fd among the accepted ones; its exit marks the read.
-        Some(READ_HOOK_SYSCALLS) => unsafe { READS.get(&bpf_get_current_pid_tgid()) }.is_some(),
-        _ => false,
-    };
-    if primary_sees_it {
+    let Some(x) = EXCHANGES.get_ptr_mut(&cookie) else {
         return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let x = unsafe { &mut *x };
+    if x.role == ROLE_SERVER {
+        let primary_sees_it = match READ_HOOK.get(0).copied() {
+            Some(READ_HOOK_RECV_LENGTH) => unsafe { SK_FLOW.get(&sk) }.is_some(),
+            // The read's entry found the fd among the accepted ones; its exit marks the read.
+            Some(READ_HOOK_SYSCALLS) => unsafe { READS.get(&bpf_get_current_pid_tgid()) }.is_some(),
+            _ => false,
+        };
+        if primary_sees_it {
+            return 0;
+        }
     }
-    // SAFETY: as above.
-    if let Ok(cookie) = unsafe { ctx.read_at::<u64>(RCV_SPACE_COOKIE) } {
-        mark_first_read_of(&cookie);
-    }
+    mark_read(x);
     0
 }
 

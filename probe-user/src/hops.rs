@@ -43,6 +43,8 @@ pub enum Hop {
     /// Server side: the process first read the request → first response byte.
     AppProcessing,
     Upstream,
+    /// Client side: the call's response arrived → the caller first read it (its wake-up).
+    UpstreamReadWait,
     /// The sending socket → the pod's veth.
     PodSend,
     /// The pod's veth → the node's uplink.
@@ -58,7 +60,9 @@ impl Hop {
             Hop::DatapathIn | Hop::PodDelivery | Hop::App | Hop::AppQueue | Hop::AppProcessing => {
                 Some(Direction::Inbound)
             }
-            Hop::Upstream | Hop::PodSend | Hop::DatapathOut => Some(Direction::Outbound),
+            Hop::Upstream | Hop::UpstreamReadWait | Hop::PodSend | Hop::DatapathOut => {
+                Some(Direction::Outbound)
+            }
             Hop::Sidecar | Hop::SidecarQueue | Hop::SidecarProcessing => None,
         }
     }
@@ -76,6 +80,7 @@ impl Hop {
             Hop::AppQueue => "app_queue",
             Hop::AppProcessing => "app_processing",
             Hop::Upstream => "upstream",
+            Hop::UpstreamReadWait => "upstream_read_wait",
         }
     }
 }
@@ -176,6 +181,15 @@ impl HopAggregator {
                     .or_default()
                     .record(ns);
             }
+        }
+        if key.hop == Hop::Upstream && x.first_read_ns != 0 && x.first_read_ns >= x.resp_first_ns {
+            self.series
+                .entry(HopKey {
+                    hop: Hop::UpstreamReadWait,
+                    ..key.clone()
+                })
+                .or_default()
+                .record(x.first_read_ns - x.resp_first_ns);
         }
         self.series
             .entry(key)
@@ -432,6 +446,33 @@ mod tests {
         assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
         assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
         assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
+    }
+
+    #[test]
+    fn a_call_read_after_its_answer_arrived_gives_the_callers_wait() {
+        let mut agg = HopAggregator::default();
+        let mut x = exchange(ROLE_CLIENT, 1_000_000, 3_000_000);
+        x.first_read_ns = 3_150_000;
+        agg.record(&x);
+        // A read seen before the answer (not possible for this exchange's answer) is ignored.
+        let mut early = exchange(ROLE_CLIENT, 1_000_000, 3_000_000);
+        early.first_read_ns = 2_000_000;
+        agg.record(&early);
+        let mut s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        name(&mut s, &Metadata::default());
+        let wait = s
+            .iter()
+            .find(|h| h.hop == Hop::UpstreamReadWait)
+            .expect("series");
+        assert_eq!(wait.latency.count, 1);
+        assert!(
+            (wait.latency.p50_us - 150.0).abs() <= 0.5,
+            "{:?}",
+            wait.latency
+        );
+        assert_eq!(wait.direction, Some(Direction::Outbound));
+        let calls = s.iter().find(|h| h.hop == Hop::Upstream).expect("upstream");
+        assert_eq!(calls.latency.count, 2);
     }
 
     #[test]

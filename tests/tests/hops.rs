@@ -185,6 +185,33 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
                 assert!(min >= 2.0, "{key:?}: processing min {min:.3} ms < 2 ms");
             }
         }
+        // Every call an app makes (a fresh connection, redirected to its sidecar by iptables,
+        // answered with `Connection: close`) is read by the caller after its answer arrived:
+        // the caller's wake-up is timed for each one.
+        let calls: Vec<&Value> = summary["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .filter(|h| {
+                h["hop"] == "upstream" && h["container"] != "istio-proxy" && h["pod"].is_string()
+            })
+            .collect();
+        assert!(
+            calls.len() >= 3,
+            "productpage's two calls and reviews' one: {calls:?}"
+        );
+        for call in calls {
+            let waits = summary["hops"].as_array().expect("hops").iter().find(|h| {
+                h["hop"] == "upstream_read_wait"
+                    && h["cgroup_id"] == call["cgroup_id"]
+                    && h["peer"] == call["peer"]
+            });
+            assert_eq!(
+                waits.map(|w| &w["count"]),
+                Some(&call["count"]),
+                "upstream_read_wait of {call}"
+            );
+        }
         p50.push(hops);
     }
     for (key, &(min_with, p50_with)) in &p50[1] {
