@@ -219,7 +219,9 @@ pub fn app_split(scenario: &str, hops: &Hops) -> Row {
     let (mut series, mut incomplete) = (0, 0);
     // (split share, name) of the series split least.
     let mut worst: Option<(f64, String)> = None;
-    for app in hops.of("app", None) {
+    // Only the lab's pods: hopprobe sees every socket of the machine, and a server of
+    // something else running meanwhile (a benchmark, say) is none of the lab's business.
+    for app in hops.of("app", None).filter(|a| a["pod"].is_string()) {
         let Some(total) = app["count"].as_u64().filter(|&n| n > 0) else {
             continue;
         };
@@ -530,6 +532,13 @@ mod tests {
             app("app", 15006, 4), app("app_queue", 15006, 4), app("app_processing", 15006, 4),
         ]}));
         assert!(app_split("s", &whole).pass(), "{}", app_split("s", &whole));
+        // A server outside the lab (no pod), split short, is not counted.
+        let mut with_outsider = whole.clone();
+        with_outsider.0["hops"].as_array_mut().expect("hops").extend([
+            json!({"hop": "app", "cgroup_id": 9, "local_port": 45019, "count": 100}),
+            json!({"hop": "app_queue", "cgroup_id": 9, "local_port": 45019, "count": 60}),
+        ]);
+        assert!(app_split("s", &with_outsider).pass());
         // The split of port 15006 is missing (as before the fix), and 9080's is partial.
         let split_partly = Hops(json!({"hops": [
             app("app", 9080, 10), app("app_queue", 9080, 9), app("app_processing", 9080, 10),
