@@ -534,10 +534,13 @@ mod tests {
         assert!(app_split("s", &whole).pass(), "{}", app_split("s", &whole));
         // A server outside the lab (no pod), split short, is not counted.
         let mut with_outsider = whole.clone();
-        with_outsider.0["hops"].as_array_mut().expect("hops").extend([
-            json!({"hop": "app", "cgroup_id": 9, "local_port": 45019, "count": 100}),
-            json!({"hop": "app_queue", "cgroup_id": 9, "local_port": 45019, "count": 60}),
-        ]);
+        with_outsider.0["hops"]
+            .as_array_mut()
+            .expect("hops")
+            .extend([
+                json!({"hop": "app", "cgroup_id": 9, "local_port": 45019, "count": 100}),
+                json!({"hop": "app_queue", "cgroup_id": 9, "local_port": 45019, "count": 60}),
+            ]);
         assert!(app_split("s", &with_outsider).pass());
         // The split of port 15006 is missing (as before the fix), and 9080's is partial.
         let split_partly = Hops(json!({"hops": [
