@@ -1,7 +1,7 @@
 //! `cargo xtask bench-loadgen`: loadgen against oha and wrk on a private loopback nginx, runs
 //! alternated, with requests/s ratios, client CPU per 100 k requests and peak RSS (from each
 //! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M; then the latency each client reports
-//! against a server that answers 10 ms after reading each request, next to that server's own
+//! against a server that answers 10 ms after each request arrived, next to that server's own
 //! lateness, so that client and server error are told apart.
 
 use std::{
@@ -344,7 +344,7 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
     let (port, lateness) = precise_server::start(delay)?;
     let url = format!("http://127.0.0.1:{port}/");
     println!(
-        "server answering 10 ms after reading each request (one thread, epoll, sleep + spin \
+        "server answering 10 ms after each request arrived (one thread, epoll, sleep + spin \
          for the earliest deadline), c = 16, 3 s per run:"
     );
     println!(

@@ -1,4 +1,4 @@
-//! The benchmark's "answers exactly 10 ms after reading each request" server, made to be late by
+//! The benchmark's "answers exactly 10 ms after each request" server, made to be late by
 //! as little as the machine allows, so that what a client reports beyond 10 ms is the client's.
 //!
 //! One thread, one epoll: requests are read as they arrive and their deadlines go into a heap.
