@@ -76,14 +76,24 @@ impl Dialer {
         }
     }
 
+    /// The address of a target named by an IP literal (no DNS); `None` for a host name.
+    pub fn literal(&self) -> Option<Result<SocketAddr, ErrorKind>> {
+        let a = SocketAddr::new(self.literal?, self.port);
+        Some(if self.wanted(&a) {
+            Ok(a)
+        } else {
+            Err(ErrorKind::Dns)
+        })
+    }
+
+    /// Plain TCP (no TLS) to an IP literal: what the epoll engine can dial on its own.
+    pub fn is_plain_literal(&self) -> bool {
+        self.tls.is_none() && self.literal.is_some()
+    }
+
     async fn resolve(&self) -> Result<SocketAddr, ErrorKind> {
-        if let Some(ip) = self.literal {
-            let a = SocketAddr::new(ip, self.port);
-            return if self.wanted(&a) {
-                Ok(a)
-            } else {
-                Err(ErrorKind::Dns)
-            };
+        if let Some(r) = self.literal() {
+            return r;
         }
         if let Some(a) = *self.cache.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(a);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod epoll;
 pub mod error;
 pub mod head;
 pub mod http1;

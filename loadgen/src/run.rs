@@ -4,6 +4,7 @@
 
 use std::{
     cell::{Cell, RefCell},
+    net::SocketAddr,
     rc::Rc,
     sync::{
         Arc,
@@ -19,11 +20,11 @@ use crate::{
     config::Config,
     conn::{Connection, Dial, Dialer, Stream},
     error::ErrorKind,
-    http1::{self, Progress},
+    http1::{self, Progress, Response},
     http2::{self, H2Conn},
     record::Sample,
     stats::Stats,
-    timer::Timer,
+    timer::{Elapsed, Timer},
 };
 
 /// Per-target state shared by all worker threads.
@@ -36,7 +37,7 @@ pub struct TargetRun {
     pub measured_start_ns: AtomicU64,
     /// End of a `-z` run, set when the measured phase starts; 0 until then.
     deadline_ns: AtomicU64,
-    conn_ids: AtomicU64,
+    pub(crate) conn_ids: AtomicU64,
 }
 
 pub struct Shared {
@@ -47,7 +48,7 @@ pub struct Shared {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Slot {
+pub(crate) struct Slot {
     seq: u64,
     warmup: bool,
     scheduled_ns: Option<u64>,
@@ -74,7 +75,7 @@ impl Shared {
         }
     }
 
-    fn claim(&self, t: usize) -> Option<Slot> {
+    pub(crate) fn claim(&self, t: usize) -> Option<Slot> {
         if self.stop.load(Relaxed) {
             return None;
         }
@@ -120,20 +121,32 @@ impl Shared {
 }
 
 /// A worker thread's own aggregates and its end of the records channel.
-struct Local {
-    shared: Arc<Shared>,
+pub(crate) struct Local {
+    pub shared: Arc<Shared>,
     stats: RefCell<Vec<Stats>>,
     tx: Option<mpsc::Sender<Sample>>,
 }
 
 impl Local {
-    async fn finish(&self, s: Sample) {
+    fn count(&self, s: &Sample) {
         let t = s.target;
         if !s.warmup {
             let start = self.shared.measured_start(t);
-            self.stats.borrow_mut()[t].add(&s, start, self.shared.cfg.latency_correction);
+            self.stats.borrow_mut()[t].add(s, start, self.shared.cfg.latency_correction);
         }
         self.shared.targets[t].done.fetch_add(1, Relaxed);
+    }
+
+    /// `finish` outside tokio (the epoll engine): a full records channel blocks the thread.
+    pub fn finish_blocking(&self, s: Sample) {
+        self.count(&s);
+        if let Some(tx) = &self.tx {
+            let _ = tx.blocking_send(s);
+        }
+    }
+
+    async fn finish(&self, s: Sample) {
+        self.count(&s);
         if let Some(tx) = &self.tx {
             // Bounded: when the writer falls behind, requests wait rather than memory grow.
             let _ = tx.send(s).await;
@@ -141,28 +154,34 @@ impl Local {
     }
 }
 
-/// The request's own deadline (`-t`), the run's (`-z` without `-w`), and the earlier of both.
-fn deadlines(
-    shared: &Shared,
-    t: usize,
-    slot: Slot,
-    start_ns: u64,
-) -> (Instant, Option<Instant>, Instant) {
+/// The request's own deadline (`-t`), the run's (`-z` without `-w`), and the earlier of both,
+/// in CLOCK_MONOTONIC ns.
+pub(crate) fn deadlines(shared: &Shared, t: usize, slot: Slot, start_ns: u64) -> Deadlines {
     let cfg = &shared.cfg;
-    let request_deadline = instant_at(start_ns) + cfg.timeout;
-    let run_deadline = match shared.targets[t].deadline_ns.load(Relaxed) {
+    let request = start_ns.saturating_add(cfg.timeout.as_nanos() as u64);
+    let run = match shared.targets[t].deadline_ns.load(Relaxed) {
         0 => None,
         _ if cfg.wait_ongoing || slot.warmup => None,
-        d => Some(instant_at(d)),
+        d => Some(d),
     };
-    let deadline = run_deadline.map_or(request_deadline, |r| r.min(request_deadline));
-    (deadline, run_deadline, request_deadline)
+    Deadlines {
+        first: run.map_or(request, |r| r.min(request)),
+        run,
+        request,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    pub first: u64,
+    pub run: Option<u64>,
+    pub request: u64,
 }
 
 /// What a request that ran out of time is counted as, by how far it got.
-fn timeout_kind(
-    run_deadline: Option<Instant>,
-    request_deadline: Instant,
+pub(crate) fn timeout_kind(
+    run_deadline: Option<u64>,
+    request_deadline: u64,
     connected: bool,
     progress: &Progress,
 ) -> ErrorKind {
@@ -174,6 +193,77 @@ fn timeout_kind(
         ErrorKind::NeverAnswered
     } else {
         ErrorKind::Timeout
+    }
+}
+
+/// A new sample for `slot`, started now.
+pub(crate) fn new_sample(t: usize, slot: Slot, start_ns: u64, reused: bool) -> Sample {
+    Sample {
+        target: t,
+        seq: slot.seq,
+        warmup: slot.warmup,
+        scheduled_ns: slot.scheduled_ns,
+        start_ns,
+        reused,
+        ..Sample::default()
+    }
+}
+
+/// The outcome of an HTTP/1.1 request, into its sample (both engines). `opened` is the
+/// connection the request ran on, if it got one; returns whether that connection may carry
+/// the next request.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "everything a request found out, kept in the caller's locals until here"
+)]
+pub(crate) fn settle_http1(
+    s: &mut Sample,
+    cfg: &Config,
+    tls: bool,
+    dial: Dial,
+    opened: Option<(u64, SocketAddr, SocketAddr)>,
+    progress: Progress,
+    result: Result<Result<Response, ErrorKind>, Elapsed>,
+    d: Deadlines,
+) -> bool {
+    let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
+    s.dial = dial;
+    match opened {
+        Some((id, local, remote)) => {
+            s.conn_id = id;
+            s.local = Some(local);
+            s.remote = Some(remote);
+        }
+        None => {
+            s.local = dial.local;
+            s.remote = dial.remote;
+        }
+    }
+    s.written_ns = progress.written_ns;
+    s.first_byte_ns = progress.first_byte_ns;
+    match result {
+        Ok(Ok(resp)) => {
+            s.status = Some(resp.status);
+            s.bytes = resp.body_bytes;
+            s.end_ns = resp.end_ns;
+            resp.reusable && cfg.keepalive
+        }
+        Ok(Err(e)) => {
+            s.error = Some(e);
+            s.end_ns = mono_ns();
+            false
+        }
+        Err(Elapsed) => {
+            s.end_ns = mono_ns();
+            let tls_pending = s.dial.local.is_some() && tls && s.dial.tls_end_ns.is_none();
+            s.error = Some(timeout_kind(
+                d.run,
+                d.request,
+                dialing_done && (s.reused || !tls_pending),
+                &progress,
+            ));
+            false
+        }
     }
 }
 
@@ -189,16 +279,9 @@ async fn one_request(
     let target = &cfg.targets[t];
     let tr = &shared.targets[t];
     let start_ns = mono_ns();
-    let mut s = Sample {
-        target: t,
-        seq: slot.seq,
-        warmup: slot.warmup,
-        scheduled_ns: slot.scheduled_ns,
-        start_ns,
-        reused: conn.is_some(),
-        ..Sample::default()
-    };
-    let (deadline, run_deadline, request_deadline) = deadlines(shared, t, slot, start_ns);
+    let mut s = new_sample(t, slot, start_ns, conn.is_some());
+    let d = deadlines(shared, t, slot, start_ns);
+    let deadline = instant_at(d.first);
 
     let mut dial = Dial::default();
     let mut progress = Progress::default();
@@ -247,44 +330,9 @@ async fn one_request(
                 .await
         }
     };
-
-    let dialing_done = s.reused || dial.tls_end_ns.is_some() || dial.local.is_some();
-    s.dial = dial;
-    if let Some(c) = conn.as_ref() {
-        s.conn_id = c.id;
-        s.local = Some(c.local);
-        s.remote = Some(c.remote);
-    } else {
-        s.local = dial.local;
-        s.remote = dial.remote;
-    }
-    s.written_ns = progress.written_ns;
-    s.first_byte_ns = progress.first_byte_ns;
-    match result {
-        Ok(Ok(resp)) => {
-            s.status = Some(resp.status);
-            s.bytes = resp.body_bytes;
-            s.end_ns = resp.end_ns;
-            if !resp.reusable || !cfg.keepalive {
-                *conn = None;
-            }
-        }
-        Ok(Err(e)) => {
-            s.error = Some(e);
-            s.end_ns = mono_ns();
-            *conn = None;
-        }
-        Err(_elapsed) => {
-            s.end_ns = mono_ns();
-            let tls_pending = s.dial.local.is_some() && target.tls && s.dial.tls_end_ns.is_none();
-            s.error = Some(timeout_kind(
-                run_deadline,
-                request_deadline,
-                dialing_done && (s.reused || !tls_pending),
-                &progress,
-            ));
-            *conn = None;
-        }
+    let opened = conn.as_ref().map(|c| (c.id, c.local, c.remote));
+    if !settle_http1(&mut s, cfg, target.tls, dial, opened, progress, result, d) {
+        *conn = None;
     }
     s
 }
@@ -352,20 +400,13 @@ async fn one_request_h2(shared: &Shared, t: usize, slot: &H2Slot, claim: Slot) -
     let target = &cfg.targets[t];
     let tr = &shared.targets[t];
     let start_ns = mono_ns();
-    let mut s = Sample {
-        target: t,
-        seq: claim.seq,
-        warmup: claim.warmup,
-        scheduled_ns: claim.scheduled_ns,
-        start_ns,
-        ..Sample::default()
-    };
-    let (deadline, run_deadline, request_deadline) = deadlines(shared, t, claim, start_ns);
+    let mut s = new_sample(t, claim, start_ns, false);
+    let d = deadlines(shared, t, claim, start_ns);
     let mut dial = Dial::default();
     let mut progress = Progress::default();
     let mut opened = false;
     let mut used: Option<H2Conn> = None;
-    let result = tokio::time::timeout_at(deadline, async {
+    let result = tokio::time::timeout_at(instant_at(d.first), async {
         let Some(req) = target.h2.as_ref() else {
             return Err(ErrorKind::Http2);
         };
@@ -408,12 +449,7 @@ async fn one_request_h2(shared: &Shared, t: usize, slot: &H2Slot, claim: Slot) -
         }
         Err(_elapsed) => {
             s.end_ns = mono_ns();
-            s.error = Some(timeout_kind(
-                run_deadline,
-                request_deadline,
-                dialing_done,
-                &progress,
-            ));
+            s.error = Some(timeout_kind(d.run, d.request, dialing_done, &progress));
             true
         }
     };
@@ -519,15 +555,20 @@ pub fn worker(
     threads: usize,
     tx: Option<mpsc::Sender<Sample>>,
 ) -> std::io::Result<Vec<Stats>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let n_targets = shared.targets.len();
     let local = Rc::new(Local {
         shared: shared.clone(),
         stats: RefCell::new(vec![Stats::default(); n_targets]),
         tx,
     });
+    if crate::epoll::suits(&shared) {
+        crate::epoll::worker(&local, index, threads)?;
+        let stats = local.stats.borrow().clone();
+        return Ok(stats);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let set = tokio::task::LocalSet::new();
     let cfg = &shared.cfg;
     for t in 0..n_targets {

@@ -15,16 +15,22 @@ fn count_by_addr<I: IntoIterator<Item = String>>(it: I) -> BTreeMap<String, usiz
     m
 }
 
-fn check_records_match_server(keepalive: bool) {
+/// `engine`: `LOADGEN_ENGINE` (None: loadgen's choice, the epoll loop for this plain-TCP run).
+fn check_records_match_server(keepalive: bool, engine: Option<&str>) {
     let s = ok_server(Duration::ZERO, "hello");
-    let path = temp_path(&format!("match-{keepalive}.jsonl"));
+    let path = temp_path(&format!("match-{keepalive}-{engine:?}.jsonl"));
     let p = path.to_str().unwrap();
     let url = s.url();
     let mut args = vec![&*url, "-n", "60", "-c", "4", "--no-tui", "--records", p];
     if !keepalive {
         args.push("--disable-keepalive");
     }
-    let out = loadgen(&args);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.args(&args);
+    if let Some(e) = engine {
+        cmd.env("LOADGEN_ENGINE", e);
+    }
+    let out = cmd.output().expect("loadgen runs");
     assert!(out.status.success());
     let recs = records(&path);
     assert_eq!(recs[0]["record"], "header");
@@ -65,12 +71,18 @@ fn check_records_match_server(keepalive: bool) {
 
 #[test]
 fn record_addresses_are_the_server_peers_with_keepalive() {
-    check_records_match_server(true);
+    check_records_match_server(true, None);
 }
 
 #[test]
 fn record_addresses_are_the_server_peers_without_keepalive() {
-    check_records_match_server(false);
+    check_records_match_server(false, None);
+}
+
+#[test]
+fn the_tokio_engine_records_the_same() {
+    check_records_match_server(true, Some("tokio"));
+    check_records_match_server(false, Some("tokio"));
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! `cargo xtask bench-loadgen`: loadgen against oha and wrk on a private loopback nginx, runs
 //! alternated, with requests/s ratios, client CPU per 100 k requests and peak RSS (from each
 //! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M; then the latency each client reports
-//! against a server that answers 10 ms after reading each request, next to that server's own
+//! against a server that answers 10 ms after each request arrived, next to that server's own
 //! lateness, so that client and server error are told apart.
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::{TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::PathBuf,
@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, system};
+use crate::{cmd, precise_server, system};
 
 const PACKAGES: [system::Package; 3] = [
     ("/usr/sbin/nginx", "nginx-light"),
@@ -306,61 +306,6 @@ fn ensure_tools() -> Result<Bins> {
     })
 }
 
-/// How late the precise server wrote each response, in µs past "request read + delay".
-type Lateness = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
-
-/// Answers every request exactly `delay` after it has read the request (thread per connection).
-/// A plain `sleep` wakes up late by the timer slack (50 µs) plus however long the scheduler takes
-/// on a busy machine, which then looks like client latency. So each thread runs with 1 ns timer
-/// slack, sleeps until shortly before the deadline and spins the rest, and records how late each
-/// response still was: the server's own error, measured separately from the client's.
-fn precise_server(delay: Duration) -> Result<(u16, Lateness)> {
-    const SPIN: Duration = Duration::from_micros(200);
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let port = l.local_addr()?.port();
-    let lateness: Lateness = Default::default();
-    let late = lateness.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let late = late.clone();
-            std::thread::spawn(move || {
-                // SAFETY: prctl on the calling thread with an integer argument.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-                let _ = s.set_nodelay(true);
-                let mut buf = [0u8; 4096];
-                let mut pending = Vec::new();
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                    let read_at = std::time::Instant::now();
-                    while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..i + 4);
-                        let deadline = read_at + delay;
-                        if let Some(d) = deadline.checked_duration_since(std::time::Instant::now())
-                            && d > SPIN
-                        {
-                            std::thread::sleep(d - SPIN);
-                        }
-                        while std::time::Instant::now() < deadline {
-                            std::hint::spin_loop();
-                        }
-                        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if s.write_all(r).is_err() {
-                            return;
-                        }
-                        let us = deadline.elapsed().as_micros() as u64;
-                        late.lock().unwrap_or_else(|p| p.into_inner()).push(us);
-                    }
-                }
-            });
-        }
-    });
-    Ok((port, lateness))
-}
-
 /// Value at percentile `p` (0–100) of unsorted samples.
 fn percentile(v: &mut [u64], p: f64) -> f64 {
     if v.is_empty() {
@@ -396,10 +341,11 @@ fn wrk_percentile(out: &str, label: &str) -> Option<f64> {
 /// next to the server's own lateness for that client's run.
 fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
     let delay = Duration::from_millis(10);
-    let (port, lateness) = precise_server(delay)?;
+    let (port, lateness) = precise_server::start(delay)?;
     let url = format!("http://127.0.0.1:{port}/");
     println!(
-        "server answering 10 ms after reading each request (sleep + spin), c = 16, 3 s per run:"
+        "server answering 10 ms after each request arrived (one thread, epoll, sleep + spin \
+         for the earliest deadline), c = 16, 3 s per run:"
     );
     println!(
         "{:<8} {:>9} {:>9} {:>16} {:>16}",
@@ -453,16 +399,20 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
 
 pub fn bench() -> Result<()> {
     let bins = ensure_tools()?;
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    // Only the 10 ms server part: to look at timing accuracy without the nginx runs.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
+        return latency_accuracy(&bins, rounds);
+    }
     let nginx = start_nginx()?;
     let url = format!("http://127.0.0.{{1..{LOOPBACK_ADDRESSES}}}:{}/", nginx.port);
     let secs = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
     println!(
         "nginx (1 worker) on {url} (a fresh address per run); {rounds} rounds of {secs} s per \
          tool and setting, each round starting with the next tool"

@@ -4,6 +4,7 @@ mod bench_loadgen;
 mod cmd;
 mod demo;
 mod ebpf;
+mod precise_server;
 mod system;
 mod toolchain;
 mod vm;

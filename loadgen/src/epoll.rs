@@ -1,0 +1,453 @@
+//! The closed model's common case — plain TCP to an IP literal, HTTP/1.1, no `-q` — on a
+//! hand-written epoll loop instead of tokio. Without keep-alive every request opens a socket,
+//! and tokio's per-socket machinery (a `ScheduledIo` allocated and released, a deregistering
+//! `epoll_ctl`, task and waker bookkeeping) cost about as much user time as the rest of the
+//! request. Here each connection is still an `async` function (the same `http1::exchange`, the
+//! same sample), polled by this loop with a no-op waker whenever epoll reports its socket, or
+//! its deadline passes. A socket is registered once, edge-triggered, and leaves epoll when it
+//! is closed. TLS, HTTP/2, DNS names, `-q` and the open model stay on tokio (`run`).
+
+use std::{
+    cell::Cell,
+    future::{Future, poll_fn},
+    io::{self, Read, Write},
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    pin::{Pin, pin},
+    rc::Rc,
+    sync::atomic::Ordering::Relaxed,
+    task::{Context, Poll, Waker},
+};
+
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::{
+    clock::mono_ns,
+    conn::Dial,
+    error::ErrorKind,
+    http1::{self, Progress},
+    run::{Local, Shared, Slot, deadlines, new_sample, settle_http1},
+    timer::Elapsed,
+};
+
+/// What the loop and one connection's future share.
+struct Wait {
+    /// When the step in progress times out (CLOCK_MONOTONIC ns); `u64::MAX`: no step.
+    deadline: Cell<u64>,
+    /// The loop saw `deadline` pass.
+    fired: Cell<bool>,
+    /// epoll events seen since the current socket was registered.
+    events: Cell<u32>,
+    /// The future waited for its socket during the current request.
+    waited: Cell<bool>,
+    /// The future yielded: poll it again without an event.
+    again: Cell<bool>,
+}
+
+impl Wait {
+    fn new() -> Wait {
+        Wait {
+            deadline: Cell::new(u64::MAX),
+            fired: Cell::new(false),
+            events: Cell::new(0),
+            waited: Cell::new(false),
+            again: Cell::new(false),
+        }
+    }
+}
+
+/// Runs `fut` until it completes or the loop sees `deadline` pass.
+async fn timed<F: Future>(w: &Wait, deadline: u64, fut: F) -> Result<F::Output, Elapsed> {
+    w.deadline.set(deadline);
+    w.fired.set(false);
+    let mut fut = pin!(fut);
+    let r = poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if w.fired.get() {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
+    })
+    .await;
+    w.deadline.set(u64::MAX);
+    r
+}
+
+/// Lets the other connections run: for a connection whose requests need no wait (a refused
+/// connect can fail at once), which would otherwise keep the thread to itself.
+async fn yield_now(w: &Wait) {
+    let mut yielded = false;
+    poll_fn(|_| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        w.again.set(true);
+        Poll::Pending
+    })
+    .await
+}
+
+struct Conn {
+    sock: Socket,
+    id: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+/// A non-blocking socket as tokio's I/O traits see it: `Pending` on `EAGAIN`, and the loop
+/// polls again on the socket's next epoll event.
+struct Io<'a> {
+    sock: &'a Socket,
+    w: &'a Wait,
+}
+
+impl Io<'_> {
+    fn ready<T>(&self, r: io::Result<T>) -> Option<Poll<io::Result<T>>> {
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.w.waited.set(true);
+                Some(Poll::Pending)
+            }
+            r => Some(Poll::Ready(r)),
+        }
+    }
+}
+
+impl AsyncRead for Io<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let r = (&*self.sock).read(buf.initialize_unfilled());
+            if let Some(p) = self.ready(r) {
+                return p.map_ok(|n| buf.advance(n));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Io<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            // socket2 sends with MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
+            let r = (&*self.sock).write(b);
+            if let Some(p) = self.ready(r) {
+                return p;
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One thread's epoll instance; a connection's index in the loop is its epoll data.
+struct Poller {
+    ep: OwnedFd,
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        // SAFETY: epoll_create1 has no memory arguments; a non-negative result is a new fd.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(Poller {
+            ep: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Edge-triggered for both directions, once per socket: closing the socket removes it.
+    fn add(&self, fd: RawFd, index: usize) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: index as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event; both fds are open.
+        if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        // SAFETY: `events` is writable for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n as usize)
+    }
+}
+
+/// What a connection's future needs from the loop.
+struct Ctx<'a> {
+    local: &'a Local,
+    poller: &'a Poller,
+    w: Rc<Wait>,
+    index: usize,
+}
+
+/// `Dialer::dial_untimed` for plain TCP to an IP literal, with the same timestamps.
+async fn dial(cx: &Ctx<'_>, t: usize, id: u64, dial: &mut Dial) -> Result<Conn, ErrorKind> {
+    let t0 = mono_ns();
+    let remote = cx.local.shared.targets[t]
+        .dialer
+        .literal()
+        .unwrap_or(Err(ErrorKind::Dns))?;
+    let t1 = mono_ns();
+    dial.dns_ns = Some(t1 - t0);
+    dial.connect_start_ns = Some(t1);
+    dial.remote = Some(remote);
+    let refused = |e: io::Error| ErrorKind::from_connect(&e);
+    let sock = Socket::new(
+        Domain::for_address(remote),
+        Type::STREAM.nonblocking(),
+        None,
+    )
+    .map_err(refused)?;
+    let in_progress = match sock.connect(&remote.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        Err(e) => return Err(refused(e)),
+    };
+    cx.w.events.set(0);
+    cx.poller
+        .add(sock.as_raw_fd(), cx.index)
+        .map_err(|_| ErrorKind::Connect)?;
+    if in_progress {
+        let done = (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        poll_fn(|_| {
+            if cx.w.events.get() & done != 0 {
+                Poll::Ready(())
+            } else {
+                cx.w.waited.set(true);
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(e) = sock.take_error().map_err(refused)? {
+            return Err(refused(e));
+        }
+    }
+    dial.connect_end_ns = Some(mono_ns());
+    // Requests are small and latency is what we measure: no Nagle delay.
+    let _ = sock.set_tcp_nodelay(true);
+    let local = sock
+        .local_addr()
+        .map_err(refused)?
+        .as_socket()
+        .ok_or(ErrorKind::Connect)?;
+    dial.local = Some(local);
+    Ok(Conn {
+        sock,
+        id,
+        local,
+        remote,
+    })
+}
+
+/// `run::one_request` on this loop.
+async fn one_request(
+    cx: &Ctx<'_>,
+    t: usize,
+    conn: &mut Option<Conn>,
+    slot: Slot,
+    buf: &mut Vec<u8>,
+) -> crate::record::Sample {
+    let shared: &Shared = &cx.local.shared;
+    let cfg = &shared.cfg;
+    let target = &cfg.targets[t];
+    let tr = &shared.targets[t];
+    let start_ns = mono_ns();
+    let mut s = new_sample(t, slot, start_ns, conn.is_some());
+    let d = deadlines(shared, t, slot, start_ns);
+    let mut dial_info = Dial::default();
+    let mut progress = Progress::default();
+    let mut dial_failed = None;
+    if conn.is_none() {
+        let connect_by = start_ns.saturating_add(tr.dialer.connect_timeout().as_nanos() as u64);
+        let id = tr.conn_ids.fetch_add(1, Relaxed);
+        match timed(
+            &cx.w,
+            connect_by.min(d.first),
+            dial(cx, t, id, &mut dial_info),
+        )
+        .await
+        {
+            Ok(Ok(c)) => *conn = Some(c),
+            Ok(Err(e)) => dial_failed = Some(Ok(Err(e))),
+            Err(_) if connect_by < d.first => {
+                dial_failed = Some(Ok(Err(ErrorKind::ConnectTimeout)))
+            }
+            Err(elapsed) => dial_failed = Some(Err(elapsed)),
+        }
+    }
+    let result = match dial_failed {
+        Some(r) => r,
+        None => {
+            timed(&cx.w, d.first, async {
+                let Some(c) = conn.as_ref() else {
+                    return Err(ErrorKind::Connect);
+                };
+                let mut io = Io {
+                    sock: &c.sock,
+                    w: &cx.w,
+                };
+                http1::exchange(&mut io, &target.request, target.head, buf, &mut progress).await
+            })
+            .await
+        }
+    };
+    let opened = conn.as_ref().map(|c| (c.id, c.local, c.remote));
+    if !settle_http1(
+        &mut s, cfg, target.tls, dial_info, opened, progress, result, d,
+    ) {
+        *conn = None;
+    }
+    s
+}
+
+/// Requests a connection may run back to back without waiting before it lets the others run.
+const UNWAITED_BEFORE_YIELD: u32 = 8;
+
+/// Closed model: one connection, one request at a time (`run::connection_loop`).
+async fn connection_loop(cx: Ctx<'_>, t: usize) {
+    let shared = &cx.local.shared;
+    let mut conn = None;
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut unwaited = 0u32;
+    while let Some(slot) = shared.claim(t) {
+        cx.w.waited.set(false);
+        let s = one_request(&cx, t, &mut conn, slot, &mut buf).await;
+        cx.local.finish_blocking(s);
+        // A few in a row without a wait are common with keep-alive (the response was there);
+        // yielding after each would cost a loop turn and an `epoll_wait` per request.
+        unwaited = if cx.w.waited.get() { 0 } else { unwaited + 1 };
+        if unwaited >= UNWAITED_BEFORE_YIELD {
+            unwaited = 0;
+            yield_now(&cx.w).await;
+        }
+    }
+}
+
+/// Whether this engine can run the whole configuration.
+pub(crate) fn suits(shared: &Shared) -> bool {
+    let cfg = &shared.cfg;
+    !cfg.open_model
+        && !cfg.http2
+        && cfg.qps.is_none()
+        && shared.targets.iter().all(|t| t.dialer.is_plain_literal())
+        && std::env::var_os("LOADGEN_ENGINE").is_none_or(|v| v != "tokio")
+}
+
+struct Task<'a> {
+    w: Rc<Wait>,
+    fut: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+}
+
+impl Task<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(f) = self.fut.as_mut()
+            && f.as_mut().poll(cx).is_ready()
+        {
+            self.fut = None;
+        }
+    }
+}
+
+/// Runs worker thread `index` of `threads`' connections to completion.
+pub(crate) fn worker(local: &Local, index: usize, threads: usize) -> io::Result<()> {
+    let poller = Poller::new()?;
+    let shared = &local.shared;
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    for t in 0..shared.targets.len() {
+        for _ in (index..shared.cfg.connections as usize).step_by(threads) {
+            let w = Rc::new(Wait::new());
+            let cx = Ctx {
+                local,
+                poller: &poller,
+                w: w.clone(),
+                index: tasks.len(),
+            };
+            tasks.push(Task {
+                w,
+                fut: Some(Box::pin(connection_loop(cx, t))),
+            });
+        }
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    for task in &mut tasks {
+        task.poll(&mut cx);
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    loop {
+        // One pass per turn: run what yielded or timed out, and find the next deadline.
+        let now = mono_ns();
+        let mut live = false;
+        let mut again = false;
+        let mut earliest = u64::MAX;
+        for task in tasks.iter_mut() {
+            if task.fut.is_none() {
+                continue;
+            }
+            if task.w.again.replace(false) {
+                task.poll(&mut cx);
+            } else if task.w.deadline.get() <= now {
+                task.w.fired.set(true);
+                task.poll(&mut cx);
+            }
+            if task.fut.is_some() {
+                live = true;
+                again |= task.w.again.get();
+                earliest = earliest.min(task.w.deadline.get());
+            }
+        }
+        if !live {
+            return Ok(());
+        }
+        let timeout_ms = if again {
+            0
+        } else if earliest == u64::MAX {
+            -1
+        } else {
+            // Rounded up: waking before the deadline would only mean waiting again.
+            earliest
+                .saturating_sub(mono_ns())
+                .div_ceil(1_000_000)
+                .min(i32::MAX as u64) as i32
+        };
+        let n = poller.wait(&mut events, timeout_ms)?;
+        for ev in &events[..n] {
+            let task = &mut tasks[ev.u64 as usize];
+            task.w.events.set(task.w.events.get() | ev.events);
+            task.poll(&mut cx);
+        }
+    }
+}
