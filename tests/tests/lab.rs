@@ -219,6 +219,34 @@ fn up_twice_down_twice_and_status_without_a_lab() {
         "{}",
         text(&o)
     );
+    assert!(
+        text(&o).contains("between TAP devices, up)"),
+        "{}",
+        text(&o)
+    );
+    // Without its delay line the link is gone, and status says so.
+    let o = hoplab(&["status", "--name", &name, "--json"]);
+    let state: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json");
+    let procs = Path::new(state["cgroup_root"].as_str().expect("cgroup_root"))
+        .join("hoplab-wire.scope/cgroup.procs");
+    let pid: i32 = std::fs::read_to_string(&procs)
+        .expect("the delay line's cgroup")
+        .trim()
+        .parse()
+        .expect("one pid");
+    // SAFETY: a process of the lab this test made.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let gone = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty()) {
+        assert!(Instant::now() < gone, "the delay line outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = hoplab(&["status", "--name", &name]);
+    assert!(
+        text(&o).contains("between TAP devices, DEAD)"),
+        "{}",
+        text(&o)
+    );
     for _ in 0..2 {
         let o = hoplab(&["down", "--name", &name]);
         assert!(o.status.success(), "{}", text(&o));

@@ -63,7 +63,7 @@ pub struct Lab {
 }
 
 /// Cgroup of the delayed client link's process, beside kubepods.slice under the lab's root.
-const WIRE_CGROUP: &str = "hoplab-wire.scope";
+pub(crate) const WIRE_CGROUP: &str = "hoplab-wire.scope";
 
 pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 

@@ -165,9 +165,16 @@ impl LabState {
         ));
         out.push_str("injected:\n");
         if !c.link_delay.is_zero() {
+            // The delay line is the only process in its cgroup; without it the link is gone.
+            let procs = self
+                .cgroup_root
+                .join(super::WIRE_CGROUP)
+                .join("cgroup.procs");
+            let running = fs::read_to_string(procs).is_ok_and(|p| !p.trim().is_empty());
             out.push_str(&format!(
-                "  client link  {:?} each way (delay line between TAP devices)\n",
-                c.link_delay
+                "  client link  {:?} each way (delay line between TAP devices, {})\n",
+                c.link_delay,
+                if running { "up" } else { "DEAD" }
             ));
         }
         for p in &self.pods {
