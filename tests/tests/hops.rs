@@ -108,9 +108,10 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
     assert_eq!(testkit::leftovers::all(), Vec::<String>::new());
 }
 
-/// Sidecar hop (min, p50) in ms per pod and direction, from a run of `requests` page loads.
+/// Sidecar hop (count, min ms, p50 ms) per pod and direction, from a run of `requests` page
+/// loads.
 #[expect(clippy::type_complexity, reason = "a test helper's result")]
-fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, f64)>, Value) {
+fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (u64, f64, f64)>, Value) {
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
     let summary = measure(
@@ -124,11 +125,7 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (f64, 
         },
     )
     .summary;
-    let hops = per_pod_and_direction(&summary, "sidecar")
-        .into_iter()
-        .map(|(k, (_, min, p50))| (k, (min, p50)))
-        .collect();
-    (hops, summary)
+    (per_pod_and_direction(&summary, "sidecar"), summary)
 }
 
 /// (count, min ms, p50 ms) of every `hop` series, per pod and direction.
@@ -172,8 +169,7 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         // the rest holds the whole delay (the sleep comes after the read).
         let queue = per_pod_and_direction(&summary, "sidecar_queue");
         let processing = per_pod_and_direction(&summary, "sidecar_processing");
-        let counts = per_pod_and_direction(&summary, "sidecar");
-        for (key, &(n, _, _)) in &counts {
+        for (key, &(n, _, _)) in &hops {
             assert_eq!(
                 queue.get(key).map(|q| q.0),
                 Some(n),
@@ -214,8 +210,8 @@ fn the_sidecar_hop_grows_by_the_injected_sidecar_delay() {
         }
         p50.push(hops);
     }
-    for (key, &(min_with, p50_with)) in &p50[1] {
-        let (min_without, _) = p50[0][key];
+    for (key, &(_, min_with, p50_with)) in &p50[1] {
+        let (_, min_without, _) = p50[0][key];
         let growth = min_with - min_without;
         // The minimum over 30 requests: scheduling delays on a busy machine only add time, so
         // the fastest request of each run shows what the proxy itself did. A sleep never ends
