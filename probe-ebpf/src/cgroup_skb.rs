@@ -21,7 +21,9 @@ use probe_common::{
 
 use crate::{
     datapath,
-    maps::{EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert, lru_remove},
+    maps::{
+        EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert, lru_remove, wake_flags,
+    },
     ratelimit,
 };
 
@@ -173,7 +175,7 @@ fn emit(x: &Exchange) {
     match EXCHANGE_EVENTS.reserve::<Exchange>(0) {
         Some(mut entry) => {
             entry.write(*x);
-            entry.submit(0);
+            entry.submit(wake_flags(&EXCHANGE_EVENTS));
             count(stats::EXCHANGES_SENT);
         }
         None => count(stats::EXCHANGE_DROPS),

@@ -1,7 +1,10 @@
 //! Maps and globals shared by the programs.
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{
+        BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -106,6 +109,28 @@ pub fn count(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not migrate CPU while running.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Non-zero: wake the reader for every record (`hopprobe run --ring-wakeup each`).
+#[unsafe(no_mangle)]
+pub static RING_WAKE_EACH: u32 = 0;
+
+/// The flags to submit a record to `ring` with. The kernel's default wakes the reader for
+/// each record whenever it has caught up, which under light load is every record: an
+/// `irq_work` and a wake-up on the CPU of the traced request, whose time they lengthen
+/// (`cargo xtask bench-probe` compares). By default hopprobe drains its rings on a short
+/// timer instead, and a ring an eighth full wakes it at once, so a burst cannot fill the
+/// ring before the timer fires.
+#[inline(always)]
+pub fn wake_flags(ring: &RingBuf) -> u64 {
+    // SAFETY: the static is valid for reads; volatile keeps the compiler from using the default.
+    if unsafe { core::ptr::read_volatile(&RING_WAKE_EACH) } != 0 {
+        0
+    } else if ring.query(BPF_RB_AVAIL_DATA.into()) >= ring.query(BPF_RB_RING_SIZE.into()) / 8 {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
     }
 }
 

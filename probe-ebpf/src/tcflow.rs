@@ -7,6 +7,7 @@
 //! Kept apart from the packet-sighting histograms (`datapath.rs`): a connection enters the map
 //! only when its SYN passes a TC point, and leaves it at the first FIN or RST.
 
+use crate::maps::wake_flags;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
@@ -100,7 +101,10 @@ fn emit(x: &TcExchange) {
     if x.req_first_ns == 0 {
         return;
     }
-    if TC_FLOW_EVENTS.output::<TcExchange>(x, 0).is_ok() {
+    if TC_FLOW_EVENTS
+        .output::<TcExchange>(x, wake_flags(&TC_FLOW_EVENTS))
+        .is_ok()
+    {
         count(TC_STAT_SENT);
     } else {
         count(TC_STAT_DROPS);

@@ -21,7 +21,7 @@ use probe_common::{
 
 use crate::maps::{
     CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, READ_HOOK, READS, SK_FLOW, SYNS,
-    TCP_COUNTERS, count, layout, lru_insert, lru_remove,
+    TCP_COUNTERS, count, layout, lru_insert, lru_remove, wake_flags,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -244,7 +244,7 @@ fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duratio
         kind: kind as u8,
         flags: state.flags,
     });
-    entry.submit(0);
+    entry.submit(wake_flags(&EVENTS));
     count(stats::EVENTS_SENT);
 }
 

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     check, datapath,
-    ebpf::{self, MapSizes},
+    ebpf::{self, MapSizes, RingWakeup},
     exit,
     metadata::{self, kube::KubeOptions},
     reads::ReadHook,
@@ -78,6 +78,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().exchange_ring_bytes,
           value_parser = parse_ring_size)]
     pub records_ring_size: u32,
+    /// When the kernel wakes hopprobe to read its ring buffers: `batched` when one is an
+    /// eighth full (and every 10 ms regardless), `each` at every record as the kernel does by
+    /// default, which lengthens the traced requests (see README, Overhead).
+    #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
+    pub ring_wakeup: RingWakeup,
+    /// Turn on the kernel's BPF run-time statistics while hopprobe runs, and report each
+    /// program's runs and time (in the summary and `--json`'s `programs`). The statistics
+    /// cover every BPF program on the machine and add two clock reads to each run.
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Which hook sees a process read a request (splits `app` into queue and processing):
     /// `auto` takes `sock:sock_recv_length` where the kernel has it (6.12+), else syscall
     /// tracepoints; `syscalls` takes the syscall tracepoints everywhere.
@@ -233,6 +243,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             records_burst: args.records_burst,
             max_sockets: args.max_sockets,
             max_packets: args.max_packets,
+            wakeup: args.ring_wakeup,
         },
         records: args.records,
         datapath,
@@ -245,6 +256,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             .filter(|s| !s.is_empty())
             .collect(),
         read_hook: args.app_reads,
+        bpf_stats: args.bpf_stats,
     };
     match run::run(&opts) {
         Ok(_) => 0,

@@ -30,6 +30,19 @@ pub struct MapSizes {
     pub max_sockets: u32,
     /// Packets remembered between observation points (LRU of last sightings).
     pub max_packets: u32,
+    /// When the kernel wakes hopprobe to read its rings.
+    pub wakeup: RingWakeup,
+}
+
+/// When the kernel wakes hopprobe to read a ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RingWakeup {
+    /// When a ring is an eighth full; hopprobe also reads them every 10 ms.
+    #[default]
+    Batched,
+    /// At every record (the kernel's default), which costs the traced request an interrupt
+    /// and a wake-up each; for comparison.
+    Each,
 }
 
 /// The smallest bound `--max-sockets` and `--max-packets` accept: below it the LRU maps would
@@ -58,6 +71,7 @@ impl Default for MapSizes {
             records_burst: DEFAULT_RECORDS_BURST,
             max_sockets: 65536,
             max_packets: 65536,
+            wakeup: RingWakeup::Batched,
         }
     }
 }
@@ -75,9 +89,11 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         return Err(LoadError::NotBuilt);
     }
     let limit = sizes.records_limit();
+    let wake_each = u32::from(sizes.wakeup == RingWakeup::Each);
     Ok(EbpfLoader::new()
         .override_global("SET_STATE_LAYOUT", layout, true)
         .override_global("RECORDS_LIMIT", &limit, true)
+        .override_global("RING_WAKE_EACH", &wake_each, true)
         .map_max_entries("EVENTS", sizes.ring_bytes)
         .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
         .map_max_entries("FLOW_SOCK", sizes.max_sockets)

@@ -260,9 +260,15 @@ impl Probe {
         self.take("STATS")
     }
 
-    /// Runs of each program the kernel skipped (see `missed`), and their total.
+    /// Runs of each program the kernel skipped (see `prog_info`), and their total.
     pub fn missed_runs(&self) -> BTreeMap<String, u64> {
-        crate::missed::missed_runs(&self.ebpf)
+        crate::prog_info::missed_runs(&self.ebpf)
+    }
+
+    /// Runs and run time of each program so far (counted only while run-time statistics are
+    /// on).
+    pub fn costs(&self) -> Vec<crate::prog_info::ProgramCost> {
+        crate::prog_info::costs(&self.ebpf)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

@@ -38,6 +38,7 @@ use crate::{
     probe::{
         ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
     },
+    prog_info::{self, ProgramCost},
     reads::ReadHook,
     sidecar::Pairer,
     table,
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub proxy_containers: Vec<String>,
     /// Which hook marks a request's first read.
     pub read_hook: ReadHook,
+    /// Turn the kernel's run-time statistics on for the run and report each program's cost.
+    pub bpf_stats: bool,
 }
 
 /// What `--json` writes.
@@ -78,6 +81,9 @@ pub struct Summary {
     pub tcp_events: Vec<TcpEvents>,
     /// Each container's cumulative CPU (cgroup `usage_usec`), sampled every 500 ms.
     pub cpu: Vec<CpuSeries>,
+    /// With `--bpf-stats`: each program's runs and run time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramCost>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +124,25 @@ fn drain<T: Copy>(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&T), short: 
             *short += 1;
         }
     }
+}
+
+/// Reads the three rings: connection events, exchanges and datapath exchanges.
+fn drain_all(
+    [events, exchanges, datapath]: [&mut RingBuf<MapData>; 3],
+    agg: &mut Aggregator,
+    sink: &mut ExchangeSink<'_>,
+    resolver: &mut Resolver,
+    ifnames: &BTreeMap<u32, String>,
+) {
+    let mut short = 0;
+    drain(events, |e: &ConnEvent| agg.record(e), &mut short);
+    drain(exchanges, |x: &Exchange| sink.add(x, resolver), &mut short);
+    drain(
+        datapath,
+        |x: &TcExchange| sink.add_datapath(x, ifnames),
+        &mut short,
+    );
+    agg.unknown += short;
 }
 
 /// Where exchanges go: the hop histograms, the sidecar pairer for proxy containers and, with
@@ -213,6 +238,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         )),
         None => None,
     };
+    // On before the programs load, so that every run counts; the kernel turns it off again
+    // when the fd closes, whichever way hopprobe exits.
+    let _stats_on = if opts.bpf_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| RunError::Io {
+                context: "turning on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+)".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        )
+    } else {
+        None
+    };
     let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
     let ring = probe.take_events()?;
     let exchanges = probe.take_exchanges()?;
@@ -290,6 +327,12 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut resolver = Resolver::new(cgroup_root.clone());
     let mut cpu = CpuSampler::new(cgroup_root.clone());
     cpu.sample(&opts.metadata);
+    // The programs wake this loop only when a ring is an eighth full (`wake_flags` in
+    // probe-ebpf): a wake-up per record cost the traced requests more than hopprobe's own
+    // work did. Records wait at most this long otherwise.
+    let drain_every = Duration::from_millis(10);
+    let mut drain_tick = tokio::time::interval_at(started + drain_every, drain_every);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let cpu_every = Duration::from_millis(500);
     let mut cpu_tick = tokio::time::interval_at(started + cpu_every, cpu_every);
     cpu_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -316,6 +359,13 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 agg.unknown += short;
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => drain_all(
+                [ring.get_mut(), exchanges.get_mut(), tc_flow_events.get_mut()],
+                &mut agg,
+                &mut sink,
+                &mut resolver,
+                &ifnames,
+            ),
             _ = cpu_tick.tick() => cpu.sample(&opts.metadata),
             _ = tick.tick() => {
                 print_live(started.elapsed(), &agg, &mut resolver, &stats, &lru);
@@ -347,21 +397,24 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     // Read while the programs are still loaded; nothing of ours runs on the TC points any more
     // and the rest stop with `drop`, so the count can grow by at most a few in between.
     let missed = probe.missed_runs();
+    let programs = if opts.bpf_stats {
+        probe.costs()
+    } else {
+        Vec::new()
+    };
     drop(probe);
-    let mut ring = ring.into_inner();
-    let mut short = 0;
-    drain(&mut ring, |e: &ConnEvent| agg.record(e), &mut short);
-    drain(
-        &mut exchanges.into_inner(),
-        |x: &Exchange| sink.add(x, &mut resolver),
-        &mut short,
+    let (mut ring, mut exchanges, mut tc_flow_events) = (
+        ring.into_inner(),
+        exchanges.into_inner(),
+        tc_flow_events.into_inner(),
     );
-    drain(
-        &mut tc_flow_events.into_inner(),
-        |x: &TcExchange| sink.add_datapath(x, &ifnames),
-        &mut short,
+    drain_all(
+        [&mut ring, &mut exchanges, &mut tc_flow_events],
+        &mut agg,
+        &mut sink,
+        &mut resolver,
+        &ifnames,
     );
-    agg.unknown += short;
     // Connections still open at the TC points (kept alive) have answered exchanges too.
     for (_, x) in tc_flows_open.iter().flatten() {
         if x.resp_first_ns != 0 {
@@ -416,6 +469,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         },
         tcp_events: read_tcp_events(&tcp_counters, &mut resolver),
         cpu: cpu.finish(),
+        programs,
     };
     print_summary(&summary);
     if let Some(path) = &opts.json {
@@ -497,6 +551,9 @@ fn print_summary(summary: &Summary) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     out.push_str(&format!("counters: {}\n", counters.join(" ")));
+    if !summary.programs.is_empty() {
+        out.push_str(&prog_info::render(&summary.programs));
+    }
     out.push_str(&footer(&summary.counters));
     let _ = std::io::stdout().write_all(out.as_bytes());
 }

@@ -1,0 +1,156 @@
+//! What hopprobe costs the traffic it watches: when the kernel wakes its reader, and the
+//! per-program run time `--bpf-stats` reports.
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+    sync::mpsc,
+    time::Duration,
+};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use probe_user::{
+    ebpf::{MapSizes, RingWakeup},
+    probe::Probe,
+};
+use testkit::{leftovers, probe::measure};
+
+/// 16 KiB: an eighth of it (2 KiB) is about 25 connection events (80 bytes each with their
+/// header), a connection makes 4.
+const RING: u32 = 16 * 1024;
+
+fn connections(n: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        for _ in 0..n {
+            drop(listener.accept().expect("accept"));
+        }
+    });
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    server.join().expect("server");
+}
+
+/// A thread blocked in poll(2) on the ring's fd, as hopprobe's reader is; it reports when the
+/// kernel wakes it (or when 10 s have passed).
+fn waiter(fd: i32) -> mpsc::Receiver<bool> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: the ring (and so its fd) outlives the test's waits on this thread's answer.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let woken = poll(&mut fds, PollTimeout::from(10_000u16)).is_ok_and(|n| n > 0);
+        let _ = tx.send(woken);
+    });
+    rx
+}
+
+/// Attaches with a small event ring, empties it and starts a waiter on it.
+fn quiet_ring(wakeup: RingWakeup) -> (Probe, aya::maps::RingBuf<aya::maps::MapData>) {
+    let mut probe = Probe::attach(
+        None,
+        MapSizes {
+            ring_bytes: RING,
+            wakeup,
+            ..MapSizes::default()
+        },
+    )
+    .expect("attach");
+    let mut ring = probe.take_events().expect("ring");
+    // Whatever else the machine did while attaching.
+    std::thread::sleep(Duration::from_millis(100));
+    while ring.next().is_some() {}
+    (probe, ring)
+}
+
+#[test]
+fn batched_wakeups_wait_for_an_eighth_of_the_ring() {
+    if !testkit::root::available("batched_wakeups_wait_for_an_eighth_of_the_ring") {
+        return;
+    }
+    let (probe, mut ring) = quiet_ring(RingWakeup::Batched);
+    let woken = waiter(ring.as_raw_fd());
+    // 4 events, far below an eighth: the kernel keeps them without waking anyone.
+    connections(1);
+    assert_eq!(
+        woken.recv_timeout(Duration::from_secs(1)),
+        Err(mpsc::RecvTimeoutError::Timeout),
+        "one connection's events woke the reader"
+    );
+    // 40 more cross the eighth.
+    connections(10);
+    assert_eq!(
+        woken.recv_timeout(testkit::emulation::slack(Duration::from_secs(2))),
+        Ok(true),
+        "an eighth of the ring did not wake the reader"
+    );
+    let mut kept = 0;
+    while ring.next().is_some() {
+        kept += 1;
+    }
+    assert!(kept >= 44, "{kept} events for 11 connections");
+    drop(probe);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+#[test]
+fn each_wakes_the_reader_at_the_first_record() {
+    if !testkit::root::available("each_wakes_the_reader_at_the_first_record") {
+        return;
+    }
+    let (probe, ring) = quiet_ring(RingWakeup::Each);
+    let woken = waiter(ring.as_raw_fd());
+    connections(1);
+    assert_eq!(
+        woken.recv_timeout(testkit::emulation::slack(Duration::from_secs(1))),
+        Ok(true),
+        "the first record did not wake the reader"
+    );
+    drop(probe);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+fn stats_sysctl() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default()
+}
+
+#[test]
+fn bpf_stats_reports_each_programs_runs_and_time() {
+    if !testkit::root::available("bpf_stats_reports_each_programs_runs_and_time") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_hopprobe-test"));
+    let sysctl_before = stats_sysctl();
+    let with = measure(bin, &["--bpf-stats"], || connections(20));
+    let programs = with.summary["programs"].as_array().expect("programs");
+    let set_state = programs
+        .iter()
+        .find(|p| p["program"] == "hp_sock_set_state")
+        .unwrap_or_else(|| panic!("no hp_sock_set_state in {programs:?}"));
+    // 20 connections, two sockets each, at least three state changes per socket.
+    assert!(
+        set_state["runs"].as_u64().expect("runs") >= 120,
+        "{set_state}"
+    );
+    assert!(
+        set_state["run_time_ns"].as_u64().expect("ns") > 0,
+        "{set_state}"
+    );
+    // Statistics are on only while hopprobe holds them.
+    assert_eq!(stats_sysctl(), sysctl_before);
+
+    let without = measure(bin, &[], || connections(5));
+    assert!(
+        without.summary.get("programs").is_none(),
+        "{}",
+        without.summary
+    );
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
