@@ -26,28 +26,36 @@ const REQUESTS: u32 = 2000;
 const APP_DELAY: &str = "productpage=3ms,details=1ms,reviews=2ms,ratings=1ms";
 const APP_WORKERS: &str = "productpage=4";
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     cmd::workspace_root().join("target/debug").join(name)
 }
 
-/// Takes the lab down when dropped.
-struct LabGuard;
+/// Takes the lab of this name down when dropped.
+pub struct LabGuard(pub &'static str);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
         let _ = Command::new(bin("hoplab"))
-            .args(["down", "--name", LAB])
+            .args(["down", "--name", self.0])
             .stdout(Stdio::null())
             .status();
     }
 }
 
 /// Kills a child that is still running when dropped.
-struct ChildGuard(Option<Child>);
+pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     /// Asks the child to stop (SIGINT) and collects what it printed.
-    fn interrupt_and_wait(mut self) -> Result<std::process::Output> {
+    pub fn interrupt_and_wait(mut self) -> Result<std::process::Output> {
         let child = self.0.take().context("child already collected")?;
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -225,7 +233,7 @@ fn report(out: &Path, tags: &[String]) -> Result<()> {
 fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Result<String> {
     let tag = format!("{mesh}-c{connections}");
     eprintln!("\n--- {tag}: lab up, hopprobe attached, loadgen -c {connections} -n {REQUESTS}");
-    let _lab = LabGuard;
+    let _lab = LabGuard(LAB);
     cmd::run(
         Command::new(bin("hoplab"))
             .args([

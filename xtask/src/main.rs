@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. See the README for what each one does.
 
 mod bench_loadgen;
+mod bench_probe;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -50,6 +51,10 @@ enum Task {
     /// Benchmark loadgen against oha and wrk on a private loopback nginx (installs what is
     /// missing when run as root; takes a few minutes; not part of `test`).
     BenchLoadgen,
+    /// What hopprobe costs the requests it watches, in the lab: latency and throughput with
+    /// and without it, its CPU and memory, each program's kernel time (needs root; a few
+    /// minutes; not part of `test`).
+    BenchProbe,
     /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
     /// print a per-kernel table (tests, verifier instruction counts, hooks).
     VmTest(vm::Args),
@@ -89,6 +94,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
+        Task::BenchProbe => bench_probe::bench()?,
         Task::VmTest(args) => vm::run(&args)?,
         Task::VmLoad { objects } => vm::load::run(&objects)?,
     }

@@ -1,0 +1,321 @@
+//! `cargo xtask bench-probe`: what hopprobe costs the requests it watches. In the lab (sidecar
+//! mesh, ingress, no injected delay: the cheapest requests, where a cost per packet weighs
+//! most), loadgen runs the published command at c = 1 and c = 32 with no hopprobe, with
+//! hopprobe as deployed (batched ring wake-ups) and with `--ring-wakeup each`, the order
+//! rotating each round. It prints latency and throughput ratios to the run without hopprobe,
+//! hopprobe's own CPU per request and peak RSS, and then, from one more run with
+//! `--bpf-stats`, the kernel time per request of each program.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cmd,
+    demo::{ChildGuard, LabGuard},
+    ebpf, system,
+};
+
+const LAB: &str = "hpbench";
+const URL: &str = "http://10.77.0.1:30081/productpage";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Without,
+    Batched,
+    Each,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Without, Variant::Batched, Variant::Each];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Without => "no hopprobe",
+            Variant::Batched => "hopprobe",
+            Variant::Each => "hopprobe, wake-up each",
+        }
+    }
+}
+
+/// One loadgen run and what hopprobe spent meanwhile.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    /// hopprobe's CPU (user + system) per request, µs.
+    cpu_us: f64,
+    /// hopprobe's peak RSS, MiB.
+    rss_mib: f64,
+}
+
+fn release(name: &str) -> PathBuf {
+    cmd::workspace_root().join("target/release").join(name)
+}
+
+/// Utime + stime of `pid` in seconds, from /proc.
+fn cpu_s(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields count from after its closing parenthesis.
+    let rest = stat.rsplit_once(')').context("/proc/pid/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("/proc/pid/stat fields")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn start_hopprobe(extra: &[&str], json: Option<&Path>) -> Result<ChildGuard> {
+    let mut c = Command::new(release("hopprobe"));
+    c.args(["run", "--interval", "1h", "--netns"])
+        .arg(format!("/run/netns/{LAB}-node"))
+        .arg("--metadata")
+        .arg(format!("/run/hopprobe-lab/{LAB}/metadata.json"))
+        .args(extra);
+    if let Some(json) = json {
+        c.arg("--json").arg(json);
+    }
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting hopprobe")?;
+    // Attached well within this; the load starts after.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(ChildGuard::new(child))
+}
+
+/// The published command at `c` connections, `-n requests` or `-z secs`; its JSON report.
+fn loadgen(c: u32, amount: (&str, String)) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("{LAB}-client")])
+        .arg(release("loadgen"))
+        .args([URL, "-c", &c.to_string(), amount.0, &amount.1])
+        .args(["--disable-keepalive", "--disable-compression", "--insecure"])
+        .args(["--ipv4", "--no-tui", "--output-format", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running loadgen")?;
+    if !out.status.success() {
+        bail!("loadgen failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sample(variant: Variant, c: u32, amount: (&str, String)) -> Result<Sample> {
+    let probe = match variant {
+        Variant::Without => None,
+        Variant::Batched => Some(start_hopprobe(&[], None)?),
+        Variant::Each => Some(start_hopprobe(&["--ring-wakeup", "each"], None)?),
+    };
+    let pid = probe.as_ref().map(ChildGuard::id);
+    let cpu_before = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
+    let report = loadgen(c, amount)?;
+    let cpu_after = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
+    let rss_mib = pid.map_or(0.0, peak_rss_mib);
+    if let Some(p) = probe {
+        let out = p.interrupt_and_wait()?;
+        if !out.status.success() {
+            bail!("hopprobe exited {}", out.status);
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&report).context("loadgen's JSON report")?;
+    let field = |path: &[&str]| {
+        path.iter()
+            .fold(&report, |v, k| &v[*k])
+            .as_f64()
+            .with_context(|| format!("{path:?} in loadgen's report"))
+    };
+    let requests = field(&["summary", "total"])? * field(&["summary", "requestsPerSec"])?;
+    Ok(Sample {
+        p50_ms: field(&["latencyPercentiles", "p50"])? * 1e3,
+        p99_ms: field(&["latencyPercentiles", "p99"])? * 1e3,
+        rps: field(&["summary", "requestsPerSec"])?,
+        cpu_us: (cpu_after - cpu_before) * 1e6 / requests.max(1.0),
+        rss_mib,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `load` once per variant per round, rotating the order, and prints the medians and
+/// their ratios to the runs without hopprobe.
+fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>) -> Result<()> {
+    println!("\n{title}");
+    let mut samples: Vec<(Variant, Sample)> = Vec::new();
+    for round in 0..rounds {
+        for i in 0..Variant::ALL.len() {
+            let v = Variant::ALL[(round + i) % Variant::ALL.len()];
+            let s = load(v)?;
+            println!(
+                "  round {} {:<24} p50 {:6.3} ms  p99 {:6.3} ms  {:8.1} req/s  hopprobe {:6.1} µs CPU/request",
+                round + 1,
+                v.name(),
+                s.p50_ms,
+                s.p99_ms,
+                s.rps,
+                s.cpu_us
+            );
+            samples.push((v, s));
+        }
+    }
+    let med = |v: Variant, f: fn(&Sample) -> f64| {
+        median(
+            samples
+                .iter()
+                .filter(|(w, _)| *w == v)
+                .map(|(_, s)| f(s))
+                .collect(),
+        )
+    };
+    println!(
+        "  {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
+        "median of rounds",
+        "p50 ms",
+        "ratio",
+        "p99 ms",
+        "ratio",
+        "req/s",
+        "ratio",
+        "CPU µs/req",
+        "RSS MiB"
+    );
+    let (b50, b99, brps) = (
+        med(Variant::Without, |s| s.p50_ms),
+        med(Variant::Without, |s| s.p99_ms),
+        med(Variant::Without, |s| s.rps),
+    );
+    for v in Variant::ALL {
+        let (p50, p99, rps) = (
+            med(v, |s| s.p50_ms),
+            med(v, |s| s.p99_ms),
+            med(v, |s| s.rps),
+        );
+        println!(
+            "  {:<24} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>9.3} {:>12.1} {:>9.1}",
+            v.name(),
+            p50,
+            p50 / b50,
+            p99,
+            p99 / b99,
+            rps,
+            rps / brps,
+            med(v, |s| s.cpu_us),
+            med(v, |s| s.rss_mib)
+        );
+    }
+    Ok(())
+}
+
+/// One c = 1 run with `--bpf-stats`: each program's kernel time per request.
+fn kernel_time(requests: u32) -> Result<()> {
+    let dir = cmd::workspace_root().join("target/bench-probe");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join("bpf-stats-hopprobe.json");
+    let probe = start_hopprobe(&["--bpf-stats"], Some(&json))?;
+    loadgen(1, ("-n", requests.to_string()))?;
+    let out = probe.interrupt_and_wait()?;
+    if !out.status.success() {
+        bail!("hopprobe --bpf-stats exited {}", out.status);
+    }
+    let text = std::fs::read_to_string(&json).context("hopprobe's summary")?;
+    let summary: serde_json::Value = serde_json::from_str(&text).context("hopprobe's summary")?;
+    let programs = summary["programs"]
+        .as_array()
+        .context("no `programs` in the summary")?;
+    println!("\nkernel time per request at c = 1 ({requests} requests, --bpf-stats)");
+    println!(
+        "  {:<20} {:>10} {:>10} {:>12}",
+        "program", "runs/req", "ns/run", "µs/request"
+    );
+    let mut total = 0.0;
+    for p in programs {
+        let runs = p["runs"].as_f64().unwrap_or(0.0);
+        let ns = p["run_time_ns"].as_f64().unwrap_or(0.0);
+        total += ns;
+        println!(
+            "  {:<20} {:>10.1} {:>10.0} {:>12.1}",
+            p["program"].as_str().unwrap_or("?"),
+            runs / f64::from(requests),
+            ns / runs.max(1.0),
+            ns / f64::from(requests) / 1e3
+        );
+    }
+    println!(
+        "  {:<20} {:>10} {:>10} {:>12.1}",
+        "all",
+        "",
+        "",
+        total / f64::from(requests) / 1e3
+    );
+    Ok(())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn bench() -> Result<()> {
+    if !system::is_root() {
+        bail!("bench-probe builds the lab and loads eBPF programs: run it as root");
+    }
+    system::ensure_packages(&system::LAB_PACKAGES)?;
+    ebpf::build()?;
+    cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
+    cmd::cargo(&["build", "--release", "-p", "probe-user", "-p", "loadgen"])?;
+    let rounds = env_or("BENCH_ROUNDS", 3usize);
+    let requests = env_or("BENCH_REQUESTS", 1000u32);
+    let secs = env_or("BENCH_SECS", 5u32);
+
+    let _lab = LabGuard(LAB);
+    cmd::run(
+        Command::new(crate::demo::bin("hoplab"))
+            .args(["up", "--name", LAB, "--mesh", "sidecar", "--ingress"])
+            .stdout(Stdio::null()),
+    )?;
+    // The first requests warm the lab's connection pools and caches.
+    loadgen(1, ("-n", "200".into()))?;
+    println!(
+        "lab `{LAB}`: sidecar mesh, ingress, no injected delay; loadgen (release) through the \
+         ingress, --disable-keepalive; hopprobe (release) without --records; {rounds} rounds"
+    );
+    compare(&format!("c = 1, {requests} requests"), rounds, |v| {
+        sample(v, 1, ("-n", requests.to_string()))
+    })?;
+    compare(&format!("c = 32, {secs} s"), rounds, |v| {
+        sample(v, 32, ("-z", format!("{secs}s")))
+    })?;
+    kernel_time(requests)
+}
