@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use probe_common::{
-    conn::{AF_INET, AF_INET6, FlowKey, SynSeen},
+    conn::{FlowKey, SynSeen},
     exchange::{Exchange, PHASE_REQUEST, PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
     hist::{POINT_SOCKET_IN, POINT_SOCKET_OUT},
     stats::{self, LRU_EXCHANGES, LRU_FLOW_COOKIE, LRU_SYNS},
@@ -21,13 +21,13 @@ use probe_common::{
 
 use crate::{
     datapath,
+    headers::{self, Tcp},
     maps::{
         EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert, lru_remove, wake_flags,
     },
     ratelimit,
 };
 
-const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
@@ -55,16 +55,27 @@ fn cgroup_of(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }
 }
 
+/// Every network namespace's loopback device has this index. Packets on it never reach a
+/// veth or the uplink, so they take no part in the datapath hops.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+fn ifindex(ctx: &SkBuffContext) -> u32 {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
 #[cgroup_skb]
 pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
-    if let Ok(k) = datapath::key(&ctx.skb, 0) {
-        datapath::pass(&k, POINT_SOCKET_IN, 0, cgroup_of(&ctx));
-    }
-    if let Ok(seg) = parse(&ctx, Dir::In) {
+    if let Ok(tcp) = headers::at_l3(&ctx.skb) {
+        let t = now();
+        if ifindex(&ctx) != LOOPBACK_IFINDEX {
+            datapath::pass(&tcp.pkt_key(), POINT_SOCKET_IN, 0, cgroup_of(&ctx), t);
+        }
+        let seg = Segment::of(&tcp, Dir::In);
         if seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
-            stamp_syn(&ctx, &seg);
+            stamp_syn(&ctx, &seg, t);
         } else {
-            track(&ctx, &seg, Dir::In);
+            track(&ctx, &seg, Dir::In, t);
         }
     }
     // Observe only: always let the packet through.
@@ -73,73 +84,37 @@ pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn hp_skb_out(ctx: SkBuffContext) -> i32 {
-    if let Ok(k) = datapath::key(&ctx.skb, 0) {
-        datapath::pass(&k, POINT_SOCKET_OUT, 0, cgroup_of(&ctx));
-    }
-    if let Ok(seg) = parse(&ctx, Dir::Out) {
-        track(&ctx, &seg, Dir::Out);
+    if let Ok(tcp) = headers::at_l3(&ctx.skb) {
+        let t = now();
+        if ifindex(&ctx) != LOOPBACK_IFINDEX {
+            datapath::pass(&tcp.pkt_key(), POINT_SOCKET_OUT, 0, cgroup_of(&ctx), t);
+        }
+        track(&ctx, &Segment::of(&tcp, Dir::Out), Dir::Out, t);
     }
     1
 }
 
-fn parse(ctx: &SkBuffContext, dir: Dir) -> Result<Segment, i64> {
-    // cgroup_skb sees the packet from its network header. Loads are fixed-size: load_bytes
-    // clamps its length to the packet, which the verifier rejects as a possibly zero-sized read.
-    let first = ctx.load::<u8>(0)?;
-    let mut flow = FlowKey {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        family: 0,
-        _pad: 0,
-    };
-    let (src, dst): ([u8; 16], [u8; 16]);
-    let (tcp_off, ip_payload) = match first >> 4 {
-        4 => {
-            let ihl = (first & 0x0f) as u32 * 4;
-            if ctx.load::<u8>(9)? != IPPROTO_TCP || ihl < 20 {
-                return Err(0);
-            }
-            flow.family = AF_INET;
-            let s: [u8; 4] = ctx.load(12)?;
-            let d: [u8; 4] = ctx.load(16)?;
-            let mut s16 = [0u8; 16];
-            let mut d16 = [0u8; 16];
-            s16[..4].copy_from_slice(&s);
-            d16[..4].copy_from_slice(&d);
-            (src, dst) = (s16, d16);
-            let total = u16::from_be(ctx.load::<u16>(2)?) as u32;
-            (ihl, total.saturating_sub(ihl))
+impl Segment {
+    /// The packet's segment as the socket sees it: local is the receiver's end for `Dir::In`,
+    /// the sender's for `Dir::Out`.
+    fn of(t: &Tcp, dir: Dir) -> Self {
+        let (local, remote) = match dir {
+            Dir::In => ((t.dst, t.dport), (t.src, t.sport)),
+            Dir::Out => ((t.src, t.sport), (t.dst, t.dport)),
+        };
+        Segment {
+            flow: FlowKey {
+                local_addr: local.0,
+                remote_addr: remote.0,
+                local_port: local.1,
+                remote_port: remote.1,
+                family: t.family,
+                _pad: 0,
+            },
+            flags: t.flags,
+            payload: t.payload,
         }
-        6 => {
-            // Extension headers before TCP are rare; such packets are not tracked.
-            if ctx.load::<u8>(6)? != IPPROTO_TCP {
-                return Err(0);
-            }
-            flow.family = AF_INET6;
-            (src, dst) = (ctx.load(8)?, ctx.load(24)?);
-            (40, u16::from_be(ctx.load::<u16>(4)?) as u32)
-        }
-        _ => return Err(0),
-    };
-    let sport = u16::from_be(ctx.load::<u16>(tcp_off as usize)?);
-    let dport = u16::from_be(ctx.load::<u16>(tcp_off as usize + 2)?);
-    let doff = (ctx.load::<u8>(tcp_off as usize + 12)? >> 4) as u32 * 4;
-    let flags = ctx.load::<u8>(tcp_off as usize + 13)?;
-    if dir == Dir::In {
-        (flow.local_addr, flow.remote_addr) = (dst, src);
-        (flow.local_port, flow.remote_port) = (dport, sport);
-    } else {
-        (flow.local_addr, flow.remote_addr) = (src, dst);
-        (flow.local_port, flow.remote_port) = (sport, dport);
     }
-    Ok(Segment {
-        flow,
-        flags,
-        // An egress skb may be a TSO super-segment; its IP length still says how much payload.
-        payload: ip_payload.saturating_sub(doff),
-    })
 }
 
 fn now() -> u64 {
@@ -147,8 +122,7 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-fn stamp_syn(ctx: &SkBuffContext, seg: &Segment) {
-    let t = now();
+fn stamp_syn(ctx: &SkBuffContext, seg: &Segment, t: u64) {
     if let Some(seen) = unsafe { SYNS.get(&seg.flow) } {
         if t.saturating_sub(seen.ts_ns) < SYN_STALE_NS {
             // A retransmitted SYN: the handshake started with the first one.
@@ -182,11 +156,10 @@ fn emit(x: &Exchange) {
     }
 }
 
-fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
+fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
     // SAFETY: the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
-    let t = now();
     match EXCHANGES.get_ptr_mut(&cookie) {
         Some(x) => {
             // SAFETY: points into the map value, valid for this run. Ingress and egress of one

@@ -5,10 +5,7 @@
 //! pod's veth; TCP sequence and acknowledgement numbers, payload length and flags do not. A
 //! packet is keyed by those, and an LRU map remembers where and when it was last seen.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::PerCpuHashMap,
-    programs::sk_buff::SkBuff,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 use probe_common::{
     hist::{
         HOP_POD_DELIVERY, HOP_POD_SEND, Hist, HistKey, POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN,
@@ -18,50 +15,6 @@ use probe_common::{
 };
 
 use crate::maps::{HIST, HIST_ZERO, PKT_SEEN, count, lru_remove};
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-
-/// The NAT-invariant key of a TCP packet whose IP header starts at `l3`.
-pub fn key(skb: &SkBuff, l3: usize) -> Result<PktKey, i64> {
-    let first = skb.load::<u8>(l3)?;
-    let (tcp, ip_payload) = match first >> 4 {
-        4 => {
-            let ihl = (first & 0x0f) as usize * 4;
-            if skb.load::<u8>(l3 + 9)? != IPPROTO_TCP || ihl < 20 {
-                return Err(0);
-            }
-            let total = u16::from_be(skb.load::<u16>(l3 + 2)?) as usize;
-            (l3 + ihl, total.saturating_sub(ihl))
-        }
-        6 => {
-            if skb.load::<u8>(l3 + 6)? != IPPROTO_TCP {
-                return Err(0);
-            }
-            (l3 + 40, u16::from_be(skb.load::<u16>(l3 + 4)?) as usize)
-        }
-        _ => return Err(0),
-    };
-    let doff = (skb.load::<u8>(tcp + 12)? >> 4) as usize * 4;
-    Ok(PktKey {
-        seq: skb.load::<u32>(tcp + 4)?,
-        ack: skb.load::<u32>(tcp + 8)?,
-        len: ip_payload.saturating_sub(doff) as u16,
-        flags: skb.load::<u8>(tcp + 13)?,
-        _pad: 0,
-    })
-}
-
-/// The key of a packet seen by TC, which starts at the Ethernet header.
-pub fn key_l2(skb: &SkBuff) -> Result<PktKey, i64> {
-    let proto = u16::from_be(skb.load::<u16>(12)?);
-    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
-        return Err(0);
-    }
-    key(skb, ETH_HLEN)
-}
 
 fn observe(hop: u32, ifindex: u32, cgroup_id: u64, ns: u64) {
     let k = HistKey {
@@ -97,11 +50,9 @@ pub fn observe_in<K>(map: &PerCpuHashMap<K, Hist>, k: &K, ns: u64) {
     }
 }
 
-/// Records that the packet `k` passed `point` (at `ifindex`, by a socket of `cgroup_id`), and
-/// the hop since the point where it was seen before.
-pub fn pass(k: &PktKey, point: u32, ifindex: u32, cgroup_id: u64) {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+/// Records that the packet `k` passed `point` at `now` (at `ifindex`, by a socket of
+/// `cgroup_id`), and the hop since the point where it was seen before.
+pub fn pass(k: &PktKey, point: u32, ifindex: u32, cgroup_id: u64, now: u64) {
     let here = PktSeen {
         last_ns: now,
         cgroup_id,

@@ -11,6 +11,8 @@ mod check;
 #[cfg(target_arch = "bpf")]
 mod datapath;
 #[cfg(target_arch = "bpf")]
+mod headers;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod ratelimit;

@@ -1,14 +1,13 @@
 //! TC classifiers on the node's uplink and on pods' host-side veths: observation points of the
 //! datapath hops. They never change a packet's fate.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
+};
 
 use probe_common::hist::{POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN, POINT_POD_OUT};
 
-use crate::{
-    datapath::{key_l2, pass},
-    tcflow,
-};
+use crate::{datapath::pass, headers, tcflow};
 
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -17,10 +16,12 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 fn at(ctx: &TcContext, point: u32) -> i32 {
     let ifx = ifindex(ctx);
-    if let Ok(k) = key_l2(&ctx.skb) {
-        pass(&k, point, ifx, 0);
+    if let Ok(tcp) = headers::at_l2(&ctx.skb) {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        pass(&tcp.pkt_key(), point, ifx, 0, now);
+        tcflow::track(&tcp, point, ifx, now);
     }
-    tcflow::track(&ctx.skb, point, ifx);
     // UNSPEC: let the next program (Cilium's, say) or the default action decide.
     TC_ACT_UNSPEC
 }

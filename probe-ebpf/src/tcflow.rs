@@ -7,15 +7,17 @@
 //! Kept apart from the packet-sighting histograms (`datapath.rs`): a connection enters the map
 //! only when its SYN passes a TC point, and leaves it at the first FIN or RST.
 
-use crate::maps::wake_flags;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::sk_buff::SkBuff,
 };
-use probe_common::tcflow::{TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchange, TcFlowKey};
+use probe_common::{
+    conn::AF_INET6,
+    tcflow::{TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchange, TcFlowKey},
+};
+
+use crate::{headers::Tcp, maps::wake_flags};
 
 /// Connections in progress per interface; sized by `--max-sockets`.
 #[map]
@@ -27,74 +29,16 @@ pub static TC_FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0)
 #[map]
 pub static TC_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TC_STAT_COUNT, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-
-struct Segment {
-    src: [u8; 16],
-    dst: [u8; 16],
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    len: u32,
-    flags: u8,
-    ip_version: u32,
-}
 
 fn count(index: u32) {
     if let Some(slot) = TC_FLOW_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not migrate CPU while running.
         unsafe { *slot += 1 };
     }
-}
-
-fn parse(skb: &SkBuff) -> Result<Segment, i64> {
-    let proto = u16::from_be(skb.load::<u16>(12)?);
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    let (tcp, ip_payload, ip_version) = match proto {
-        ETH_P_IP => {
-            let l3 = ETH_HLEN;
-            let first = skb.load::<u8>(l3)?;
-            let ihl = (first & 0x0f) as usize * 4;
-            if skb.load::<u8>(l3 + 9)? != IPPROTO_TCP || ihl < 20 {
-                return Err(0);
-            }
-            let s = skb.load::<[u8; 4]>(l3 + 12)?;
-            let d = skb.load::<[u8; 4]>(l3 + 16)?;
-            src[..4].copy_from_slice(&s);
-            dst[..4].copy_from_slice(&d);
-            let total = u16::from_be(skb.load::<u16>(l3 + 2)?) as usize;
-            (l3 + ihl, total.saturating_sub(ihl), 4)
-        }
-        ETH_P_IPV6 => {
-            let l3 = ETH_HLEN;
-            if skb.load::<u8>(l3 + 6)? != IPPROTO_TCP {
-                return Err(0);
-            }
-            src = skb.load::<[u8; 16]>(l3 + 8)?;
-            dst = skb.load::<[u8; 16]>(l3 + 24)?;
-            (l3 + 40, u16::from_be(skb.load::<u16>(l3 + 4)?) as usize, 6)
-        }
-        _ => return Err(0),
-    };
-    let doff = (skb.load::<u8>(tcp + 12)? >> 4) as usize * 4;
-    Ok(Segment {
-        src,
-        dst,
-        sport: u16::from_be(skb.load::<u16>(tcp)?),
-        dport: u16::from_be(skb.load::<u16>(tcp + 2)?),
-        seq: u32::from_be(skb.load::<u32>(tcp + 4)?),
-        len: ip_payload.saturating_sub(doff) as u32,
-        flags: skb.load::<u8>(tcp + 13)?,
-        ip_version,
-    })
 }
 
 fn emit(x: &TcExchange) {
@@ -117,29 +61,26 @@ fn advances(seq: u32, len: u32, end: u32) -> bool {
     (seq.wrapping_add(len).wrapping_sub(end) as i32) > 0
 }
 
-/// Follows the connection of the packet in `skb` at interface `ifindex`, TC point `point`.
-pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
-    let Ok(s) = parse(skb) else {
-        return;
-    };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+/// Follows the connection of the packet `tcp` at interface `ifindex`, TC point `point`, seen
+/// at `now`.
+pub fn track(tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
+    let seq = u32::from_be(tcp.seq_be);
     let forward = TcFlowKey {
-        client_addr: s.src,
-        server_addr: s.dst,
+        client_addr: tcp.src,
+        server_addr: tcp.dst,
         ifindex,
-        client_port: s.sport,
-        server_port: s.dport,
+        client_port: tcp.sport,
+        server_port: tcp.dport,
     };
-    if s.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         let fresh = TcExchange {
             key: forward,
             point,
-            isn: s.seq,
+            isn: seq,
             index: 0,
-            req_seq_end: s.seq.wrapping_add(1),
+            req_seq_end: seq.wrapping_add(1),
             resp_seq_end: 0,
-            ip_version: s.ip_version,
+            ip_version: if tcp.family == AF_INET6 { 6 } else { 4 },
             syn_ns: now,
             synack_ns: 0,
             req_first_ns: 0,
@@ -153,11 +94,11 @@ pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
         let _ = TC_FLOWS.insert(&forward, &fresh, BPF_NOEXIST as u64);
         return;
     }
-    let closing = s.flags & (TCP_FIN | TCP_RST) != 0;
+    let closing = tcp.flags & (TCP_FIN | TCP_RST) != 0;
     if let Some(x) = TC_FLOWS.get_ptr_mut(&forward) {
         // SAFETY: map value pointer, valid for this run.
         let x = unsafe { &mut *x };
-        if s.len > 0 && advances(s.seq, s.len, x.req_seq_end) {
+        if tcp.payload > 0 && advances(seq, tcp.payload, x.req_seq_end) {
             if x.resp_first_ns != 0 {
                 // Request bytes after a response: the previous exchange is complete.
                 emit(x);
@@ -172,8 +113,8 @@ pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
                 x.req_first_ns = now;
             }
             x.req_last_ns = now;
-            x.req_bytes += u64::from(s.len);
-            x.req_seq_end = s.seq.wrapping_add(s.len);
+            x.req_bytes += u64::from(tcp.payload);
+            x.req_seq_end = seq.wrapping_add(tcp.payload);
         }
         if closing {
             emit(x);
@@ -182,31 +123,31 @@ pub fn track(skb: &SkBuff, point: u32, ifindex: u32) {
         return;
     }
     let reverse = TcFlowKey {
-        client_addr: s.dst,
-        server_addr: s.src,
+        client_addr: tcp.dst,
+        server_addr: tcp.src,
         ifindex,
-        client_port: s.dport,
-        server_port: s.sport,
+        client_port: tcp.dport,
+        server_port: tcp.sport,
     };
     let Some(x) = TC_FLOWS.get_ptr_mut(&reverse) else {
         return;
     };
     // SAFETY: map value pointer, valid for this run.
     let x = unsafe { &mut *x };
-    if s.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
-        x.resp_seq_end = s.seq.wrapping_add(1);
+    if tcp.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
+        x.resp_seq_end = seq.wrapping_add(1);
         if x.synack_ns == 0 {
             x.synack_ns = now;
         }
         return;
     }
-    if s.len > 0 && x.req_first_ns != 0 && advances(s.seq, s.len, x.resp_seq_end) {
+    if tcp.payload > 0 && x.req_first_ns != 0 && advances(seq, tcp.payload, x.resp_seq_end) {
         if x.resp_first_ns == 0 {
             x.resp_first_ns = now;
         }
         x.resp_last_ns = now;
-        x.resp_bytes += u64::from(s.len);
-        x.resp_seq_end = s.seq.wrapping_add(s.len);
+        x.resp_bytes += u64::from(tcp.payload);
+        x.resp_seq_end = seq.wrapping_add(tcp.payload);
     }
     if closing {
         emit(x);
