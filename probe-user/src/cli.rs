@@ -265,6 +265,10 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("run `hopprobe check` to see which hooks this machine offers");
             exit::UNSUPPORTED
         }
+        Err(e @ run::RunError::Stats(_)) => {
+            error!("{e}");
+            exit::UNSUPPORTED
+        }
         Err(run::RunError::Kube(e)) => {
             error!("Kubernetes API: {e}");
             e.exit_code()

@@ -92,6 +92,8 @@ pub enum RunError {
     Attach(#[from] AttachError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] KubeError),
+    #[error("--bpf-stats: turning on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+): {0}")]
+    Stats(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -238,19 +240,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         )),
         None => None,
     };
-    // On before the programs load, so that every run counts; the kernel turns it off again
-    // when the fd closes, whichever way hopprobe exits.
+    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
+    // After attaching, which checks privileges first; runs count from here. The kernel turns
+    // the statistics off again when the fd closes, whichever way hopprobe exits, and a
+    // failure here detaches (`probe` is dropped) before reporting.
     let _stats_on = if opts.bpf_stats {
         Some(
-            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| RunError::Io {
-                context: "turning on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+)".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?,
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|e| RunError::Stats(e.to_string()))?,
         )
     } else {
         None
     };
-    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
     let ring = probe.take_events()?;
     let exchanges = probe.take_exchanges()?;
     let stats = probe.take_stats()?;
