@@ -9,6 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::AtomicBool,
     time::Duration,
 };
 
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd,
-    demo::{ChildGuard, LabGuard},
+    demo::{ChildGuard, LabGuard, interrupted, stop_on_ctrl_c},
     ebpf, system,
 };
 
@@ -123,7 +124,8 @@ fn loadgen(c: u32, amount: (&str, String)) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn sample(variant: Variant, c: u32, amount: (&str, String)) -> Result<Sample> {
+fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -> Result<Sample> {
+    interrupted(stop)?;
     let probe = match variant {
         Variant::Without => None,
         Variant::Batched => Some(start_hopprobe(&[], None)?),
@@ -131,7 +133,9 @@ fn sample(variant: Variant, c: u32, amount: (&str, String)) -> Result<Sample> {
     };
     let pid = probe.as_ref().map(ChildGuard::id);
     let cpu_before = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
-    let report = loadgen(c, amount)?;
+    let report = loadgen(c, amount);
+    interrupted(stop)?;
+    let report = report?;
     let cpu_after = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
     let rss_mib = pid.map_or(0.0, peak_rss_mib);
     if let Some(p) = probe {
@@ -237,12 +241,15 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
 }
 
 /// One c = 1 run with `--bpf-stats`: each program's kernel time per request.
-fn kernel_time(requests: u32) -> Result<()> {
+fn kernel_time(requests: u32, stop: &AtomicBool) -> Result<()> {
+    interrupted(stop)?;
     let dir = cmd::workspace_root().join("target/bench-probe");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
     let probe = start_hopprobe(&["--bpf-stats"], Some(&json))?;
-    loadgen(1, ("-n", requests.to_string()))?;
+    let report = loadgen(1, ("-n", requests.to_string()));
+    interrupted(stop)?;
+    report?;
     let out = probe.interrupt_and_wait()?;
     if !out.status.success() {
         bail!("hopprobe --bpf-stats exited {}", out.status);
@@ -298,6 +305,7 @@ pub fn bench() -> Result<()> {
     let rounds = env_or("BENCH_ROUNDS", 3usize);
     let requests = env_or("BENCH_REQUESTS", 1000u32);
     let secs = env_or("BENCH_SECS", 5u32);
+    let stop = stop_on_ctrl_c()?;
 
     let _lab = LabGuard(LAB);
     cmd::run(
@@ -312,10 +320,10 @@ pub fn bench() -> Result<()> {
          ingress, --disable-keepalive; hopprobe (release) without --records; {rounds} rounds"
     );
     compare(&format!("c = 1, {requests} requests"), rounds, |v| {
-        sample(v, 1, ("-n", requests.to_string()))
+        sample(v, 1, ("-n", requests.to_string()), &stop)
     })?;
     compare(&format!("c = 32, {secs} s"), rounds, |v| {
-        sample(v, 32, ("-z", format!("{secs}s")))
+        sample(v, 32, ("-z", format!("{secs}s")), &stop)
     })?;
-    kernel_time(requests)
+    kernel_time(requests, &stop)
 }

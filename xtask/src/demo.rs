@@ -74,7 +74,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn interrupted(flag: &AtomicBool) -> Result<()> {
+pub fn interrupted(flag: &AtomicBool) -> Result<()> {
     if flag.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -111,15 +111,20 @@ pub fn prepare_lab_run(task: &str, extra_bins: &[&str]) -> Result<()> {
     cmd::cargo(&args)
 }
 
+/// A flag Ctrl-C sets instead of ending this process: Ctrl-C reaches the children too (same
+/// process group), and this process then returns an error through its guards, which stop
+/// what is still running and take the lab down.
+pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 pub fn demo() -> Result<()> {
     prepare_lab_run("the demo", &[])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C reaches the children too (same process group); this process cleans up.
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let out = cmd::workspace_root().join("target/demo");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
