@@ -4,13 +4,12 @@
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::AsRawFd,
     path::Path,
     sync::mpsc,
     time::Duration,
 };
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use probe_user::{
     ebpf::{MapSizes, RingWakeup},
     probe::Probe,
@@ -38,21 +37,43 @@ fn connections(n: usize) {
     server.join().expect("server");
 }
 
-/// A thread blocked in poll(2) on the ring's fd, as hopprobe's reader is; it reports when the
-/// kernel wakes it (or when 10 s have passed).
+/// A thread blocked on the ring's fd, as hopprobe's reader is; it reports when the kernel
+/// wakes it (or when 10 s have passed). Edge-triggered epoll reports wake-ups only, not data
+/// already there: records from elsewhere on the machine that arrived since the ring was
+/// emptied cannot end the wait, only a wake-up the programs asked for.
 fn waiter(fd: i32) -> mpsc::Receiver<bool> {
+    // SAFETY: plain syscalls on an fd this function creates and on the ring's fd, which
+    // outlives the waits (the tests hold the ring until they have the answer).
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        epfd >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: as above; `ev` is valid for the call.
+    let r = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert_eq!(r, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+    // Adding reports data already present once; take that report now.
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+    // SAFETY: `out` has room for the one event asked for.
+    unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), 1, 0) };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        // SAFETY: the ring (and so its fd) outlives the test's waits on this thread's answer.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        let woken = poll(&mut fds, PollTimeout::from(10_000u16)).is_ok_and(|n| n > 0);
-        let _ = tx.send(woken);
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: as above.
+        let n = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), 1, 10_000) };
+        // SAFETY: closing the epoll fd this thread owns now.
+        unsafe { libc::close(epfd) };
+        let _ = tx.send(n > 0);
     });
     rx
 }
 
-/// Attaches with a small event ring, empties it and starts a waiter on it.
+/// Attaches with a small event ring and empties it.
 fn quiet_ring(wakeup: RingWakeup) -> (Probe, aya::maps::RingBuf<aya::maps::MapData>) {
     let mut probe = Probe::attach(
         None,
