@@ -6,6 +6,7 @@ pub mod browser;
 pub mod emulation;
 pub mod lab;
 pub mod leftovers;
+pub mod loopback;
 pub mod netns;
 pub mod probe;
 pub mod root;

@@ -1,41 +1,17 @@
 //! What hopprobe costs the traffic it watches: when the kernel wakes its reader, and the
 //! per-program run time `--bpf-stats` reports.
 
-use std::{
-    io::Read,
-    net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    path::Path,
-    sync::mpsc,
-    time::Duration,
-};
+use std::{os::fd::AsRawFd, path::Path, sync::mpsc, time::Duration};
 
 use probe_user::{
     ebpf::{MapSizes, RingWakeup},
     probe::Probe,
 };
-use testkit::{leftovers, probe::measure};
+use testkit::{leftovers, loopback::connections, probe::measure};
 
 /// 16 KiB: an eighth of it (2 KiB) is about 25 connection events (80 bytes each with their
 /// header), a connection makes 4.
 const RING: u32 = 16 * 1024;
-
-fn connections(n: usize) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = std::thread::spawn(move || {
-        for _ in 0..n {
-            drop(listener.accept().expect("accept"));
-        }
-    });
-    for _ in 0..n {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let _ = s.read_to_end(&mut Vec::new());
-    }
-    server.join().expect("server");
-}
 
 /// A thread blocked on the ring's fd, as hopprobe's reader is; it reports when the kernel
 /// wakes it (or when 10 s have passed). Edge-triggered epoll reports wake-ups only, not data

@@ -1,10 +1,6 @@
 //! When userspace falls behind and the ring buffer fills, every lost event is counted.
 
-use std::{
-    io::Read,
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
+use std::time::Duration;
 
 use probe_user::{
     ebpf::MapSizes,
@@ -31,20 +27,7 @@ fn a_full_ring_buffer_counts_its_drops() {
     let mut ring = probe.take_events().expect("ring");
     let stats = probe.take_stats().expect("stats");
 
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = std::thread::spawn(move || {
-        for _ in 0..CONNECTIONS {
-            drop(listener.accept().expect("accept"));
-        }
-    });
-    for _ in 0..CONNECTIONS {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let _ = s.read_to_end(&mut Vec::new());
-    }
-    server.join().expect("server");
+    testkit::loopback::connections(CONNECTIONS as usize);
     // The last sockets reach CLOSE a round trip or two later; wait until every event is
     // accounted for (or 5 s have passed, and the assertion below says what is missing).
     let until = std::time::Instant::now() + testkit::emulation::slack(Duration::from_secs(5));
