@@ -101,6 +101,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Disk a fresh `cargo xtask test` writes, rounded up.
+const FRESH_TEST_GIB: u64 = 5;
+
 fn test() -> Result<()> {
     let root = system::is_root();
     if root {
@@ -113,6 +116,12 @@ fn test() -> Result<()> {
              skipped; run as root to include them"
         );
     }
+    // Measured from a fresh clone: about 4 GiB (builds, clippy's, the VMs' kernels and images).
+    system::ensure_free_space(
+        &cmd::workspace_root().join("target"),
+        FRESH_TEST_GIB,
+        "cargo xtask test",
+    )?;
     ebpf::build()?;
     cmd::cargo(&["fmt", "--all", "--check"])?;
     cmd::cargo(&[

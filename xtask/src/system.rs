@@ -66,3 +66,55 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
+
+/// Bytes free to an unprivileged writer on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| anyhow::anyhow!("{} contains a NUL byte", dir.display()))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .map_err(|e| anyhow::anyhow!("statvfs {}: {e}", dir.display()));
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Stops before a long job when `dir`'s filesystem has less than `need_gib` GiB free, instead of
+/// failing minutes later on a bare ENOSPC halfway through writing an image.
+pub fn ensure_free_space(dir: &Path, need_gib: u64, what: &str) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let free = free_bytes(existing)?;
+    let need = need_gib.saturating_mul(1 << 30);
+    if free < need {
+        bail!(
+            "{what} needs about {need_gib} GiB free under {}, but only {:.1} GiB is free; free \
+             some space (an old build: cargo clean) and run it again",
+            dir.display(),
+            free as f64 / f64::from(1u32 << 30),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_check_passes_small_needs_and_names_the_shortfall() {
+        let dir = std::env::temp_dir().join("xtask-free-space-does-not-exist/below");
+        ensure_free_space(&dir, 0, "nothing").expect("0 GiB is always free");
+        let err = ensure_free_space(&dir, 1 << 30, "a huge job")
+            .expect_err("nobody has an exbibyte free")
+            .to_string();
+        assert!(err.contains("a huge job needs about"), "{err}");
+        assert!(err.contains("GiB is free"), "{err}");
+    }
+}
