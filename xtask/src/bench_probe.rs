@@ -87,8 +87,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn start_hopprobe(extra: &[&str], json: Option<&Path>) -> Result<ChildGuard> {
-    let mut c = Command::new(release("hopprobe"));
+fn start_hopprobe(bin: &Path, extra: &[&str], json: Option<&Path>) -> Result<ChildGuard> {
+    let mut c = Command::new(bin);
     c.args(["run", "--interval", "1h", "--netns"])
         .arg(format!("/run/netns/{LAB}-node"))
         .arg("--metadata")
@@ -128,8 +128,12 @@ fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -
     interrupted(stop)?;
     let probe = match variant {
         Variant::Without => None,
-        Variant::Batched => Some(start_hopprobe(&[], None)?),
-        Variant::Each => Some(start_hopprobe(&["--ring-wakeup", "each"], None)?),
+        Variant::Batched => Some(start_hopprobe(&release("hopprobe"), &[], None)?),
+        Variant::Each => Some(start_hopprobe(
+            &release("hopprobe"),
+            &["--ring-wakeup", "each"],
+            None,
+        )?),
     };
     let pid = probe.as_ref().map(ChildGuard::id);
     let cpu_before = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
@@ -240,50 +244,124 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
     Ok(())
 }
 
-/// One c = 1 run with `--bpf-stats`: each program's kernel time per request.
-fn kernel_time(requests: u32, stop: &AtomicBool) -> Result<()> {
+/// Each program's (runs, run time in ns) over one c = 1 run of `bin` with `--bpf-stats`.
+fn kernel_time_once(bin: &Path, requests: u32, stop: &AtomicBool) -> Result<ProgramCosts> {
     interrupted(stop)?;
     let dir = cmd::workspace_root().join("target/bench-probe");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
-    let probe = start_hopprobe(&["--bpf-stats"], Some(&json))?;
+    let probe = start_hopprobe(bin, &["--bpf-stats"], Some(&json))?;
     let report = loadgen(1, ("-n", requests.to_string()));
     interrupted(stop)?;
     report?;
     let out = probe.interrupt_and_wait()?;
     if !out.status.success() {
-        bail!("hopprobe --bpf-stats exited {}", out.status);
+        bail!("{} --bpf-stats exited {}", bin.display(), out.status);
     }
     let text = std::fs::read_to_string(&json).context("hopprobe's summary")?;
     let summary: serde_json::Value = serde_json::from_str(&text).context("hopprobe's summary")?;
     let programs = summary["programs"]
         .as_array()
         .context("no `programs` in the summary")?;
-    println!("\nkernel time per request at c = 1 ({requests} requests, --bpf-stats)");
-    println!(
-        "  {:<20} {:>10} {:>10} {:>12}",
-        "program", "runs/req", "ns/run", "µs/request"
-    );
-    let mut total = 0.0;
-    for p in programs {
-        let runs = p["runs"].as_f64().unwrap_or(0.0);
-        let ns = p["run_time_ns"].as_f64().unwrap_or(0.0);
-        total += ns;
-        println!(
-            "  {:<20} {:>10.1} {:>10.0} {:>12.1}",
-            p["program"].as_str().unwrap_or("?"),
-            runs / f64::from(requests),
-            ns / runs.max(1.0),
-            ns / f64::from(requests) / 1e3
-        );
+    Ok(programs
+        .iter()
+        .map(|p| {
+            (
+                p["program"].as_str().unwrap_or("?").to_owned(),
+                (
+                    p["runs"].as_f64().unwrap_or(0.0),
+                    p["run_time_ns"].as_f64().unwrap_or(0.0),
+                ),
+            )
+        })
+        .collect())
+}
+
+type ProgramCosts = std::collections::BTreeMap<String, (f64, f64)>;
+
+/// c = 1 runs with `--bpf-stats`: each program's kernel time per request. With a baseline
+/// hopprobe (`BENCH_BASELINE`), both alternate for `rounds` rounds and the medians are set side
+/// by side: the machine's speed drifts by tens of percent between runs, so a change to the
+/// programs is judged only against a baseline measured in the same run.
+fn kernel_time(requests: u32, rounds: usize, stop: &AtomicBool) -> Result<()> {
+    let this = release("hopprobe");
+    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..if baseline.is_some() { rounds } else { 1 } {
+        let mut run_this = || -> Result<()> {
+            ours.push(kernel_time_once(&this, requests, stop)?);
+            Ok(())
+        };
+        match &baseline {
+            Some(b) if round % 2 == 0 => {
+                theirs.push(kernel_time_once(b, requests, stop)?);
+                run_this()?;
+            }
+            Some(b) => {
+                run_this()?;
+                theirs.push(kernel_time_once(b, requests, stop)?);
+            }
+            None => run_this()?,
+        }
     }
-    println!(
-        "  {:<20} {:>10} {:>10} {:>12.1}",
-        "all",
-        "",
-        "",
-        total / f64::from(requests) / 1e3
-    );
+    let per_request = |v: &[ProgramCosts], name: &str| -> (f64, f64, f64) {
+        let runs = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.0)).collect());
+        let ns = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.1)).collect());
+        let r = f64::from(requests);
+        (runs / r, ns / runs.max(1.0), ns / r / 1e3)
+    };
+    println!("\nkernel time per request at c = 1 ({requests} requests, --bpf-stats)");
+    let names: Vec<&String> = ours[0].keys().collect();
+    let mut totals = (0.0, 0.0);
+    if let Some(b) = &baseline {
+        println!(
+            "  baseline: {} ({} rounds, medians)",
+            b.display(),
+            ours.len()
+        );
+        println!(
+            "  {:<20} {:>10} {:>14} {:>10} {:>8} {:>14} {:>10}",
+            "program",
+            "runs/req",
+            "baseline ns/run",
+            "ns/run",
+            "ratio",
+            "baseline µs/req",
+            "µs/req"
+        );
+        for name in names {
+            let (runs, ns, us) = per_request(&ours, name);
+            let (_, b_ns, b_us) = per_request(&theirs, name);
+            totals.0 += b_us;
+            totals.1 += us;
+            println!(
+                "  {name:<20} {runs:>10.1} {b_ns:>14.0} {ns:>10.0} {:>8.2} {b_us:>14.1} {us:>10.1}",
+                ns / b_ns.max(1.0)
+            );
+        }
+        println!(
+            "  {:<20} {:>10} {:>14} {:>10} {:>8.2} {:>14.1} {:>10.1}",
+            "all",
+            "",
+            "",
+            "",
+            totals.1 / totals.0.max(1e-9),
+            totals.0,
+            totals.1
+        );
+    } else {
+        println!(
+            "  {:<20} {:>10} {:>10} {:>12}",
+            "program", "runs/req", "ns/run", "µs/request"
+        );
+        for name in names {
+            let (runs, ns, us) = per_request(&ours, name);
+            totals.1 += us;
+            println!("  {name:<20} {runs:>10.1} {ns:>10.0} {us:>12.1}");
+        }
+        println!("  {:<20} {:>10} {:>10} {:>12.1}", "all", "", "", totals.1);
+    }
     Ok(())
 }
 
@@ -319,11 +397,14 @@ pub fn bench() -> Result<()> {
         "lab `{LAB}`: sidecar mesh, ingress, no injected delay; loadgen (release) through the \
          ingress, --disable-keepalive; hopprobe (release) without --records; {rounds} rounds"
     );
-    compare(&format!("c = 1, {requests} requests"), rounds, |v| {
-        sample(v, 1, ("-n", requests.to_string()), &stop)
-    })?;
-    compare(&format!("c = 32, {secs} s"), rounds, |v| {
-        sample(v, 32, ("-z", format!("{secs}s")), &stop)
-    })?;
-    kernel_time(requests, &stop)
+    // `BENCH_ONLY=kernel`: only the kernel-time runs, e.g. against a `BENCH_BASELINE`.
+    if !std::env::var("BENCH_ONLY").is_ok_and(|v| v == "kernel") {
+        compare(&format!("c = 1, {requests} requests"), rounds, |v| {
+            sample(v, 1, ("-n", requests.to_string()), &stop)
+        })?;
+        compare(&format!("c = 32, {secs} s"), rounds, |v| {
+            sample(v, 32, ("-z", format!("{secs}s")), &stop)
+        })?;
+    }
+    kernel_time(requests, rounds, &stop)
 }
