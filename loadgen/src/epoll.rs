@@ -64,6 +64,8 @@ struct Sched {
     earliest: Cell<u64>,
     /// Connections that yielded, to poll again without an event.
     ready: RefCell<Vec<usize>>,
+    /// Events of this `epoll_wait` not yet handed to their connections.
+    unread: Cell<usize>,
 }
 
 impl Sched {
@@ -362,7 +364,13 @@ async fn connection_loop(cx: Ctx<'_>, t: usize) {
         // A few in a row without a wait are common with keep-alive (the response was there);
         // yielding after each would cost a loop turn and an `epoll_wait` per request.
         unwaited = if cx.w.waited.get() { 0 } else { unwaited + 1 };
-        if unwaited >= UNWAITED_BEFORE_YIELD {
+        if cx.sched.unread.get() > 0 {
+            // Other responses of this wake-up wait to be read and timed. Sending the next
+            // request first would time them late: the write wakes the server, which on
+            // loopback may take this CPU (as wrk does, requests go out after the batch).
+            unwaited = 0;
+            yield_now(&cx).await;
+        } else if unwaited >= UNWAITED_BEFORE_YIELD {
             unwaited = 0;
             yield_now(&cx).await;
         }
@@ -400,6 +408,7 @@ pub(crate) fn worker(local: &Local, index: usize, threads: usize) -> io::Result<
     let sched = Sched {
         earliest: Cell::new(u64::MAX),
         ready: RefCell::new(Vec::new()),
+        unread: Cell::new(0),
     };
     let shared = &local.shared;
     let mut tasks: Vec<Task<'_>> = Vec::new();
@@ -474,10 +483,12 @@ pub(crate) fn worker(local: &Local, index: usize, threads: usize) -> io::Result<
                 .min(i32::MAX as u64) as i32
         };
         let n = poller.wait(&mut events, timeout_ms)?;
-        for ev in &events[..n] {
+        for (i, ev) in events[..n].iter().enumerate() {
+            sched.unread.set(n - i - 1);
             let task = &mut tasks[ev.u64 as usize];
             task.w.events.set(task.w.events.get() | ev.events);
             poll(task, &mut live);
         }
+        sched.unread.set(0);
     }
 }

@@ -32,6 +32,8 @@ enum Tool {
     LoadgenServerCloses,
     Oha,
     Wrk,
+    /// Another loadgen build (`BENCH_BASELINE`), in the latency runs.
+    Baseline,
 }
 
 impl Tool {
@@ -41,6 +43,7 @@ impl Tool {
             Tool::LoadgenServerCloses => "loadgen (server closes)",
             Tool::Oha => "oha",
             Tool::Wrk => "wrk",
+            Tool::Baseline => "baseline",
         }
     }
 }
@@ -205,8 +208,8 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
     let z = format!("{secs}s");
     let conns = c.to_string();
     let mut cmd = match tool {
-        Tool::Loadgen | Tool::LoadgenServerCloses => {
-            let mut k = Command::new(&bins.loadgen);
+        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline => {
+            let mut k = Command::new(bins.loadgen_of(tool));
             k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
             if matches!(tool, Tool::LoadgenServerCloses) {
                 k.args(["-H", "Connection: close"]);
@@ -242,7 +245,7 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
     }
     let (out, mut run) = measure(&mut cmd)?;
     match tool {
-        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Oha => {
+        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline | Tool::Oha => {
             let rps = json_field(&out, &["summary", "requestsPerSec"])
                 .with_context(|| format!("{} printed no requestsPerSec:\n{out}", tool.name()))?;
             let total = json_field(&out, &["summary", "total"]).unwrap_or(f64::from(secs));
@@ -271,6 +274,18 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
 struct Bins {
     loadgen: PathBuf,
     oha: PathBuf,
+    /// `BENCH_BASELINE`: another loadgen build to set beside this one.
+    baseline: Option<PathBuf>,
+}
+
+impl Bins {
+    /// The loadgen binary a loadgen-kind tool runs.
+    fn loadgen_of(&self, tool: Tool) -> &PathBuf {
+        match (tool, &self.baseline) {
+            (Tool::Baseline, Some(b)) => b,
+            _ => &self.loadgen,
+        }
+    }
 }
 
 fn find_oha() -> Option<PathBuf> {
@@ -303,6 +318,7 @@ fn ensure_tools() -> Result<Bins> {
     Ok(Bins {
         loadgen: cmd::workspace_root().join("target/release/loadgen"),
         oha,
+        baseline: std::env::var_os("BENCH_BASELINE").map(PathBuf::from),
     })
 }
 
@@ -351,12 +367,19 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
         "{:<8} {:>9} {:>9} {:>16} {:>16}",
         "client", "p50 - 10", "p99 - 10", "server late p50", "server late p99"
     );
-    for _ in 0..rounds {
-        for tool in [Tool::Loadgen, Tool::Oha, Tool::Wrk] {
+    let mut tools = vec![Tool::Loadgen];
+    if bins.baseline.is_some() {
+        tools.push(Tool::Baseline);
+    }
+    tools.extend([Tool::Oha, Tool::Wrk]);
+    for round in 0..rounds {
+        // Each round starts with the next tool, as in the throughput runs.
+        tools.rotate_left(usize::from(round > 0));
+        for &tool in &tools {
             lateness.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let mut cmd = match tool {
-                Tool::Loadgen | Tool::LoadgenServerCloses => {
-                    let mut k = Command::new(&bins.loadgen);
+                Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline => {
+                    let mut k = Command::new(bins.loadgen_of(tool));
                     k.args([&url, "-c", "16", "-z", "3s", "--no-tui", "-j"]);
                     k
                 }
