@@ -35,7 +35,7 @@ pub const EXCHANGES_PRODUCED: u32 = 11;
 /// The LRU maps whose inserts and deletes are counted, in the order of their counters. The
 /// kernel evicts from an LRU map without telling anyone; userspace derives the evictions as
 /// inserted − deleted − entries still present (see `probe_user::evictions`).
-pub const LRU_MAPS: [&str; 9] = [
+pub const LRU_MAPS: [&str; 10] = [
     "CONNS",
     "SYNS",
     "SK_FLOW",
@@ -45,6 +45,7 @@ pub const LRU_MAPS: [&str; 9] = [
     "FLOW_SOCK",
     "PEER_FLOW",
     "FD_FLOW",
+    "EARLY_REQUESTS",
 ];
 pub const LRU_CONNS: u32 = 0;
 pub const LRU_SYNS: u32 = 1;
@@ -55,6 +56,7 @@ pub const LRU_PKT_SEEN: u32 = 5;
 pub const LRU_FLOW_SOCK: u32 = 6;
 pub const LRU_PEER_FLOW: u32 = 7;
 pub const LRU_FD_FLOW: u32 = 8;
+pub const LRU_EARLY_REQUESTS: u32 = 9;
 const LRU_FIRST: u32 = 12;
 
 /// Counter of new keys written into LRU map `map` (an update of a present key is not one).
@@ -101,6 +103,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "lru_peer_flow_deleted",
     "lru_fd_flow_inserted",
     "lru_fd_flow_deleted",
+    "lru_early_requests_inserted",
+    "lru_early_requests_deleted",
 ];
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   `probe_common::exchange`) from the payload's timing alone.
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    bindings::BPF_TCP_LISTEN,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -16,14 +17,15 @@ use probe_common::{
     conn::{FlowKey, SynSeen},
     exchange::{Exchange, PHASE_REQUEST, PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
     hist::{POINT_SOCKET_IN, POINT_SOCKET_OUT},
-    stats::{self, LRU_EXCHANGES, LRU_FLOW_COOKIE, LRU_SYNS},
+    stats::{self, LRU_EARLY_REQUESTS, LRU_EXCHANGES, LRU_FLOW_COOKIE, LRU_SYNS},
 };
 
 use crate::{
     datapath,
     headers::{self, Tcp},
     maps::{
-        EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert, lru_remove, wake_flags,
+        EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert,
+        lru_remove, wake_flags,
     },
     ratelimit,
 };
@@ -156,11 +158,92 @@ fn emit(x: &Exchange) {
     }
 }
 
+/// Whether the packet is filtered for a listening socket. A data segment that arrives while its
+/// connection is still a request socket — the handshake's last ACK lost, or overtaken by the
+/// data on another CPU's backlog — completes the handshake in the listener's context, and this
+/// program runs with the listener, whose cookie is not the new connection's.
+fn at_listener(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context's skb pointer is valid for the run; `sk` may be null, and
+    // `bpf_sk_fullsock` returns null for a socket that is not a full one.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        !full.is_null() && (*full).state == BPF_TCP_LISTEN
+    }
+}
+
+/// A request that arrived at a listener waits here, by flow, for the new connection's first
+/// packet, which carries it on under the connection's own cookie.
+fn park_early_request(ctx: &SkBuffContext, seg: &Segment, t: u64) {
+    // SAFETY: the value is copied out before the map changes.
+    let x = match unsafe { EARLY_REQUESTS.get(&seg.flow) } {
+        Some(x) => {
+            let mut x = *x;
+            x.req_last_ns = t;
+            x.req_bytes += seg.payload as u64;
+            x
+        }
+        None => server_exchange(ctx, seg, 0, t),
+    };
+    if lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, &x).is_err() {
+        count(stats::EXCHANGE_INSERT_FAILED);
+    }
+}
+
+/// The request a listener saw for this flow, now under the connection's cookie: taken on by
+/// the connection's first packet of any kind (usually its ACK of that request, sent before the
+/// process can read it), so that the read hooks find the exchange.
+fn adopt_early_request(seg: &Segment, cookie: u64) -> Option<*mut Exchange> {
+    // SAFETY: the value is copied out before the map changes.
+    let mut x = unsafe { EARLY_REQUESTS.get(&seg.flow) }.copied()?;
+    lru_remove(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow);
+    x.cookie = cookie;
+    if lru_insert(&EXCHANGES, LRU_EXCHANGES, &cookie, &x).is_err() {
+        count(stats::EXCHANGE_INSERT_FAILED);
+        return None;
+    }
+    let _ = lru_insert(&FLOW_COOKIE, LRU_FLOW_COOKIE, &x.flow, &cookie);
+    EXCHANGES.get_ptr_mut(&cookie)
+}
+
+fn server_exchange(ctx: &SkBuffContext, seg: &Segment, cookie: u64, t: u64) -> Exchange {
+    Exchange {
+        req_first_ns: t,
+        req_last_ns: t,
+        resp_first_ns: 0,
+        resp_last_ns: 0,
+        req_bytes: seg.payload as u64,
+        resp_bytes: 0,
+        first_read_ns: 0,
+        // SAFETY: the skb pointer is the program's context.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
+        cookie,
+        flow: seg.flow,
+        role: ROLE_SERVER,
+        phase: PHASE_REQUEST,
+        _pad: [0; 6],
+    }
+}
+
 fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
+    let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
+    if dir == Dir::In && seg.payload > 0 && at_listener(ctx) {
+        park_early_request(ctx, seg, t);
+        return;
+    }
     // SAFETY: the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
-    match EXCHANGES.get_ptr_mut(&cookie) {
+    let found = match EXCHANGES.get_ptr_mut(&cookie) {
+        Some(x) => Some(x),
+        // Not the listener's own packets (a racing handshake ACK): the cookie must be the
+        // connection's.
+        None if !at_listener(ctx) => adopt_early_request(seg, cookie),
+        None => None,
+    };
+    match found {
         Some(x) => {
             // SAFETY: points into the map value, valid for this run. Ingress and egress of one
             // socket can race on two CPUs; a lost update costs one timestamp, never memory.

@@ -72,6 +72,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static EXCHANGES: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(65536, 0);
 
+/// Flow → the request a listener saw, until the new connection's own packets carry it on
+/// (see `cgroup_skb::at_listener`). Such requests are rare (a lost or overtaken handshake ACK),
+/// so the map is small.
+#[map]
+pub static EARLY_REQUESTS: LruHashMap<FlowKey, Exchange> = LruHashMap::with_max_entries(4096, 0);
+
 /// Socket address → its flow, from the tracepoint, so that `sock_recv_length` (which only
 /// knows the address) finds the socket's exchange.
 #[map]

@@ -34,6 +34,7 @@ pub const NAMES: [&str; LRU_MAPS.len()] = [
     "evicted_flow_sock",
     "evicted_peer_flow",
     "evicted_fd_flow",
+    "evicted_early_requests",
 ];
 
 /// Something whose keys can be counted.
@@ -70,6 +71,7 @@ impl LruMaps {
         let flow_sock: HashMap<MapData, FlowKey, FlowSock> = probe.take("FLOW_SOCK")?;
         let peer_flow: HashMap<MapData, PeerKey, FlowKey> = probe.take("PEER_FLOW")?;
         let fd_flow: HashMap<MapData, u64, FlowKey> = probe.take("FD_FLOW")?;
+        let early: HashMap<MapData, FlowKey, Exchange> = probe.take("EARLY_REQUESTS")?;
         Ok(Self {
             // In LRU_MAPS order, with EXCHANGES's place taken by `exchanges`.
             counted: vec![
@@ -81,6 +83,7 @@ impl LruMaps {
                 Box::new(flow_sock),
                 Box::new(peer_flow),
                 Box::new(fd_flow),
+                Box::new(early),
             ],
             exchanges: probe.take("EXCHANGES")?,
         })
