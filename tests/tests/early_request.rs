@@ -42,8 +42,8 @@ fn a_request_that_completes_the_handshake_is_timed() {
         return;
     }
     let link = Link::new().expect("create namespaces");
-    // Bare ACKs only (no SYN, FIN, RST or PSH), 40 to 52 bytes (with or without timestamps):
-    // the handshake's last ACK among them; the request (PSH) and the FIN pass.
+    // Segments whose only flag is ACK: the handshake's last ACK among them. The request (a
+    // short write: PSH) and the FIN pass. (No `-m length`: the test VMs' kernels lack it.)
     link.left
         .exec(&[
             "iptables",
@@ -54,10 +54,6 @@ fn a_request_that_completes_the_handshake_is_timed() {
             "--tcp-flags",
             "ALL",
             "ACK",
-            "-m",
-            "length",
-            "--length",
-            "40:52",
             "-j",
             "DROP",
         ])
