@@ -426,6 +426,9 @@ pub fn bench() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    if rounds == 0 {
+        bail!("BENCH_ROUNDS must be at least 1");
+    }
     // Only the 10 ms server part: to look at timing accuracy without the nginx runs.
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
         return latency_accuracy(&bins, rounds);

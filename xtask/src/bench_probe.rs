@@ -381,6 +381,9 @@ pub fn bench() -> Result<()> {
     cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
     cmd::cargo(&["build", "--release", "-p", "probe-user", "-p", "loadgen"])?;
     let rounds = env_or("BENCH_ROUNDS", 3usize);
+    if rounds == 0 {
+        bail!("BENCH_ROUNDS must be at least 1");
+    }
     let requests = env_or("BENCH_REQUESTS", 1000u32);
     let secs = env_or("BENCH_SECS", 5u32);
     let stop = stop_on_ctrl_c()?;
