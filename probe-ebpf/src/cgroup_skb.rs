@@ -186,7 +186,7 @@ fn park_early_request(ctx: &SkBuffContext, seg: &Segment, t: u64) {
             x.req_bytes += seg.payload as u64;
             x
         }
-        None => server_exchange(ctx, seg, 0, t),
+        None => new_exchange(ctx, seg, 0, ROLE_SERVER, t),
     };
     if lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, &x).is_err() {
         count(stats::EXCHANGE_INSERT_FAILED);
@@ -201,15 +201,27 @@ fn adopt_early_request(seg: &Segment, cookie: u64) -> Option<*mut Exchange> {
     let mut x = unsafe { EARLY_REQUESTS.get(&seg.flow) }.copied()?;
     lru_remove(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow);
     x.cookie = cookie;
-    if lru_insert(&EXCHANGES, LRU_EXCHANGES, &cookie, &x).is_err() {
-        count(stats::EXCHANGE_INSERT_FAILED);
+    if !start_exchange(&x) {
         return None;
     }
-    let _ = lru_insert(&FLOW_COOKIE, LRU_FLOW_COOKIE, &x.flow, &cookie);
     EXCHANGES.get_ptr_mut(&cookie)
 }
 
-fn server_exchange(ctx: &SkBuffContext, seg: &Segment, cookie: u64, t: u64) -> Exchange {
+/// Tracks `x` under its cookie (a server's also under its flow, for the read hooks); false
+/// when the map refused it, which is counted.
+fn start_exchange(x: &Exchange) -> bool {
+    if lru_insert(&EXCHANGES, LRU_EXCHANGES, &x.cookie, x).is_err() {
+        count(stats::EXCHANGE_INSERT_FAILED);
+        return false;
+    }
+    if x.role == ROLE_SERVER {
+        let _ = lru_insert(&FLOW_COOKIE, LRU_FLOW_COOKIE, &x.flow, &x.cookie);
+    }
+    true
+}
+
+/// A request's first segment, as an exchange in its request phase.
+fn new_exchange(ctx: &SkBuffContext, seg: &Segment, cookie: u64, role: u8, t: u64) -> Exchange {
     Exchange {
         req_first_ns: t,
         req_last_ns: t,
@@ -222,7 +234,7 @@ fn server_exchange(ctx: &SkBuffContext, seg: &Segment, cookie: u64, t: u64) -> E
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         cookie,
         flow: seg.flow,
-        role: ROLE_SERVER,
+        role,
         phase: PHASE_REQUEST,
         _pad: [0; 6],
     }
@@ -298,31 +310,12 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
             }
         }
         None if seg.payload > 0 && !closing => {
-            let x = Exchange {
-                req_first_ns: t,
-                req_last_ns: t,
-                resp_first_ns: 0,
-                resp_last_ns: 0,
-                req_bytes: seg.payload as u64,
-                resp_bytes: 0,
-                first_read_ns: 0,
-                // SAFETY: the skb pointer is the program's context.
-                cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
-                cookie,
-                flow: seg.flow,
-                role: if dir == Dir::In {
-                    ROLE_SERVER
-                } else {
-                    ROLE_CLIENT
-                },
-                phase: PHASE_REQUEST,
-                _pad: [0; 6],
+            let role = if dir == Dir::In {
+                ROLE_SERVER
+            } else {
+                ROLE_CLIENT
             };
-            if lru_insert(&EXCHANGES, LRU_EXCHANGES, &cookie, &x).is_err() {
-                count(stats::EXCHANGE_INSERT_FAILED);
-            } else if x.role == ROLE_SERVER {
-                let _ = lru_insert(&FLOW_COOKIE, LRU_FLOW_COOKIE, &x.flow, &cookie);
-            }
+            start_exchange(&new_exchange(ctx, seg, cookie, role, t));
         }
         None => {}
     }
