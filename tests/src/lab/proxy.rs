@@ -4,7 +4,10 @@
 use std::{
     io::{self, BufReader},
     net::{SocketAddr, TcpStream},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -83,27 +86,64 @@ fn exchange(up: &mut Upstream, request: &Message) -> io::Result<Option<Message>>
     read_message(&mut up.reader)
 }
 
+/// Serves every route until the process is killed.
+///
+/// Each route's connections are served by reused threads, as Envoy's and Linkerd's fixed
+/// workers are, not by a thread spawned per connection: apps open a connection per call, and
+/// a spawn per call put the acceptor's wake-up, the thread's creation and its first run into
+/// every outbound request's wait at the proxy (p50 100–160 µs against 30 µs on the kept-alive
+/// inbound side), with a tail that grew whenever the CPUs had idled. A thread that has
+/// accepted one connection serves it to the end; one more is started whenever no thread is
+/// left waiting in `accept`, so concurrency is never capped.
 pub fn serve(routes: Vec<Route>) -> io::Result<()> {
     let mut threads = Vec::new();
     for route in routes {
-        let listener = bind(route.listen)?;
-        let pool = Arc::new(Pool {
-            addr: route.upstream,
-            idle: Mutex::new(Vec::new()),
+        let route = Arc::new(Listener {
+            socket: bind(route.listen)?,
+            pool: Pool {
+                addr: route.upstream,
+                idle: Mutex::new(Vec::new()),
+            },
+            delay: route.delay,
+            waiting: AtomicUsize::new(0),
         });
-        threads.push(std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (pool, delay) = (pool.clone(), route.delay);
-                std::thread::spawn(move || {
-                    let _ = downstream(stream, &pool, delay);
-                });
-            }
-        }));
+        for _ in 0..SPARE_WORKERS {
+            threads.push(spawn_worker(&route));
+        }
     }
     for t in threads {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// Threads kept waiting in `accept` per listener: one takes the next connection while the
+/// other is there for the one after, until its replacement has started.
+const SPARE_WORKERS: usize = 2;
+
+struct Listener {
+    socket: std::net::TcpListener,
+    pool: Pool,
+    delay: Delay,
+    /// Threads blocked in (or about to call) `accept`.
+    waiting: AtomicUsize,
+}
+
+fn spawn_worker(route: &Arc<Listener>) -> std::thread::JoinHandle<()> {
+    route.waiting.fetch_add(1, Ordering::SeqCst);
+    let route = route.clone();
+    std::thread::spawn(move || {
+        loop {
+            let accepted = route.socket.accept();
+            if route.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                spawn_worker(&route);
+            }
+            if let Ok((stream, _)) = accepted {
+                let _ = downstream(stream, &route.pool, route.delay);
+            }
+            route.waiting.fetch_add(1, Ordering::SeqCst);
+        }
+    })
 }
 
 fn downstream(stream: TcpStream, pool: &Pool, delay: Delay) -> io::Result<()> {
@@ -181,6 +221,41 @@ mod tests {
             assert!(resp.body.starts_with(b"details"));
             assert!(t.elapsed() >= delay);
         }
+    }
+
+    #[test]
+    fn idle_connections_do_not_hold_up_new_ones() {
+        let app = free_port();
+        let opts = AppOptions {
+            name: "details".into(),
+            listen: app,
+            delay: Delay::ZERO,
+            workers: 1,
+            upstreams: vec![],
+        };
+        std::thread::spawn(move || crate::lab::app::serve(opts));
+        wait_up(app);
+        let proxy = free_port();
+        let routes = vec![Route {
+            listen: proxy,
+            upstream: app,
+            delay: Delay::ZERO,
+        }];
+        std::thread::spawn(move || serve(routes));
+        wait_up(proxy);
+        // Each holds a worker that waits for a request; more than the spare workers.
+        let held: Vec<TcpStream> = (0..3 * SPARE_WORKERS)
+            .map(|_| TcpStream::connect(proxy).expect("connect"))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(call(proxy, "details").map(|r| r.status()));
+        });
+        let status = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a new connection was served while others were held open");
+        assert_eq!(status.expect("call"), Some(200));
+        drop(held);
     }
 
     #[test]
