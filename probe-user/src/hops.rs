@@ -4,6 +4,7 @@
 //!   process that owns the socket took to answer, including its own upstream calls.
 //! - `upstream`: on a client socket, first request byte out → first response byte in: a call
 //!   the process made, per destination.
+//! - `app_self`: `app` less the calls made for that request, per request (see `calls`).
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +19,7 @@ use probe_common::{
 use serde::Serialize;
 
 use crate::{
+    calls::AppSelf,
     cgroup::Resolver,
     latency::{Latency, Summary},
     metadata::Metadata,
@@ -42,6 +44,8 @@ pub enum Hop {
     AppQueue,
     /// Server side: the process first read the request → first response byte.
     AppProcessing,
+    /// `app` less the `upstream` calls the process made for that request (see `calls`).
+    AppSelf,
     Upstream,
     /// Client side: the call's response arrived → the caller first read it (its wake-up).
     UpstreamReadWait,
@@ -57,9 +61,12 @@ impl Hop {
     /// per series.
     pub fn direction(self) -> Option<Direction> {
         match self {
-            Hop::DatapathIn | Hop::PodDelivery | Hop::App | Hop::AppQueue | Hop::AppProcessing => {
-                Some(Direction::Inbound)
-            }
+            Hop::DatapathIn
+            | Hop::PodDelivery
+            | Hop::App
+            | Hop::AppQueue
+            | Hop::AppProcessing
+            | Hop::AppSelf => Some(Direction::Inbound),
             Hop::Upstream | Hop::UpstreamReadWait | Hop::PodSend | Hop::DatapathOut => {
                 Some(Direction::Outbound)
             }
@@ -79,6 +86,7 @@ impl Hop {
             Hop::App => "app",
             Hop::AppQueue => "app_queue",
             Hop::AppProcessing => "app_processing",
+            Hop::AppSelf => "app_self",
             Hop::Upstream => "upstream",
             Hop::UpstreamReadWait => "upstream_read_wait",
         }
@@ -216,6 +224,20 @@ impl HopAggregator {
                 .or_default()
                 .record(ns);
         }
+    }
+
+    /// A request's own time at an app that made calls (see `calls::app_self`).
+    pub fn record_app_self(&mut self, a: AppSelf) {
+        self.series
+            .entry(HopKey {
+                hop: Hop::AppSelf,
+                cgroup_id: a.cgroup_id,
+                local_port: Some(a.local_port),
+                peer: None,
+                direction: None,
+            })
+            .or_default()
+            .record(a.ns);
     }
 
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {

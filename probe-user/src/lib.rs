@@ -1,5 +1,6 @@
 //! `hopprobe`: attaches hopprobe's eBPF programs, aggregates what they measure and reports it.
 
+pub mod calls;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod datapath;
 pub mod ebpf;
 pub mod evictions;
 pub mod hops;
+pub mod kept;
 pub mod latency;
 pub mod metadata;
 pub mod privilege;

@@ -30,6 +30,7 @@ use crate::{
     ebpf::MapSizes,
     evictions::{self, LruMaps},
     hops::{self, HopAggregator, HopSummary, Record, kernel_hops},
+    kept::Kept,
     metadata::{
         Metadata,
         kube::{self as kube_names, KubeError, KubeOptions},
@@ -40,7 +41,6 @@ use crate::{
     },
     prog_info::{self, ProgramCost},
     reads::ReadHook,
-    sidecar::Pairer,
     table,
     tcflow::{self, DatapathRecord},
 };
@@ -147,11 +147,11 @@ fn drain_all(
     agg.unknown += short;
 }
 
-/// Where exchanges go: the hop histograms, the sidecar pairer for proxy containers and, with
-/// `--records`, a JSON Lines file.
+/// Where exchanges go: the hop histograms, the store for the paired hops (`sidecar`,
+/// `app_self`) and, with `--records`, a JSON Lines file.
 struct ExchangeSink<'a> {
     hops: HopAggregator,
-    pairer: Pairer,
+    kept: Kept,
     proxies: HashMap<u64, bool>,
     opts: &'a RunOptions,
     metadata: &'a Metadata,
@@ -203,9 +203,8 @@ impl ExchangeSink<'_> {
 
     fn add(&mut self, x: &Exchange, resolver: &mut Resolver) {
         self.hops.record(x);
-        if self.is_proxy(x.cgroup_id, resolver) {
-            self.pairer.add(x);
-        }
+        let proxy = self.is_proxy(x.cgroup_id, resolver);
+        self.kept.add(x, proxy);
         if self.records.is_some() {
             let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
             self.write_line(&line);
@@ -302,7 +301,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut ifnames = datapath.as_ref().map(Datapath::names).unwrap_or_default();
     let mut sink = ExchangeSink {
         hops: HopAggregator::default(),
-        pairer: Pairer::default(),
+        kept: Kept::default(),
         proxies: HashMap::new(),
         opts,
         metadata: &metadata,
@@ -438,11 +437,16 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         missed.get("missed_runs").copied().unwrap_or(0),
     );
     counters.insert("unanswered_exchanges", sink.hops.unanswered);
-    let (sidecar_hops, unpaired) = std::mem::take(&mut sink.pairer).finish();
-    for (cgroup, hop) in sidecar_hops {
+    let kept = std::mem::take(&mut sink.kept);
+    counters.insert("pairing_overflow", kept.overflow);
+    let paired = kept.finish();
+    for (cgroup, hop) in paired.sidecar {
         sink.hops.record_sidecar(cgroup, hop);
     }
-    counters.insert("sidecar_unpaired", unpaired);
+    for a in paired.app_self {
+        sink.hops.record_app_self(a);
+    }
+    counters.insert("sidecar_unpaired", paired.sidecar_unpaired);
     if let Some(mut w) = sink.records.take()
         && let Err(e) = w.flush()
     {

@@ -28,9 +28,7 @@
 //! for longer. That is time the request really spent in
 //! the sidecar, so it stays in the hop; the split says which part it was.
 
-use std::collections::HashMap;
-
-use probe_common::exchange::{Exchange, ROLE_SERVER};
+use probe_common::exchange::Exchange;
 
 use crate::hops::addr;
 
@@ -58,50 +56,6 @@ pub struct SidecarHop {
     pub ns: u64,
     /// Request arrived → the proxy first read it, when that read was seen before the forward.
     pub queue_ns: Option<u64>,
-}
-
-/// Exchanges of proxy containers, kept until the end of the run to pair.
-#[derive(Default)]
-pub struct Pairer {
-    by_cgroup: HashMap<u64, (Vec<Exchange>, Vec<Exchange>)>,
-    kept: usize,
-    /// Exchanges not kept because the buffer was full.
-    pub overflow: u64,
-}
-
-/// Bounds memory on long runs: about 112 MB at the limit.
-const MAX_KEPT: usize = 1_000_000;
-
-impl Pairer {
-    pub fn add(&mut self, x: &Exchange) {
-        if x.resp_first_ns == 0 {
-            return;
-        }
-        if self.kept >= MAX_KEPT {
-            self.overflow += 1;
-            return;
-        }
-        self.kept += 1;
-        let (down, up) = self.by_cgroup.entry(x.cgroup_id).or_default();
-        if x.role == ROLE_SERVER {
-            down.push(*x);
-        } else {
-            up.push(*x);
-        }
-    }
-
-    /// Pairs everything kept: (cgroup, hop) per pair, and the number of unpaired downstream
-    /// exchanges.
-    pub fn finish(self) -> (Vec<(u64, SidecarHop)>, u64) {
-        let mut hops = Vec::new();
-        let mut unpaired = 0;
-        for (cgroup, (down, up)) in self.by_cgroup {
-            let (pairs, left) = pair(&down, &up);
-            unpaired += left;
-            hops.extend(pairs.into_iter().map(|h| (cgroup, h)));
-        }
-        (hops, unpaired)
-    }
 }
 
 /// The pod's own addresses as the proxy sees them: loopback, and where its inbound listener
@@ -189,7 +143,7 @@ mod tests {
     use super::*;
     use probe_common::{
         conn::{AF_INET, FlowKey},
-        exchange::{PHASE_RESPONSE, ROLE_CLIENT},
+        exchange::{PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
     };
 
     fn x(role: u8, remote: [u8; 4], req: u64, resp: u64) -> Exchange {

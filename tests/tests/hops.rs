@@ -88,6 +88,27 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
         app["productpage"] >= 5.0 + app["details"] + app["reviews"],
         "{app:?}"
     );
+    // A caller's own time, request by request: `app` less the calls made for that request
+    // (`app_self`), which is its service time again. A leaf's `app` is its own time already
+    // and gets no such series.
+    for (service, injected) in [("productpage", 5.0), ("reviews", 3.0)] {
+        let h = hop("app_self", service, None);
+        assert_eq!(h["count"], REQUESTS, "{service}: {context}");
+        let got = p50_ms(&h);
+        assert!(got >= injected, "{service} app_self {got} ms; {context}");
+        assert_timing(got < injected + 1.0, || {
+            format!("{service} app_self {got} ms for {injected} ms; {context}")
+        });
+    }
+    let leaves_self = summary["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .filter(|h| h["hop"] == "app_self")
+        .filter_map(|h| app_cgroup.get(&h["cgroup_id"].as_u64().unwrap_or(0)))
+        .filter(|s| ["details", "ratings"].contains(&s.as_str()))
+        .count();
+    assert_eq!(leaves_self, 0, "{context}");
     // The caller's view of a call contains the callee's.
     let call = hop("upstream", "productpage", Some("10.96.0.11:9080"));
     assert_eq!(call["count"], REQUESTS, "{context}");

@@ -12,7 +12,7 @@
 //! 3. From the uplink the connection is followed by the client's initial sequence number,
 //!    which kube-proxy's NAT leaves alone, to the pod's veth (`pod_in`), and from there by its
 //!    4-tuple after NAT to the socket that served it. Inside a container, each outbound call
-//!    is attributed to the request the process was serving (see [`pair_children`]) and
+//!    is attributed to the request the process was serving (see [`crate::calls::pair_children`]) and
 //!    followed the same way: through its pod's veth and the ISN to the next pod, or over
 //!    loopback to the container it called in the same pod (sidecar ↔ app).
 //! 4. The hops are differences of consecutive timestamps along that path, so they add up to
@@ -26,7 +26,10 @@ use std::{collections::HashMap, net::SocketAddr};
 use serde::Serialize;
 
 use super::input::{ProbeRecords, Request, SockExchange};
-use crate::tcflow::DatapathRecord;
+use crate::{
+    calls::{Timed, pair_children},
+    tcflow::DatapathRecord,
+};
 
 /// Who a cgroup is, for naming hops.
 #[derive(Debug, Clone, Default)]
@@ -120,64 +123,30 @@ struct Index<'a> {
     children: HashMap<usize, Vec<usize>>,
 }
 
-/// The process serving `S` can start a call only after it took the request.
-fn took(s: &SockExchange) -> u64 {
-    s.first_read_ns.unwrap_or(s.req_last_ns)
-}
+impl Timed for SockExchange {
+    fn cgroup_id(&self) -> u64 {
+        self.cgroup_id
+    }
 
-/// Attributes each outbound call (client exchange) to the request its process was serving:
-/// among the same cgroup's server exchanges that enclose the call (taken before it began,
-/// answered after it ended) and have no call in flight then, the one whose process was last
-/// active before the call (took its request, or got its previous call's answer). Exact when
-/// the container serves one request at a time; under concurrency two requests that are
-/// inside the same container at the same moment can be swapped (each call still lands inside
-/// an enclosing request, so the decomposition stays consistent).
-pub fn pair_children(ex: &[SockExchange]) -> HashMap<usize, Vec<usize>> {
-    let mut by_cgroup: HashMap<u64, (Vec<usize>, Vec<usize>)> = HashMap::new();
-    for (i, x) in ex.iter().enumerate() {
-        let e = by_cgroup.entry(x.cgroup_id).or_default();
-        if x.role == "server" {
-            e.0.push(i);
-        } else if x.resp_last_ns.is_some() {
-            e.1.push(i);
-        }
+    fn is_server(&self) -> bool {
+        self.role == "server"
     }
-    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (_, (mut servers, mut clients)) in by_cgroup {
-        servers.sort_by_key(|&i| took(&ex[i]));
-        clients.sort_by_key(|&i| ex[i].req_first_ns);
-        // Per server: when its process was last active (took it, or a call returned).
-        let mut active: HashMap<usize, u64> = HashMap::new();
-        for k in clients {
-            let kx = &ex[k];
-            let k_end = kx.resp_last_ns.unwrap_or(kx.req_first_ns);
-            let upto = servers.partition_point(|&s| took(&ex[s]) <= kx.req_first_ns);
-            let mut best: Option<(u64, usize)> = None;
-            // Requests taken long before are either enclosing (then still found) or done:
-            // look back a bounded number of them.
-            for &s in servers[..upto].iter().rev().take(1024) {
-                let sx = &ex[s];
-                let Some(resp) = sx.resp_first_ns else {
-                    continue;
-                };
-                if resp < k_end {
-                    continue;
-                }
-                let last = *active.get(&s).unwrap_or(&took(sx));
-                if last > kx.req_first_ns {
-                    continue;
-                }
-                if best.is_none_or(|(t, _)| last > t) {
-                    best = Some((last, s));
-                }
-            }
-            if let Some((_, s)) = best {
-                children.entry(s).or_default().push(k);
-                active.insert(s, k_end);
-            }
-        }
+
+    fn req_first_ns(&self) -> u64 {
+        self.req_first_ns
     }
-    children
+
+    fn took_ns(&self) -> u64 {
+        self.first_read_ns.unwrap_or(self.req_last_ns)
+    }
+
+    fn resp_first_ns(&self) -> Option<u64> {
+        self.resp_first_ns
+    }
+
+    fn resp_last_ns(&self) -> Option<u64> {
+        self.resp_last_ns
+    }
 }
 
 impl<'a> Index<'a> {

@@ -161,16 +161,16 @@ pub fn sidecar_growth(scenario: &str, base: &Hops, run: &Hops, injected_ms: f64)
     rows
 }
 
-/// An app's own time at quantile `q`: its server hop minus the calls it makes, in µs. The
-/// calls are each a hop of their own, so what is left is the app's service time.
+/// An app's own time at quantile `q`, in µs: hopprobe's `app_self` for a caller (each
+/// request less the calls made for it), `app` for a leaf, which has no calls to take out.
 pub fn app_self(hops: &Hops, service: &str, q: Quantile) -> Option<f64> {
     let pod = pod_of(service);
-    let app = hops.one("app", &pod, Some(service))?.get(q);
-    let calls: f64 = hops
-        .in_container("upstream", &pod, Some(service))
-        .map(|l| l.get(q))
-        .sum();
-    Some(app - calls)
+    let hop = if crate::lab::config::calls(service).is_empty() {
+        "app"
+    } else {
+        "app_self"
+    };
+    Some(hops.one(hop, &pod, Some(service))?.get(q))
 }
 
 /// What a blocking wait longer than a few hundred microseconds costs an app on these VMs
@@ -468,18 +468,19 @@ mod tests {
     }
 
     #[test]
-    fn app_self_time_leaves_out_the_calls() {
+    fn app_self_time_is_hopprobes_for_callers_and_app_for_leaves() {
         let hops = Hops(json!({"hops": [
             series("app", "productpage-v1", None, 9000.0, 9500.0),
-            series("upstream", "productpage-v1", None, 3000.0, 3100.0),
-            series("upstream", "productpage-v1", None, 4000.0, 4200.0),
-            // The sidecar's own sockets in the same pod are not the app's.
-            json!({"hop": "upstream", "pod": "productpage-v1", "container": "istio-proxy",
+            series("app_self", "productpage-v1", None, 2000.0, 2300.0),
+            series("app", "details-v1", None, 1000.0, 1100.0),
+            // The sidecar's own series in the same pod are not the app's.
+            json!({"hop": "app_self", "pod": "productpage-v1", "container": "istio-proxy",
                    "count": 10, "mean_us": 1.0, "p50_us": 1.0, "p90_us": 1.0}),
         ]}));
         assert_eq!(app_self(&hops, "productpage", Quantile::P50), Some(2000.0));
-        assert_eq!(app_self(&hops, "productpage", Quantile::P90), Some(2200.0));
-        assert_eq!(app_self(&hops, "details", Quantile::P50), None);
+        assert_eq!(app_self(&hops, "productpage", Quantile::P90), Some(2300.0));
+        assert_eq!(app_self(&hops, "details", Quantile::P90), Some(1100.0));
+        assert_eq!(app_self(&hops, "reviews", Quantile::P50), None);
     }
 
     #[test]
