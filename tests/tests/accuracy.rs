@@ -2,7 +2,7 @@
 //! time A ∈ {0, 2, 10 ms} at concurrency 1, a one-worker app at concurrency 32, and a lab
 //! without a mesh; every row of `cargo xtask accuracy` must be inside its tolerance.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use testkit::accuracy::{self, Options, Programs};
 
@@ -16,13 +16,28 @@ fn every_hop_matches_what_the_lab_injected() {
         eprintln!("HOST-ONLY every_hop_matches_what_the_lab_injected: a timing matrix");
         return;
     }
-    let programs = Programs::beside(
-        Path::new(env!("CARGO_BIN_EXE_hoplab")),
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-    )
-    .expect("loadgen is built with the workspace's tests");
+    // hopprobe and loadgen as users run them, optimized (`cargo xtask test` builds them): a
+    // debug hopprobe's own bursts of work delayed the lab's threads on a 2-core machine by up
+    // to 2 ms, and the p90 rows then measured that.
+    let Some(release) = std::env::var_os("HOPPROBE_RELEASE_DIR").map(PathBuf::from) else {
+        let why = "needs the release builds of hopprobe and loadgen in HOPPROBE_RELEASE_DIR \
+                   (`cargo xtask test` builds them and sets it)";
+        if std::env::var("HOPPROBE_LAB_TESTS").as_deref() == Ok("require") {
+            panic!("HOPPROBE_LAB_TESTS=require, but the accuracy matrix {why}");
+        }
+        eprintln!("SKIPPED every_hop_matches_what_the_lab_injected: {why}");
+        return;
+    };
+    let programs = Programs {
+        hoplab: PathBuf::from(env!("CARGO_BIN_EXE_hoplab")),
+        hopprobe: release.join("hopprobe"),
+        loadgen: release.join("loadgen"),
+    };
+    if let Some(missing) = programs.missing() {
+        panic!("{} not found: build it first", missing.display());
+    }
     let opts = Options::full(&format!("hpt{}a", std::process::id() % 100_000));
-    // A timing matrix on a shared 2-core VM: a core row can land outside once in a while when
+    // A timing matrix on a shared 2-core VM: a row can land outside once in a while when
     // something else runs; it is asserted on the second run if the first has any out.
     let mut failed = Vec::new();
     for attempt in 1..=2 {
@@ -33,13 +48,7 @@ fn every_hop_matches_what_the_lab_injected() {
         })
         .expect("the matrix runs");
         eprintln!("attempt {attempt}: {report}");
-        let tails = report.failures().filter(|r| r.tail).count();
-        eprintln!("{tails} tail rows out of tolerance (reported, not asserted)");
-        failed = report
-            .failures()
-            .filter(|r| !r.tail)
-            .map(ToString::to_string)
-            .collect();
+        failed = report.failures().map(ToString::to_string).collect();
         if failed.is_empty() {
             break;
         }

@@ -316,7 +316,7 @@ fn ensure_tools() -> Result<Bins> {
     };
     cmd::cargo(&["build", "--release", "-p", "loadgen"])?;
     Ok(Bins {
-        loadgen: cmd::workspace_root().join("target/release/loadgen"),
+        loadgen: crate::demo::measuring("loadgen"),
         oha,
         baseline: std::env::var_os("BENCH_BASELINE").map(PathBuf::from),
     })

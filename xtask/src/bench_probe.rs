@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd,
-    demo::{ChildGuard, LabGuard, interrupted, stop_on_ctrl_c},
+    demo::{ChildGuard, LabGuard, interrupted, measuring, stop_on_ctrl_c},
     ebpf, system,
 };
 
@@ -53,10 +53,6 @@ struct Sample {
     cpu_us: f64,
     /// hopprobe's peak RSS, MiB.
     rss_mib: f64,
-}
-
-fn release(name: &str) -> PathBuf {
-    cmd::workspace_root().join("target/release").join(name)
 }
 
 /// Utime + stime of `pid` in seconds, from /proc.
@@ -111,7 +107,7 @@ fn start_hopprobe(bin: &Path, extra: &[&str], json: Option<&Path>) -> Result<Chi
 fn loadgen(c: u32, amount: (&str, String)) -> Result<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("{LAB}-client")])
-        .arg(release("loadgen"))
+        .arg(measuring("loadgen"))
         .args([URL, "-c", &c.to_string(), amount.0, &amount.1])
         .args(["--disable-keepalive", "--disable-compression", "--insecure"])
         .args(["--ipv4", "--no-tui", "--output-format", "json"])
@@ -128,9 +124,9 @@ fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -
     interrupted(stop)?;
     let probe = match variant {
         Variant::Without => None,
-        Variant::Batched => Some(start_hopprobe(&release("hopprobe"), &[], None)?),
+        Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), &[], None)?),
         Variant::Each => Some(start_hopprobe(
-            &release("hopprobe"),
+            &measuring("hopprobe"),
             &["--ring-wakeup", "each"],
             None,
         )?),
@@ -284,7 +280,7 @@ type ProgramCosts = std::collections::BTreeMap<String, (f64, f64)>;
 /// by side: the machine's speed drifts by tens of percent between runs, so a change to the
 /// programs is judged only against a baseline measured in the same run.
 fn kernel_time(requests: u32, rounds: usize, stop: &AtomicBool) -> Result<()> {
-    let this = release("hopprobe");
+    let this = measuring("hopprobe");
     let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();

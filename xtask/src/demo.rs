@@ -30,6 +30,23 @@ pub fn bin(name: &str) -> PathBuf {
     cmd::workspace_root().join("target/debug").join(name)
 }
 
+/// The measuring tools, hopprobe and loadgen, as users run them: optimized. A debug hopprobe
+/// spent 1–4 ms of CPU every 10 ms draining and writing records in the lab at c = 1, and on
+/// two CPUs those bursts delayed the lab's own threads by up to 2 ms (`perf sched`): the
+/// accuracy matrix's p90 rows went out with it and stayed in with the release build.
+pub fn measuring(name: &str) -> PathBuf {
+    release_dir().join(name)
+}
+
+pub fn release_dir() -> PathBuf {
+    cmd::workspace_root().join("target/release")
+}
+
+/// Builds `measuring`'s programs.
+pub fn build_measuring() -> Result<()> {
+    cmd::cargo(&["build", "--release", "-p", "probe-user", "-p", "loadgen"])
+}
+
 /// Takes the lab of this name down when dropped.
 pub struct LabGuard(pub &'static str);
 
@@ -82,33 +99,20 @@ pub fn interrupted(flag: &AtomicBool) -> Result<()> {
 }
 
 /// What the demo and the accuracy matrix need before they drive the lab: root, the lab's
-/// packages, the eBPF object, and hopprobe, loadgen and hoplab built (plus `extra_bins` of the
-/// tests package).
+/// packages, the eBPF object, hoplab (plus `extra_bins` of the tests package) and the
+/// measuring tools built.
 pub fn prepare_lab_run(task: &str, extra_bins: &[&str]) -> Result<()> {
     if !system::is_root() {
         bail!("{task} builds network namespaces and loads eBPF programs: run it as root");
     }
     system::ensure_packages(&system::LAB_PACKAGES)?;
     ebpf::build()?;
-    let mut args = vec![
-        "build",
-        "-p",
-        "probe-user",
-        "-p",
-        "loadgen",
-        "-p",
-        "hopprobe-tests",
-        "--bin",
-        "hopprobe",
-        "--bin",
-        "loadgen",
-        "--bin",
-        "hoplab",
-    ];
+    let mut args = vec!["build", "-p", "hopprobe-tests", "--bin", "hoplab"];
     for bin in extra_bins {
         args.extend(["--bin", bin]);
     }
-    cmd::cargo(&args)
+    cmd::cargo(&args)?;
+    build_measuring()
 }
 
 /// A flag Ctrl-C sets instead of ending this process: Ctrl-C reaches the children too (same
@@ -211,7 +215,7 @@ fn check_report_file(path: &Path) -> Result<()> {
 /// `hopprobe report` over every run: one environment per run, all formats into `out`; prints
 /// the overview table.
 fn report(out: &Path, tags: &[String]) -> Result<()> {
-    let mut c = Command::new(bin("hopprobe"));
+    let mut c = Command::new(measuring("hopprobe"));
     c.arg("report");
     for tag in tags {
         c.args(["--label", tag])
@@ -257,7 +261,7 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
     )?;
     let probe_json = out.join(format!("{tag}-hopprobe.json"));
     let probe = ChildGuard(Some(
-        Command::new(bin("hopprobe"))
+        Command::new(measuring("hopprobe"))
             .args(["run", "--interval", "1h", "--netns"])
             .arg(format!("/run/netns/{LAB}-node"))
             .arg("--metadata")
@@ -278,7 +282,7 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
     let records = out.join(format!("{tag}-requests.jsonl"));
     let status = Command::new("ip")
         .args(["netns", "exec", &format!("{LAB}-client")])
-        .arg(bin("loadgen"))
+        .arg(measuring("loadgen"))
         .args([
             "http://10.77.0.1:30081/productpage",
             "-c",

@@ -72,7 +72,7 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             ebpf::build()?;
             cmd::cargo(&["build", "--release", "-p", "probe-user"])?;
-            let bin = cmd::workspace_root().join("target/release/hopprobe");
+            let bin = demo::measuring("hopprobe");
             let mut full = vec!["run".to_owned()];
             full.extend(args);
             cmd::exec(&bin, &full)?;
@@ -87,10 +87,13 @@ fn main() -> Result<()> {
         Task::Demo => demo::demo()?,
         Task::Accuracy { args } => {
             demo::prepare_lab_run("the accuracy matrix", &["hopaccuracy"])?;
-            cmd::exec(
-                &cmd::workspace_root().join("target/debug/hopaccuracy"),
-                &args,
-            )?;
+            let mut full = Vec::new();
+            for tool in ["hopprobe", "loadgen"] {
+                full.push(format!("--{tool}"));
+                full.push(demo::measuring(tool).display().to_string());
+            }
+            full.extend(args);
+            cmd::exec(&demo::bin("hopaccuracy"), &full)?;
         }
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
@@ -141,6 +144,10 @@ fn test() -> Result<()> {
         "--test-threads=1",
     ]);
     if root {
+        // The accuracy matrix measures with the tools as users run them (see
+        // `demo::measuring`); the demo below uses the same builds.
+        demo::build_measuring()?;
+        test.env("HOPPROBE_RELEASE_DIR", demo::release_dir());
         test.env("HOPPROBE_ROOT_TESTS", "require")
             .env("HOPPROBE_LAB_TESTS", "require")
             .env("HOPPROBE_BROWSER_TESTS", "require");

@@ -31,20 +31,12 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// `hopprobe` and `loadgen` built next to `hoplab` (one target directory).
-    pub fn beside(hoplab: &Path, hopprobe: &Path) -> Result<Self, String> {
-        let loadgen = hoplab.with_file_name("loadgen");
-        if !loadgen.exists() {
-            return Err(format!(
-                "{} not found: build it first (`cargo build -p loadgen`)",
-                loadgen.display()
-            ));
-        }
-        Ok(Self {
-            hoplab: hoplab.to_owned(),
-            hopprobe: hopprobe.to_owned(),
-            loadgen,
-        })
+    /// The first of the programs that does not exist, if any.
+    pub fn missing(&self) -> Option<&Path> {
+        [&self.hoplab, &self.hopprobe, &self.loadgen]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .find(|p| !p.exists())
     }
 }
 

@@ -21,6 +21,13 @@ struct Cli {
     /// D ∈ {0, 1 ms}, A ∈ {0, 2 ms} instead of the full 3 × 3 grid.
     #[arg(long)]
     quick: bool,
+    /// The hopprobe to measure with [default: the one built next to this program]. `cargo
+    /// xtask accuracy` passes the release build: a debug one's own work perturbs the lab.
+    #[arg(long, value_name = "PATH")]
+    hopprobe: Option<PathBuf>,
+    /// The loadgen to load the lab with [default: the one built next to this program].
+    #[arg(long, value_name = "PATH")]
+    loadgen: Option<PathBuf>,
     /// Keep each run's hopprobe summary and loadgen report (JSON) in this directory.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
@@ -36,17 +43,15 @@ fn main() -> ExitCode {
         }
     };
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    let programs = match Programs::beside(&dir.join("hoplab"), &dir.join("hopprobe")) {
-        Ok(p) if p.hopprobe.exists() => p,
-        Ok(p) => {
-            eprintln!("error: {} not found: build it first", p.hopprobe.display());
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let programs = Programs {
+        hoplab: dir.join("hoplab"),
+        hopprobe: cli.hopprobe.unwrap_or_else(|| dir.join("hopprobe")),
+        loadgen: cli.loadgen.unwrap_or_else(|| dir.join("loadgen")),
     };
+    if let Some(missing) = programs.missing() {
+        eprintln!("error: {} not found: build it first", missing.display());
+        return ExitCode::from(2);
+    }
     let mut opts = Options::full(&cli.name);
     opts.requests = cli.requests;
     opts.keep = cli.keep;
