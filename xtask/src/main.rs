@@ -105,7 +105,7 @@ fn main() -> Result<()> {
 }
 
 /// Disk a fresh `cargo xtask test` writes, rounded up.
-const FRESH_TEST_GIB: u64 = 4;
+const FRESH_TEST_GIB: u64 = 5;
 
 fn test() -> Result<()> {
     let root = system::is_root();

@@ -91,7 +91,7 @@ fn exchange(up: &mut Upstream, request: &Message) -> io::Result<Option<Message>>
 /// Each route's connections are served by reused threads, as Envoy's and Linkerd's fixed
 /// workers are, not by a thread spawned per connection: apps open a connection per call, and
 /// a spawn per call put the acceptor's wake-up, the thread's creation and its first run into
-/// every outbound request's wait at the proxy (p50 100–160 µs against 30 µs on the kept-alive
+/// every outbound request's wait at the proxy (p50 39–162 µs against 21–46 µs on the kept-alive
 /// inbound side), with a tail that grew whenever the CPUs had idled. A thread that has
 /// accepted one connection serves it to the end; one more is started whenever no thread is
 /// left waiting in `accept`, so concurrency is never capped.
