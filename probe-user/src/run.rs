@@ -160,28 +160,26 @@ struct ExchangeSink<'a> {
 }
 
 impl ExchangeSink<'_> {
-    fn is_proxy(&mut self, cgroup_id: u64, resolver: &mut Resolver) -> bool {
+    /// Whether the cgroup is a proxy container's; `None` while that is not known yet (a new
+    /// cgroup not resolvable yet, or a container the API server has not named yet).
+    fn is_proxy(&mut self, cgroup_id: u64, resolver: &mut Resolver) -> Option<bool> {
         if let Some(&known) = self.proxies.get(&cgroup_id) {
-            return known;
+            return Some(known);
         }
-        let Some(path) = resolver.resolve(cgroup_id) else {
-            // Not resolvable yet (a new cgroup): ask again next time.
-            return false;
-        };
+        let path = resolver.resolve(cgroup_id)?;
         let names = self.metadata.lookup(&path);
         let proxy = names
             .as_ref()
             .and_then(|n| n.container.as_ref())
             .is_some_and(|c| self.opts.proxy_containers.contains(c));
-        // A container's cgroup without a container name yet (the API server has not told us)
-        // is asked again next time; anything else is settled.
         let settled = !self.metadata.is_live()
             || names.is_some_and(|n| n.container.is_some())
             || parse_cgroup_path(&path).is_none_or(|ids| ids.container_id.is_none());
-        if settled {
-            self.proxies.insert(cgroup_id, proxy);
+        if !settled {
+            return None;
         }
-        proxy
+        self.proxies.insert(cgroup_id, proxy);
+        Some(proxy)
     }
 
     fn write_line(&mut self, line: &str) {
@@ -203,8 +201,11 @@ impl ExchangeSink<'_> {
 
     fn add(&mut self, x: &Exchange, resolver: &mut Resolver) {
         self.hops.record(x);
-        let proxy = self.is_proxy(x.cgroup_id, resolver);
-        self.kept.add(x, proxy);
+        // An exchange of a cgroup not known yet pairs with nothing: taken as an app's, a
+        // proxy's request would make an `app_self` of its own.
+        if let Some(proxy) = self.is_proxy(x.cgroup_id, resolver) {
+            self.kept.add(x, proxy);
+        }
         if self.records.is_some() {
             let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
             self.write_line(&line);

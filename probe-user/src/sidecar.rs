@@ -5,10 +5,16 @@
 //! is the downstream exchange's time minus the upstream one's: the request's way through the
 //! proxy plus the response's way back.
 //!
-//! Pairing: each upstream exchange goes to the not yet paired downstream exchange of the same
+//! Pairing: each upstream exchange goes to a not yet paired downstream exchange of the same
 //! proxy and the same direction that encloses it (request started before, response returned
-//! after) and whose request finished last before the upstream request began — the one the
-//! proxy most plausibly was forwarding. At concurrency 1 this is exact. Direction keeps the
+//! after): of those, the one whose response began first — the proxy relays an answer as soon
+//! as it has it. Upstream exchanges are taken in the order their requests began, so every
+//! downstream exchange still open then can enclose any later one's start too, and taking the
+//! tightest end leaves the others for later calls: no downstream exchange is left unpaired
+//! while a pairing for it exists. (Taking instead the one whose request finished last before
+//! the call, as hopprobe first did, left 3 % of the lab's downstream exchanges unpaired at
+//! 32 connections: a call could take an exchange that a later, longer call needed.) At
+//! concurrency 1 either is exact. Direction keeps the
 //! two halves of a sidecar apart: a downstream exchange whose client is in the pod (the app,
 //! redirected to the proxy on loopback) is outbound and pairs only with calls leaving the pod;
 //! one from outside is inbound and pairs only with calls to the pod's own addresses. Without
@@ -27,6 +33,8 @@
 //! and by up to 0.34 ms on a busy one, because its thread then woke on a CPU that had been idle
 //! for longer. That is time the request really spent in
 //! the sidecar, so it stays in the hop; the split says which part it was.
+
+use std::collections::BTreeSet;
 
 use probe_common::exchange::Exchange;
 
@@ -99,27 +107,32 @@ impl Own {
     }
 }
 
+/// Pairs a proxy's upstream exchanges with its downstream ones (see the module's text) and
+/// counts the downstream exchanges left unpaired.
 pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
-    let mut down: Vec<&Exchange> = down.iter().collect();
-    let mut up: Vec<&Exchange> = up.iter().collect();
-    down.sort_by_key(|x| x.req_first_ns);
-    up.sort_by_key(|x| x.req_first_ns);
-    let own = Own::of(&down);
-    let down_dir: Vec<Direction> = down.iter().map(|d| own.down(d)).collect();
-    let mut taken = vec![false; down.len()];
+    let own = Own::of(&down.iter().collect::<Vec<_>>());
     let mut hops = Vec::new();
-    for u in up {
-        let direction = own.up(u);
-        // Downstream exchanges that began before this upstream request; the latest first.
-        let end = down.partition_point(|d| d.req_first_ns <= u.req_first_ns);
-        let best = (0..end)
-            .filter(|&i| {
-                !taken[i] && down_dir[i] == direction && down[i].resp_first_ns >= u.resp_first_ns
-            })
-            .max_by_key(|&i| down[i].req_last_ns.min(u.req_first_ns));
-        if let Some(i) = best {
-            taken[i] = true;
-            let d = down[i];
+    let mut unpaired = 0;
+    for direction in [Direction::Inbound, Direction::Outbound] {
+        let before = hops.len();
+        let mut downs: Vec<&Exchange> = down.iter().filter(|d| own.down(d) == direction).collect();
+        let mut ups: Vec<&Exchange> = up.iter().filter(|u| own.up(u) == direction).collect();
+        downs.sort_by_key(|x| x.req_first_ns);
+        ups.sort_by_key(|x| x.req_first_ns);
+        // Downstream exchanges whose request began before the upstream request being paired,
+        // not taken yet, by when their response began.
+        let mut open: BTreeSet<(u64, usize)> = BTreeSet::new();
+        let mut next = 0;
+        for u in ups {
+            while next < downs.len() && downs[next].req_first_ns <= u.req_first_ns {
+                open.insert((downs[next].resp_first_ns, next));
+                next += 1;
+            }
+            let Some(&(resp, i)) = open.range((u.resp_first_ns, 0)..).next() else {
+                continue;
+            };
+            open.remove(&(resp, i));
+            let d = downs[i];
             let total = d.resp_first_ns - d.req_first_ns;
             let inner = u.resp_first_ns.saturating_sub(u.req_first_ns);
             let ns = total.saturating_sub(inner);
@@ -133,8 +146,8 @@ pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
                 queue_ns,
             });
         }
+        unpaired += (downs.len() - (hops.len() - before)) as u64;
     }
-    let unpaired = taken.iter().filter(|t| !**t).count() as u64;
     (hops, unpaired)
 }
 
@@ -270,6 +283,22 @@ mod tests {
         let (hops, unpaired) = pair(&down, &up);
         let ns: Vec<u64> = hops.iter().map(|h| h.ns).collect();
         assert_eq!((ns, unpaired), (vec![1_500, 1_500], 0));
+    }
+
+    #[test]
+    fn a_short_call_does_not_take_the_exchange_a_longer_one_needs() {
+        // Request A answered at 50, B at 100; a call 20..40 fits both, a call 30..90 only B.
+        let down = [
+            x(ROLE_SERVER, CLIENT, 0, 50),
+            x(ROLE_SERVER, CLIENT, 10, 100),
+        ];
+        let up = [
+            x(ROLE_CLIENT, LOOPBACK, 20, 40),
+            x(ROLE_CLIENT, LOOPBACK, 30, 90),
+        ];
+        let (hops, unpaired) = pair(&down, &up);
+        let ns: Vec<u64> = hops.iter().map(|h| h.ns).collect();
+        assert_eq!((ns, unpaired), (vec![30, 30], 0));
     }
 
     #[test]
