@@ -12,9 +12,10 @@
 //! 3. From the uplink the connection is followed by the client's initial sequence number,
 //!    which kube-proxy's NAT leaves alone, to the pod's veth (`pod_in`), and from there by its
 //!    4-tuple after NAT to the socket that served it. Inside a container, each outbound call
-//!    is attributed to the request the process was serving (see [`crate::calls::pair_children`]) and
-//!    followed the same way: through its pod's veth and the ISN to the next pod, or over
-//!    loopback to the container it called in the same pod (sidecar ↔ app).
+//!    is attributed to the request the process was serving
+//!    (see [`crate::calls::pair_children`]) and followed the same way: through its pod's veth
+//!    and the ISN to the next pod, or over loopback to the container it called in the same
+//!    pod (sidecar ↔ app).
 //! 4. The hops are differences of consecutive timestamps along that path, so they add up to
 //!    the node's span (uplink in → uplink out) exactly; the rest of the end-to-end time is
 //!    *unaccounted*: the network outside the node, the client's connect and its own
