@@ -270,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_requests_pair_with_the_latest_enclosing_one() {
+    fn overlapping_requests_pair_with_the_enclosing_one_answered_first() {
         // Two downstream requests 1 ms apart, each forwarded 0.5 ms after it arrived.
         let down = [
             x(ROLE_SERVER, CLIENT, 0, 10_000),

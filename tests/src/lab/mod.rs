@@ -92,10 +92,16 @@ pub fn available(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
+    skip(test, &format!("the lab needs {missing:?} installed"))
+}
+
+/// A lab test that cannot run for want of `what`: SKIPPED, or a failure under
+/// `HOPPROBE_LAB_TESTS=require`. Returns false, for `available`'s callers.
+pub fn skip(test: &str, what: &str) -> bool {
     if std::env::var("HOPPROBE_LAB_TESTS").as_deref() == Ok("require") {
-        panic!("{test}: HOPPROBE_LAB_TESTS=require but {missing:?} not installed");
+        panic!("{test}: HOPPROBE_LAB_TESTS=require, but {what}");
     }
-    eprintln!("SKIPPED {test}: the lab needs {missing:?}");
+    eprintln!("SKIPPED {test}: {what}");
     false
 }
 

@@ -193,27 +193,33 @@ mod tests {
         panic!("{addr} did not start");
     }
 
-    #[test]
-    fn forwards_with_its_delay_and_reuses_upstream_connections() {
+    /// A `details` app with `workers` behind a proxy adding `delay`; the proxy's address.
+    fn app_behind_proxy(workers: u32, delay: Delay) -> SocketAddr {
         let app = free_port();
         let opts = AppOptions {
             name: "details".into(),
             listen: app,
             delay: Delay::ZERO,
-            workers: 2,
+            workers,
             upstreams: vec![],
         };
         std::thread::spawn(move || crate::lab::app::serve(opts));
         wait_up(app);
         let proxy = free_port();
-        let delay = Duration::from_millis(15);
         let routes = vec![Route {
             listen: proxy,
             upstream: app,
-            delay: Delay::Fixed(delay),
+            delay,
         }];
         std::thread::spawn(move || serve(routes));
         wait_up(proxy);
+        proxy
+    }
+
+    #[test]
+    fn forwards_with_its_delay_and_reuses_upstream_connections() {
+        let delay = Duration::from_millis(15);
+        let proxy = app_behind_proxy(2, Delay::Fixed(delay));
         for _ in 0..3 {
             let t = Instant::now();
             let resp = call(proxy, "details").expect("call");
@@ -225,24 +231,7 @@ mod tests {
 
     #[test]
     fn idle_connections_do_not_hold_up_new_ones() {
-        let app = free_port();
-        let opts = AppOptions {
-            name: "details".into(),
-            listen: app,
-            delay: Delay::ZERO,
-            workers: 1,
-            upstreams: vec![],
-        };
-        std::thread::spawn(move || crate::lab::app::serve(opts));
-        wait_up(app);
-        let proxy = free_port();
-        let routes = vec![Route {
-            listen: proxy,
-            upstream: app,
-            delay: Delay::ZERO,
-        }];
-        std::thread::spawn(move || serve(routes));
-        wait_up(proxy);
+        let proxy = app_behind_proxy(1, Delay::ZERO);
         // Each holds a worker that waits for a request; more than the spare workers.
         let held: Vec<TcpStream> = (0..3 * SPARE_WORKERS)
             .map(|_| TcpStream::connect(proxy).expect("connect"))
