@@ -22,7 +22,11 @@ use aya::{
 use probe_common::layout::SetStateLayout;
 use serde::Serialize;
 
-use crate::{cgroup, ebpf, ebpf::error_chain, privilege, reads, table, tracefs};
+use crate::{
+    attach::{ebpf, ebpf::error_chain, privilege, reads, tracefs},
+    names::cgroup,
+    run::table,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,11 +7,13 @@ use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    check, datapath,
-    ebpf::{self, MapSizes, RingWakeup},
-    exit,
-    metadata::{self, kube::KubeOptions},
-    reads::ReadHook,
+    attach::{
+        datapath,
+        ebpf::{self, MapSizes, RingWakeup},
+        reads::ReadHook,
+    },
+    check, exit,
+    names::{self as metadata, kube::KubeOptions},
     run,
 };
 

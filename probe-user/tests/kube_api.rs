@@ -10,7 +10,7 @@ use std::{
 };
 
 use fake_api::{FakeApi, Kind, cgroup_path, endpoint_slice, pod, service};
-use probe_user::metadata::{
+use probe_user::names::{
     Metadata,
     kube::{self, KubeError, KubeOptions},
 };
@@ -200,8 +200,8 @@ async fn a_file_entry_wins_over_the_api() {
     let source = kube::start(config, &options("node-a", Duration::from_secs(5)))
         .await
         .expect("started");
-    let file = probe_user::metadata::MetadataFile {
-        containers: vec![probe_user::metadata::ContainerMeta {
+    let file = probe_user::names::MetadataFile {
+        containers: vec![probe_user::names::ContainerMeta {
             container_id: "aa11".into(),
             namespace: "from-file".into(),
             pod: "pp".into(),

@@ -29,7 +29,7 @@ pub fn network() -> Vec<String> {
 /// Cgroups of `hopprobe check` (`hopprobe-check-<pid>`) and of labs the tests made
 /// (`hopprobe-lab-hpt…`); a lab a user brought up is not a test's leftover.
 pub fn cgroups() -> Vec<String> {
-    let Some(root) = probe_user::cgroup::v2_mount() else {
+    let Some(root) = probe_user::names::cgroup::v2_mount() else {
         return Vec::new();
     };
     std::fs::read_dir(&root)

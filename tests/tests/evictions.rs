@@ -6,7 +6,7 @@ use std::{
 };
 
 use probe_common::stats::{LRU_CONNS, LRU_MAPS};
-use probe_user::{
+use probe_user::attach::{
     ebpf::{MIN_MAP_ENTRIES, MapSizes},
     evictions::LruMaps,
     probe::{Probe, read_counters},

@@ -3,7 +3,7 @@
 
 use std::{os::fd::AsRawFd, path::Path, sync::mpsc, time::Duration};
 
-use probe_user::{
+use probe_user::attach::{
     ebpf::{MapSizes, RingWakeup},
     probe::Probe,
 };

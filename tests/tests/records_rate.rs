@@ -8,7 +8,7 @@ use std::{
 };
 
 use probe_common::exchange::Exchange;
-use probe_user::{
+use probe_user::attach::{
     ebpf::MapSizes,
     probe::{Probe, read_counters},
 };

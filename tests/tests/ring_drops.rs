@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use probe_user::{
+use probe_user::attach::{
     ebpf::MapSizes,
     probe::{Probe, TRACEPOINT_PROGRAM, read_counters},
 };

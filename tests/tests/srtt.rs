@@ -18,7 +18,7 @@ const ROUND_TRIPS: usize = 20;
 
 /// The cgroup v2 id (directory inode) of this process.
 fn own_cgroup_id() -> u64 {
-    let root = probe_user::cgroup::v2_mount().expect("cgroup v2 mounted");
+    let root = probe_user::names::cgroup::v2_mount().expect("cgroup v2 mounted");
     let rel = std::fs::read_to_string("/proc/self/cgroup")
         .expect("read /proc/self/cgroup")
         .lines()

@@ -7,7 +7,7 @@ use super::{
     input::{LoadgenSummary, ProbeRecords, Requests},
     join::{Breakdown, Joined, hop_order},
 };
-use crate::cpu::CpuSeries;
+use crate::series::cpu::CpuSeries;
 
 pub const PERCENTILES: [(&str, f64); 4] = [
     ("p50", 0.50),

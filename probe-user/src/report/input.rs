@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{cpu::CpuSeries, tcflow::DatapathRecord};
+use crate::{hops::datapath::DatapathRecord, series::cpu::CpuSeries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {

@@ -13,7 +13,7 @@
 //!    which kube-proxy's NAT leaves alone, to the pod's veth (`pod_in`), and from there by its
 //!    4-tuple after NAT to the socket that served it. Inside a container, each outbound call
 //!    is attributed to the request the process was serving
-//!    (see [`crate::calls::pair_children`]) and followed the same way: through its pod's veth
+//!    (see [`crate::hops::calls::pair_children`]) and followed the same way: through its pod's veth
 //!    and the ISN to the next pod, or over loopback to the container it called in the same
 //!    pod (sidecar ↔ app).
 //! 4. The hops are differences of consecutive timestamps along that path, so they add up to
@@ -27,9 +27,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use serde::Serialize;
 
 use super::input::{ProbeRecords, Request, SockExchange};
-use crate::{
+use crate::hops::{
     calls::{Timed, pair_children},
-    tcflow::DatapathRecord,
+    datapath::DatapathRecord,
 };
 
 /// Who a cgroup is, for naming hops.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use self::{aggregate::EnvReport, join::Names};
-use crate::metadata::DEFAULT_PROXY_CONTAINERS;
+use crate::names::DEFAULT_PROXY_CONTAINERS;
 
 /// One environment's inputs: a `--label` starts a new one; the files after it belong to it.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -125,7 +125,7 @@ impl Lab {
         // Whatever an earlier, killed run left behind goes first.
         teardown::down(&config.name)?;
 
-        let v2 = probe_user::cgroup::v2_mount().ok_or(LabError::NoCgroup2)?;
+        let v2 = probe_user::names::cgroup::v2_mount().ok_or(LabError::NoCgroup2)?;
         let cgroup_root = names.cgroup_root(&v2);
         let mut pods: Vec<Pod> = SERVICES.iter().map(|s| pod(s)).collect();
         if config.ingress {

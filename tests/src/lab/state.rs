@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use probe_user::metadata::{ContainerMeta, InterfaceMeta, MetadataFile};
+use probe_user::names::{ContainerMeta, InterfaceMeta, MetadataFile};
 use serde::{Deserialize, Serialize};
 
 use super::{

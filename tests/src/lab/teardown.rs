@@ -47,7 +47,7 @@ pub fn namespaces(lab: &str) -> Vec<String> {
 }
 
 fn cgroup_root(lab: &str) -> Option<PathBuf> {
-    probe_user::cgroup::v2_mount().map(|v2| Names::new(lab).cgroup_root(&v2))
+    probe_user::names::cgroup::v2_mount().map(|v2| Names::new(lab).cgroup_root(&v2))
 }
 
 /// Everything of the lab still on the machine, for tests to assert is empty.
@@ -177,7 +177,7 @@ pub fn all_labs() -> Vec<String> {
             }
         }
     }
-    if let Some(dir) = probe_user::cgroup::v2_mount().and_then(|v2| fs::read_dir(v2).ok()) {
+    if let Some(dir) = probe_user::names::cgroup::v2_mount().and_then(|v2| fs::read_dir(v2).ok()) {
         for e in dir.flatten() {
             if let Some(name) = e
                 .file_name()

@@ -2,10 +2,7 @@
 //! `--records` as `"record":"datapath"` lines for `hopprobe report` to join loadgen's requests
 //! with the pods' sockets across NAT (see `probe_common::tcflow`).
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
@@ -14,7 +11,7 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::Metadata;
+use crate::{hops::addr, names::Metadata};
 
 /// One exchange at one TC point, as written to the records file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,15 +56,6 @@ pub fn point_name(point: u32) -> &'static str {
     }
 }
 
-fn sockaddr(bytes: [u8; 16], port: u16, ip_version: u32) -> SocketAddr {
-    let ip = if ip_version == 4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    };
-    SocketAddr::new(ip, port)
-}
-
 impl DatapathRecord {
     pub fn new(x: &TcExchange, ifnames: &BTreeMap<u32, String>, metadata: &Metadata) -> Self {
         let interface = ifnames.get(&x.key.ifindex).cloned();
@@ -82,8 +70,8 @@ impl DatapathRecord {
             ifindex: x.key.ifindex,
             interface,
             pod,
-            client: sockaddr(x.key.client_addr, x.key.client_port, x.ip_version),
-            server: sockaddr(x.key.server_addr, x.key.server_port, x.ip_version),
+            client: addr::from_bytes(x.key.client_addr, x.key.client_port, x.ip_version == 4),
+            server: addr::from_bytes(x.key.server_addr, x.key.server_port, x.ip_version == 4),
             isn: x.isn,
             index: x.index,
             syn_ns: x.syn_ns,
@@ -100,7 +88,7 @@ impl DatapathRecord {
 
 /// The TC tracking's own counters, by name.
 pub fn read_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
-    crate::probe::sum_per_cpu(stats, &TC_STAT_NAMES)
+    crate::attach::probe::sum_per_cpu(stats, &TC_STAT_NAMES)
 }
 
 #[cfg(test)]

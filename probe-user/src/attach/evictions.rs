@@ -21,7 +21,7 @@ use probe_common::{
     stats::{self, LRU_MAPS},
 };
 
-use crate::probe::{AttachError, Probe};
+use crate::attach::probe::{AttachError, Probe};
 
 /// The summary's name of each map's eviction count, in `LRU_MAPS` order.
 pub const NAMES: [&str; LRU_MAPS.len()] = [

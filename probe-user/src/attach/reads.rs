@@ -16,7 +16,7 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 
-use crate::{ebpf, ebpf::error_chain, tracefs};
+use crate::attach::{ebpf, ebpf::error_chain, tracefs};
 
 /// `--app-reads`: which hook marks a request's first read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

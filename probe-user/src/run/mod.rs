@@ -22,27 +22,35 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+pub mod table;
+
 use crate::{
-    cgroup::Resolver,
-    conn::{Aggregator, SeriesSummary, sock_series},
-    cpu::{CpuSampler, CpuSeries},
-    datapath::{Datapath, DatapathOptions},
-    ebpf::MapSizes,
-    evictions::{self, LruMaps},
-    hops::{self, HopAggregator, HopSummary, Record, kernel_hops},
-    kept::Kept,
-    metadata::{
+    attach::{
+        datapath::{Datapath, DatapathOptions},
+        ebpf::MapSizes,
+        evictions::{self, LruMaps},
+        probe::{
+            ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
+        },
+        prog_info::{self, ProgramCost},
+        reads::ReadHook,
+    },
+    hops::{
+        self, HopAggregator, HopSummary, Record,
+        datapath::{self as tcflow, DatapathRecord},
+        kept::Kept,
+        kernel_hops,
+    },
+    names::{
         Metadata,
+        cgroup::Resolver,
         kube::{self as kube_names, KubeError, KubeOptions},
         parse_cgroup_path,
     },
-    probe::{
-        ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
+    series::{
+        conn::{Aggregator, SeriesSummary, sock_series},
+        cpu::{CpuSampler, CpuSeries},
     },
-    prog_info::{self, ProgramCost},
-    reads::ReadHook,
-    table,
-    tcflow::{self, DatapathRecord},
 };
 
 #[derive(Debug, Clone)]

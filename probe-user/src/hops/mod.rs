@@ -6,24 +6,26 @@
 //!   the process made, per destination.
 //! - `app_self`: `app` less the calls made for that request, per request (see `calls`).
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use probe_common::{
-    conn::{AF_INET, FlowKey},
     exchange::{Exchange, ROLE_SERVER},
     hist::{HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey},
 };
 use serde::Serialize;
 
+pub mod addr;
+pub mod calls;
+pub mod datapath;
+pub mod kept;
+pub mod sidecar;
+
+use calls::AppSelf;
+use sidecar::{Direction, SidecarHop};
+
 use crate::{
-    calls::AppSelf,
-    cgroup::Resolver,
-    latency::{Latency, Summary},
-    metadata::Metadata,
-    sidecar::{Direction, SidecarHop},
+    names::{Metadata, cgroup::Resolver},
+    series::latency::{Latency, Summary},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -106,20 +108,6 @@ pub struct HopKey {
     pub direction: Option<Direction>,
 }
 
-pub fn addr(flow: &FlowKey, local: bool) -> SocketAddr {
-    let (bytes, port) = if local {
-        (flow.local_addr, flow.local_port)
-    } else {
-        (flow.remote_addr, flow.remote_port)
-    };
-    let ip = if flow.family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    };
-    SocketAddr::new(ip, port)
-}
-
 impl HopKey {
     pub fn of(x: &Exchange) -> Self {
         if x.role == ROLE_SERVER {
@@ -135,7 +123,7 @@ impl HopKey {
                 hop: Hop::Upstream,
                 cgroup_id: x.cgroup_id,
                 local_port: None,
-                peer: Some(addr(&x.flow, false)),
+                peer: Some(addr::of_flow(&x.flow, false)),
                 direction: None,
             }
         }
@@ -353,8 +341,8 @@ impl From<&Exchange> for Record {
             } else {
                 "client"
             },
-            local: addr(&x.flow, true),
-            remote: addr(&x.flow, false),
+            local: addr::of_flow(&x.flow, true),
+            remote: addr::of_flow(&x.flow, false),
             req_first_ns: x.req_first_ns,
             req_last_ns: x.req_last_ns,
             resp_first_ns: answered.then_some(x.resp_first_ns),
@@ -370,6 +358,7 @@ impl From<&Exchange> for Record {
 mod tests {
     use super::*;
     use probe_common::{
+        conn::{AF_INET, FlowKey},
         exchange::{PHASE_RESPONSE, ROLE_CLIENT},
         hist::BUCKETS,
     };

@@ -11,8 +11,8 @@ use probe_common::{
 use serde::Serialize;
 
 use crate::{
-    cgroup::Resolver,
-    latency::{Latency, Summary},
+    names::cgroup::Resolver,
+    series::latency::{Latency, Summary},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

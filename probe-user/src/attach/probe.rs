@@ -24,11 +24,13 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
-    cgroup::{self, Resolver},
-    ebpf::{self, LoadError, MapSizes, error_chain},
-    privilege,
-    reads::{self, ReadHook},
-    tracefs::{self, TracefsError},
+    attach::{
+        ebpf::{self, LoadError, MapSizes, error_chain},
+        privilege,
+        reads::{self, ReadHook},
+        tracefs::{self, TracefsError},
+    },
+    names::cgroup::{self, Resolver},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -262,13 +264,13 @@ impl Probe {
 
     /// Runs of each program the kernel skipped (see `prog_info`), and their total.
     pub fn missed_runs(&self) -> BTreeMap<String, u64> {
-        crate::prog_info::missed_runs(&self.ebpf)
+        crate::attach::prog_info::missed_runs(&self.ebpf)
     }
 
     /// Runs and run time of each program so far (counted only while run-time statistics are
     /// on).
-    pub fn costs(&self) -> Vec<crate::prog_info::ProgramCost> {
-        crate::prog_info::costs(&self.ebpf)
+    pub fn costs(&self) -> Vec<crate::attach::prog_info::ProgramCost> {
+        crate::attach::prog_info::costs(&self.ebpf)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

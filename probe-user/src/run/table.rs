@@ -1,8 +1,8 @@
 //! Plain-text tables for the terminal.
 
 use crate::{
-    conn::{Direction, Metric, SeriesSummary},
     hops::HopSummary,
+    series::conn::{Direction, Metric, SeriesSummary},
 };
 
 /// Renders rows under a header with each column as wide as its widest cell; a column whose

@@ -74,7 +74,7 @@ impl Own {
     fn of(down: &[&Exchange]) -> Self {
         let mut ips: Vec<_> = down
             .iter()
-            .map(|d| addr(&d.flow, true).ip())
+            .map(|d| addr::of_flow(&d.flow, true).ip())
             .filter(|ip| !ip.is_loopback())
             .collect();
         ips.sort_unstable();
@@ -89,7 +89,10 @@ impl Own {
     /// A downstream exchange from inside the pod (the app's call, redirected to the proxy on
     /// loopback) is outbound; one from anywhere else is inbound.
     fn down(&self, d: &Exchange) -> Direction {
-        let (local, remote) = (addr(&d.flow, true).ip(), addr(&d.flow, false).ip());
+        let (local, remote) = (
+            addr::of_flow(&d.flow, true).ip(),
+            addr::of_flow(&d.flow, false).ip(),
+        );
         if local.is_loopback() || self.contains(remote) {
             Direction::Outbound
         } else {
@@ -99,7 +102,7 @@ impl Own {
 
     /// Forwarded to loopback or to the pod's own address: into the pod.
     fn up(&self, u: &Exchange) -> Direction {
-        if self.contains(addr(&u.flow, false).ip()) {
+        if self.contains(addr::of_flow(&u.flow, false).ip()) {
             Direction::Inbound
         } else {
             Direction::Outbound

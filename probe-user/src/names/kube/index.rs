@@ -13,7 +13,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use crate::metadata::cgroup_path::{CgroupIds, container_id_from_status};
+use crate::names::cgroup_path::{CgroupIds, container_id_from_status};
 
 /// Deleted pods still answered for; older ones are forgotten.
 pub const DELETED_PODS_KEPT: usize = 256;

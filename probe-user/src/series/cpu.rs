@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{Metadata, parse_cgroup_path};
+use crate::names::{Metadata, parse_cgroup_path};
 
 /// One container's CPU over the run: `(monotonic ns, cumulative usage µs)` pairs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

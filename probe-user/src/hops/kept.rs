@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use probe_common::exchange::{Exchange, ROLE_SERVER};
 
-use crate::{
+use crate::hops::{
     calls::{self, AppSelf},
     sidecar::{self, SidecarHop},
 };

@@ -16,7 +16,7 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use crate::ebpf::error_brief;
+use crate::attach::ebpf::error_brief;
 
 pub const NODE_IN: &str = "hp_tc_node_in";
 pub const NODE_OUT: &str = "hp_tc_node_out";

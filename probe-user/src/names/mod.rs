@@ -4,6 +4,7 @@
 //! file (`--metadata`, which the lab writes). Where both know a container or interface, the
 //! file wins: it is what an operator wrote on purpose. Without names, series carry the IDs.
 
+pub mod cgroup;
 pub mod cgroup_path;
 pub mod kube;
 

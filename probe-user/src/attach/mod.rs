@@ -1,0 +1,10 @@
+//! Loading and attaching the eBPF programs, and reading what they leave in their maps.
+
+pub mod datapath;
+pub mod ebpf;
+pub mod evictions;
+pub mod privilege;
+pub mod probe;
+pub mod prog_info;
+pub mod reads;
+pub mod tracefs;
