@@ -36,6 +36,26 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Who a row is about: `pod/container` where names are known, else the cgroup's last path
+/// component (a systemd unit, a container id); the whole path stays in the JSON.
+fn who(
+    pod: &Option<String>,
+    container: &Option<String>,
+    cgroup: &Option<String>,
+    cgroup_id: u64,
+) -> String {
+    match (pod, container, cgroup, cgroup_id) {
+        (Some(p), Some(c), _, _) => format!("{p}/{c}"),
+        (Some(p), None, _, _) => p.clone(),
+        (_, _, Some(c), _) => match c.trim_end_matches('/').rsplit_once('/') {
+            Some((_, last)) if !last.is_empty() => last.to_owned(),
+            _ => c.clone(),
+        },
+        (_, _, None, 0) => "*".to_owned(),
+        (_, _, None, id) => format!("id:{id}"),
+    }
+}
+
 fn port(p: Option<u16>) -> String {
     p.map_or_else(|| "*".to_owned(), |p| p.to_string())
 }
@@ -63,9 +83,7 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
                     Direction::Unknown => "?",
                 }
                 .to_owned(),
-                s.cgroup
-                    .clone()
-                    .unwrap_or_else(|| format!("id:{}", s.cgroup_id)),
+                who(&s.pod, &s.container, &s.cgroup, s.cgroup_id),
                 port(s.local_port),
                 port(s.remote_port),
                 s.latency.count.to_string(),
@@ -79,8 +97,17 @@ pub fn series(summaries: &[SeriesSummary]) -> String {
         .collect();
     render(
         &[
-            "series", "side", "cgroup", "lport", "rport", "count", "min_ms", "p50_ms", "p90_ms",
-            "p99_ms", "max_ms",
+            "series",
+            "side",
+            "pod/container",
+            "lport",
+            "rport",
+            "count",
+            "min_ms",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
         ],
         &rows,
     )
@@ -97,13 +124,7 @@ pub fn hops(summaries: &[HopSummary]) -> String {
                     None => s.hop.name().to_owned(),
                 },
                 s.interface.clone().unwrap_or_else(|| "*".to_owned()),
-                match (&s.pod, &s.container, &s.cgroup, s.cgroup_id) {
-                    (Some(p), Some(c), _, _) => format!("{p}/{c}"),
-                    (Some(p), None, _, _) => p.clone(),
-                    (_, _, Some(c), _) => c.clone(),
-                    (_, _, None, 0) => "*".to_owned(),
-                    (_, _, None, id) => format!("id:{id}"),
-                },
+                who(&s.pod, &s.container, &s.cgroup, s.cgroup_id),
                 s.local_port
                     .map_or_else(|| "*".to_owned(), |p| p.to_string()),
                 // A Service (from the Kubernetes API) says more than its ClusterIP; the
@@ -152,5 +173,22 @@ mod tests {
             ],
         );
         assert_eq!(out, "name    n\na       5\nlong  123\n");
+    }
+
+    #[test]
+    fn rows_name_pods_and_containers_not_cgroup_paths() {
+        let path = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod82c0a928_1df8_41d3_8c76_d2323d47e853.slice/cri-containerd-ac39119b.scope";
+        let named = who(
+            &Some("reviews-v1".into()),
+            &Some("istio-proxy".into()),
+            &Some(path.into()),
+            7,
+        );
+        assert_eq!(named, "reviews-v1/istio-proxy");
+        let unnamed = who(&None, &None, &Some(path.into()), 7);
+        assert_eq!(unnamed, "cri-containerd-ac39119b.scope");
+        assert_eq!(who(&None, &None, &Some("/".into()), 1), "/");
+        assert_eq!(who(&None, &None, &None, 0), "*");
+        assert_eq!(who(&None, &None, &None, 9), "id:9");
     }
 }

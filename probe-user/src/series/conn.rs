@@ -11,7 +11,7 @@ use probe_common::{
 use serde::Serialize;
 
 use crate::{
-    names::cgroup::Resolver,
+    names::{Metadata, cgroup::Resolver},
     series::latency::{Latency, Summary},
 };
 
@@ -98,6 +98,13 @@ pub struct SeriesSummary {
     pub direction: Direction,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// The cgroup's pod and container where a names source knows them (see `name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub local_port: Option<u16>,
     pub remote_port: Option<u16>,
     #[serde(flatten)]
@@ -143,6 +150,9 @@ impl Aggregator {
                 direction: key.direction,
                 cgroup_id: key.cgroup_id,
                 cgroup: resolver.resolve(key.cgroup_id),
+                namespace: None,
+                pod: None,
+                container: None,
                 local_port: key.local_port,
                 remote_port: key.remote_port,
                 latency: s.latency.summary(),
@@ -173,6 +183,9 @@ pub fn sock_series(
                 direction,
                 cgroup_id: k.cgroup_id,
                 cgroup: resolver.resolve(k.cgroup_id),
+                namespace: None,
+                pod: None,
+                container: None,
                 local_port,
                 remote_port,
                 latency: Latency::from_buckets(&counts).summary(),
@@ -182,6 +195,17 @@ pub fn sock_series(
         .collect();
     out.sort_by_key(|s| (s.direction, s.cgroup_id, s.local_port, s.remote_port));
     out
+}
+
+/// Pod and container names for each series whose cgroup a names source knows.
+pub fn name(series: &mut [SeriesSummary], metadata: &Metadata) {
+    for s in series {
+        if let Some(n) = s.cgroup.as_deref().and_then(|c| metadata.lookup(c)) {
+            s.namespace = Some(n.namespace);
+            s.pod = Some(n.pod);
+            s.container = n.container;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ impl CpuSampler {
     }
 
     /// Takes one sample of every container cgroup present now.
-    pub fn sample(&mut self, metadata: &Metadata) {
+    pub fn sample(&mut self) {
         let mut dirs = Vec::new();
         containers_below(&self.root, &self.root, 0, &mut dirs);
         let now = monotonic_ns();
@@ -95,22 +95,31 @@ impl CpuSampler {
                 "/{}",
                 dir.strip_prefix(&self.root).unwrap_or(&dir).display()
             );
-            let series = self.series.entry(rel.clone()).or_insert_with(|| {
-                let meta = metadata.lookup(&rel);
-                CpuSeries {
-                    cgroup: rel.clone(),
-                    namespace: meta.as_ref().map(|m| m.namespace.clone()),
-                    pod: meta.as_ref().map(|m| m.pod.clone()),
-                    container: meta.and_then(|m| m.container),
-                    samples: Vec::new(),
-                }
+            let series = self.series.entry(rel.clone()).or_insert_with(|| CpuSeries {
+                cgroup: rel,
+                namespace: None,
+                pod: None,
+                container: None,
+                samples: Vec::new(),
             });
             series.samples.push((now, usage));
         }
     }
 
-    pub fn finish(self) -> Vec<CpuSeries> {
-        self.series.into_values().collect()
+    /// The series, named at the end of the run: a container first sampled before the
+    /// Kubernetes API named it is named all the same.
+    pub fn finish(self, metadata: &Metadata) -> Vec<CpuSeries> {
+        self.series
+            .into_values()
+            .map(|mut s| {
+                if let Some(m) = metadata.lookup(&s.cgroup) {
+                    s.namespace = Some(m.namespace);
+                    s.pod = Some(m.pod);
+                    s.container = m.container;
+                }
+                s
+            })
+            .collect()
     }
 }
 
@@ -136,13 +145,47 @@ mod tests {
         fs::write(scope.join("cpu.stat"), "usage_usec 42\n").expect("write");
         fs::create_dir_all(root.path().join("system.slice")).expect("mkdir");
         let mut s = CpuSampler::new(root.path().to_path_buf());
-        s.sample(&Metadata::default());
+        s.sample();
         fs::write(scope.join("cpu.stat"), "usage_usec 50\n").expect("write");
-        s.sample(&Metadata::default());
-        let series = s.finish();
+        s.sample();
+        let series = s.finish(&Metadata::default());
         assert_eq!(series.len(), 1, "{series:?}");
         let usages: Vec<u64> = series[0].samples.iter().map(|s| s.1).collect();
         assert_eq!(usages, vec![42, 50]);
         assert!(series[0].samples[0].0 <= series[0].samples[1].0);
+    }
+
+    /// With `--kube`, names arrive from the API server after hopprobe starts: a series must
+    /// be named by the names known at the end, not by those known at its first sample.
+    #[test]
+    fn series_are_named_by_the_names_known_at_the_end() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let uid = "82c0a928_1df8_41d3_8c76_d2323d47e853";
+        let rel = format!("kubepods.slice/kubepods-pod{uid}.slice/cri-containerd-ac39119b.scope");
+        let dir = root.path().join(&rel);
+        fs::create_dir_all(&dir).expect("container cgroup");
+        fs::write(dir.join("cpu.stat"), "usage_usec 10\n").expect("cpu.stat");
+        let mut sampler = CpuSampler::new(root.path().to_owned());
+        sampler.sample();
+        fs::write(dir.join("cpu.stat"), "usage_usec 25\n").expect("cpu.stat");
+        sampler.sample();
+        let known_at_end = Metadata::from_file(crate::names::MetadataFile {
+            containers: vec![crate::names::ContainerMeta {
+                container_id: "ac39119b".into(),
+                namespace: "default".into(),
+                pod: "reviews-v1".into(),
+                container: "reviews".into(),
+            }],
+            interfaces: vec![],
+        });
+        let series = sampler.finish(&known_at_end);
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].cgroup, format!("/{rel}"));
+        assert_eq!(series[0].pod.as_deref(), Some("reviews-v1"));
+        assert_eq!(series[0].container.as_deref(), Some("reviews"));
+        assert_eq!(
+            series[0].samples.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [10, 25]
+        );
     }
 }
