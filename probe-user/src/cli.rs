@@ -208,14 +208,14 @@ fn run_cmd(args: RunArgs) -> i32 {
         Ok(k) => k,
         Err(e) => {
             error!("{e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     let pod_ifaces = match datapath::parse_patterns(&args.pod_ifaces) {
         Ok(p) => p,
         Err(e) => {
             error!("--pod-ifaces: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     let datapath = (!args.no_datapath).then_some(datapath::DatapathOptions {
@@ -228,7 +228,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             Ok(m) => m,
             Err(e) => {
                 error!("--metadata: {e}");
-                return 2;
+                return exit::USAGE;
             }
         },
         None => metadata::Metadata::default(),
@@ -261,7 +261,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         bpf_stats: args.bpf_stats,
     };
     match run::run(&opts) {
-        Ok(_) => 0,
+        Ok(_) => exit::OK,
         Err(run::RunError::Attach(e)) if e.is_unsupported() => {
             error!("{e}");
             error!("run `hopprobe check` to see which hooks this machine offers");
@@ -323,7 +323,11 @@ fn check_cmd(args: &CheckArgs) -> i32 {
     } else {
         print!("{}", report.render());
     }
-    if report.ok() { 0 } else { exit::UNSUPPORTED }
+    if report.ok() {
+        exit::OK
+    } else {
+        exit::UNSUPPORTED
+    }
 }
 
 #[cfg(test)]

@@ -190,13 +190,13 @@ fn write(path: &PathBuf, text: &str) -> Result<(), String> {
 pub fn main(args: &[String]) -> i32 {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
-        return 0;
+        return crate::exit::OK;
     }
     let parsed = match parse_args(args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("hopprobe report: {e}\n{USAGE}");
-            return 2;
+            return crate::exit::USAGE;
         }
     };
     let mut envs = Vec::new();
@@ -205,7 +205,7 @@ pub fn main(args: &[String]) -> i32 {
             Ok(r) => envs.push(r),
             Err(err) => {
                 eprintln!("hopprobe report: {err}");
-                return 2;
+                return crate::exit::USAGE;
             }
         }
     }

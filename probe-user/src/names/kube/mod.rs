@@ -85,7 +85,7 @@ impl KubeError {
     /// anything else a runtime failure (1): the exit codes `hopprobe run` documents.
     pub fn exit_code(&self) -> i32 {
         match self {
-            KubeError::Config(_) => 2,
+            KubeError::Config(_) => crate::exit::USAGE,
             KubeError::Denied { .. } => crate::exit::UNSUPPORTED,
             KubeError::Timeout { .. } | KubeError::Client { .. } => crate::exit::FAILURE,
         }
