@@ -200,3 +200,148 @@ fn write_csv(c: &mut CsvSink, s: &Sample) -> std::io::Result<()> {
         s.status.unwrap_or(0),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compares with a file of `formats/tests/data`, which the schema tests validate and read
+    /// back; `UPDATE_GOLDEN=1` rewrites it (for a deliberate change of the format).
+    fn golden(name: &str, actual: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../formats/tests/data")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).expect("write golden file");
+        }
+        let want = std::fs::read_to_string(&path).expect("golden file");
+        assert!(actual == want, "{name} changed:\n{actual}");
+    }
+
+    #[test]
+    fn the_records_file_is_the_golden_file() {
+        let path =
+            std::env::temp_dir().join(format!("loadgen-golden-{}.jsonl", std::process::id()));
+        let header = Header {
+            record: "header",
+            version: 1,
+            clock: "CLOCK_MONOTONIC",
+            monotonic_ns: 1_000_000_000,
+            realtime_unix_ns: 1_767_225_600_000_000_000,
+            targets: vec![
+                HeaderTarget {
+                    name: "default",
+                    url: "http://10.77.0.1:30080/",
+                },
+                HeaderTarget {
+                    name: "tls \"quoted\"",
+                    url: "https://[fd00::1]:8443/x?y=1",
+                },
+            ],
+            args: [
+                "loadgen",
+                "http://10.77.0.1:30080/",
+                "-c",
+                "4",
+                "--records",
+                "r.jsonl",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let names = vec!["default".to_owned(), "tls \"quoted\"".to_owned()];
+        let w = Writer::start(Some(&path), &header, None, names).expect("writer");
+        // A new TLS connection, a reused one, an open-model request, a failure with no
+        // response, an IPv6 target, a warm-up request.
+        let samples = [
+            Sample {
+                seq: 0,
+                conn_id: 1,
+                local: Some("10.77.0.2:40000".parse().expect("addr")),
+                remote: Some("10.77.0.1:30080".parse().expect("addr")),
+                start_ns: 1_000_100_000,
+                dial: Dial {
+                    dns_ns: Some(12_000),
+                    connect_start_ns: Some(1_000_112_000),
+                    connect_end_ns: Some(1_000_260_000),
+                    tls_end_ns: Some(1_001_100_000),
+                    tls_resumed: Some(false),
+                    ..Dial::default()
+                },
+                written_ns: Some(1_001_110_000),
+                first_byte_ns: Some(1_002_000_000),
+                end_ns: 1_002_050_000,
+                status: Some(200),
+                bytes: 1_234,
+                ..Sample::default()
+            },
+            Sample {
+                seq: 1,
+                conn_id: 1,
+                reused: true,
+                local: Some("10.77.0.2:40000".parse().expect("addr")),
+                remote: Some("10.77.0.1:30080".parse().expect("addr")),
+                scheduled_ns: Some(1_002_000_000),
+                start_ns: 1_002_060_000,
+                written_ns: Some(1_002_070_000),
+                first_byte_ns: Some(1_003_000_000),
+                end_ns: 1_003_000_500,
+                status: Some(503),
+                bytes: 0,
+                ..Sample::default()
+            },
+            Sample {
+                seq: 2,
+                conn_id: 2,
+                local: Some("10.77.0.2:40002".parse().expect("addr")),
+                remote: Some("10.77.0.1:30080".parse().expect("addr")),
+                start_ns: 1_004_000_000,
+                dial: Dial {
+                    dns_ns: Some(0),
+                    connect_start_ns: Some(1_004_000_000),
+                    ..Dial::default()
+                },
+                end_ns: 1_005_000_000,
+                error: Some(ErrorKind::ConnectionReset),
+                ..Sample::default()
+            },
+            Sample {
+                target: 1,
+                seq: 3,
+                conn_id: 3,
+                local: Some("[fd00::2]:51000".parse().expect("addr")),
+                remote: Some("[fd00::1]:8443".parse().expect("addr")),
+                start_ns: 1_006_000_000,
+                dial: Dial {
+                    dns_ns: Some(30_000),
+                    connect_start_ns: Some(1_006_030_000),
+                    connect_end_ns: Some(1_006_100_000),
+                    tls_end_ns: Some(1_006_500_000),
+                    tls_resumed: Some(true),
+                    ..Dial::default()
+                },
+                written_ns: Some(1_006_510_000),
+                first_byte_ns: Some(1_007_000_000),
+                end_ns: 1_007_000_001,
+                status: Some(200),
+                bytes: 18_446_744_073_709_551_615,
+                ..Sample::default()
+            },
+            Sample {
+                seq: 4,
+                warmup: true,
+                start_ns: 1_008_000_000,
+                end_ns: 1_008_000_000,
+                error: Some(ErrorKind::Dns),
+                ..Sample::default()
+            },
+        ];
+        for s in samples {
+            w.tx.blocking_send(s).expect("send");
+        }
+        assert_eq!(w.finish().expect("finish"), 5);
+        let text = std::fs::read_to_string(&path).expect("records");
+        let _ = std::fs::remove_file(&path);
+        golden("loadgen-records.jsonl", &text);
+    }
+}

@@ -159,3 +159,87 @@ pub fn report(reports: &[TargetReport<'_>]) -> Value {
     }
     json!({ "targets": targets })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{conn::Dial, error::ErrorKind, record::Sample, stats::Stats};
+
+    /// Compares with a file of `formats/tests/data`, which the schema tests validate and read
+    /// back; `UPDATE_GOLDEN=1` rewrites it (for a deliberate change of the format).
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../formats/tests/data")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).expect("write golden file");
+        }
+        let want = std::fs::read_to_string(&path).expect("golden file");
+        assert!(actual == want, "{name} changed:\n{actual}");
+    }
+
+    /// A run with every section filled: new (TLS) and reused connections, two statuses, an
+    /// error, completions spread over 40 ms.
+    fn stats() -> Stats {
+        let mut s = Stats::default();
+        for i in 0..20u64 {
+            let start = 1_000_000_000 + i * 2_000_000;
+            let reused = i % 4 != 0;
+            let dial = if reused {
+                Dial::default()
+            } else {
+                Dial {
+                    dns_ns: Some(20_000 + i),
+                    connect_start_ns: Some(start),
+                    connect_end_ns: Some(start + 150_000 + i * 1_000),
+                    tls_end_ns: Some(start + 900_000 + i * 3_000),
+                    tls_resumed: Some(i > 0),
+                    ..Dial::default()
+                }
+            };
+            let error = (i == 7).then_some(ErrorKind::ConnectionReset);
+            let end = start + 1_200_000 + i * i * 7_919;
+            s.add(
+                &Sample {
+                    seq: i,
+                    reused,
+                    start_ns: start,
+                    dial,
+                    first_byte_ns: Some(end - 100_000),
+                    end_ns: end,
+                    status: error.is_none().then_some(if i == 3 { 503 } else { 200 }),
+                    bytes: 1_234,
+                    error,
+                    ..Sample::default()
+                },
+                1_000_000_000,
+                false,
+            );
+        }
+        s
+    }
+
+    fn pretty(v: &impl Serialize) -> String {
+        serde_json::to_string_pretty(v).expect("json") + "\n"
+    }
+
+    #[test]
+    fn the_json_output_is_the_golden_files() {
+        let full = stats();
+        let empty = Stats::default();
+        let target = |name, stats| TargetReport {
+            name,
+            url: "http://10.77.0.1:30080/",
+            stats,
+            total_secs: 2.5,
+        };
+        golden(
+            "loadgen-output.json",
+            &pretty(&report(&[target("default", &full)])),
+        );
+        golden(
+            "loadgen-output-targets.json",
+            &pretty(&report(&[target("a", &full), target("b", &empty)])),
+        );
+    }
+}
