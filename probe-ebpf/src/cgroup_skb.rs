@@ -137,12 +137,18 @@ fn stamp_syn(ctx: &SkBuffContext, seg: &Segment, t: u64) {
         ts_ns: t,
         cgroup_id,
     };
-    if lru_insert(&SYNS, LRU_SYNS, &seg.flow, &seen).is_err() {
+    if let Err(e) = lru_insert(&SYNS, LRU_SYNS, &seg.flow, &seen) {
         count(stats::SYN_INSERT_FAILED);
+        crate::log::warning!(
+            "hp_skb_in",
+            "SYNS insert failed (err {}): a SYN to cgroup {} not stamped, its handshake starts at SYN_RECV",
+            e,
+            cgroup_id
+        );
     }
 }
 
-fn emit(x: &Exchange) {
+fn emit(x: &Exchange, dir: Dir) {
     count(stats::EXCHANGES_PRODUCED);
     if !ratelimit::admit() {
         count(stats::EXCHANGES_RATE_LIMITED);
@@ -154,7 +160,15 @@ fn emit(x: &Exchange) {
             entry.submit(wake_flags(&EXCHANGE_EVENTS));
             count(stats::EXCHANGES_SENT);
         }
-        None => count(stats::EXCHANGE_DROPS),
+        None => {
+            count(stats::EXCHANGE_DROPS);
+            crate::log::debug!(
+                "hp_skb_in" if (dir == Dir::In) else "hp_skb_out",
+                "EXCHANGE_EVENTS ring full: exchange of cookie {} (cgroup {}) dropped",
+                x.cookie,
+                x.cgroup_id
+            );
+        }
     }
 }
 
@@ -188,20 +202,26 @@ fn park_early_request(ctx: &SkBuffContext, seg: &Segment, t: u64) {
         }
         None => new_exchange(ctx, seg, 0, ROLE_SERVER, t),
     };
-    if lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, &x).is_err() {
+    if let Err(e) = lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, &x) {
         count(stats::EXCHANGE_INSERT_FAILED);
+        crate::log::warning!(
+            "hp_skb_in",
+            "EARLY_REQUESTS insert failed (err {}): a request to cgroup {} arriving at its listener is lost",
+            e,
+            x.cgroup_id
+        );
     }
 }
 
 /// The request a listener saw for this flow, now under the connection's cookie: taken on by
 /// the connection's first packet of any kind (usually its ACK of that request, sent before the
 /// process can read it), so that the read hooks find the exchange.
-fn adopt_early_request(seg: &Segment, cookie: u64) -> Option<*mut Exchange> {
+fn adopt_early_request(seg: &Segment, cookie: u64, dir: Dir) -> Option<*mut Exchange> {
     // SAFETY: the value is copied out before the map changes.
     let mut x = unsafe { EARLY_REQUESTS.get(&seg.flow) }.copied()?;
     lru_remove(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow);
     x.cookie = cookie;
-    if !start_exchange(&x) {
+    if !start_exchange(&x, dir) {
         return None;
     }
     EXCHANGES.get_ptr_mut(&cookie)
@@ -209,9 +229,17 @@ fn adopt_early_request(seg: &Segment, cookie: u64) -> Option<*mut Exchange> {
 
 /// Tracks `x` under its cookie (a server's also under its flow, for the read hooks); false
 /// when the map refused it, which is counted.
-fn start_exchange(x: &Exchange) -> bool {
-    if lru_insert(&EXCHANGES, LRU_EXCHANGES, &x.cookie, x).is_err() {
+fn start_exchange(x: &Exchange, dir: Dir) -> bool {
+    if let Err(e) = lru_insert(&EXCHANGES, LRU_EXCHANGES, &x.cookie, x) {
         count(stats::EXCHANGE_INSERT_FAILED);
+        crate::log::warning!(
+            "hp_skb_in" if (dir == Dir::In) else "hp_skb_out",
+            "EXCHANGES insert failed (err {}): socket cookie {} of cgroup {} (role {}) not tracked",
+            e,
+            x.cookie,
+            x.cgroup_id,
+            x.role
+        );
         return false;
     }
     if x.role == ROLE_SERVER {
@@ -252,7 +280,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
         Some(x) => Some(x),
         // Not the listener's own packets (a racing handshake ACK): the cookie must be the
         // connection's.
-        None if !at_listener(ctx) => adopt_early_request(seg, cookie),
+        None if !at_listener(ctx) => adopt_early_request(seg, cookie, dir),
         None => None,
     };
     match found {
@@ -269,7 +297,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
                 if dir == request_dir {
                     if x.phase == PHASE_RESPONSE {
                         // A new request: the previous exchange is complete.
-                        emit(x);
+                        emit(x, dir);
                         x.req_first_ns = t;
                         x.req_bytes = 0;
                         x.resp_first_ns = 0;
@@ -302,7 +330,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
                 // one whose delete succeeds reports the exchange.
                 let done = *x;
                 if lru_remove(&EXCHANGES, LRU_EXCHANGES, &cookie) && done.phase == PHASE_RESPONSE {
-                    emit(&done);
+                    emit(&done, dir);
                 }
                 if done.role == ROLE_SERVER {
                     lru_remove(&FLOW_COOKIE, LRU_FLOW_COOKIE, &done.flow);
@@ -315,7 +343,7 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
             } else {
                 ROLE_CLIENT
             };
-            start_exchange(&new_exchange(ctx, seg, cookie, role, t));
+            start_exchange(&new_exchange(ctx, seg, cookie, role, t), dir);
         }
         None => {}
     }

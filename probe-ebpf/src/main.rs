@@ -13,6 +13,8 @@ mod datapath;
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
+mod log;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod ratelimit;

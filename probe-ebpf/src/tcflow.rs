@@ -52,6 +52,15 @@ fn emit(x: &TcExchange) {
         count(TC_STAT_SENT);
     } else {
         count(TC_STAT_DROPS);
+        // The four TC programs share this path; the record names the connection by its
+        // interface and the point its SYN passed.
+        crate::log::debug!(
+            "hp_tc",
+            "TC_FLOW_EVENTS ring full: exchange {} of the connection whose SYN passed point {} of interface {} dropped",
+            x.index,
+            x.point,
+            x.key.ifindex
+        );
     }
 }
 

@@ -33,7 +33,15 @@ const TCP_LISTEN: i32 = 10;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn hp_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_set_state(&ctx);
+    if let Err(e) = try_set_state(&ctx) {
+        // A TCP socket is AF_INET or AF_INET6 (err 0 says it was neither) and its fields are
+        // readable: either failing means the offsets read from tracefs do not fit this event.
+        crate::log::warning!(
+            "hp_sock_set_state",
+            "inet_sock_set_state: a TCP event's fields did not parse (err {}): does the tracepoint layout match this kernel?",
+            e
+        );
+    }
     0
 }
 
@@ -174,7 +182,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                     }
                 }
                 None if old != TCP_LISTEN && old != TCP_CLOSE && old != TCP_SYN_SENT => {
-                    count(stats::UNTRACKED_CLOSE)
+                    count(stats::UNTRACKED_CLOSE);
+                    crate::log::debug!(
+                        "hp_sock_set_state",
+                        "socket {:x} closed from state {} without being seen open (opened before hopprobe attached, or evicted from CONNS)",
+                        sock.id,
+                        old
+                    );
                 }
                 None => {}
             }
@@ -203,8 +217,16 @@ fn track(id: u64, start_ns: u64, cgroup_id: u64, side: u8, flags: u8) {
         },
         _pad: [0; 6],
     };
-    if lru_insert(&CONNS, LRU_CONNS, &id, &state).is_err() {
+    if let Err(e) = lru_insert(&CONNS, LRU_CONNS, &id, &state) {
         count(stats::CONN_INSERT_FAILED);
+        crate::log::warning!(
+            "hp_sock_set_state",
+            "CONNS insert failed (err {}): socket {:x} of cgroup {} (side {}) not tracked",
+            e,
+            id,
+            cgroup_id,
+            side
+        );
     }
 }
 
@@ -229,6 +251,13 @@ fn remember_owner(flow: &FlowKey, state: &ConnState) {
 fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duration_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(stats::RINGBUF_DROPS);
+        crate::log::debug!(
+            "hp_sock_set_state",
+            "EVENTS ring full: event {} of socket {:x} (cgroup {}) dropped",
+            kind as u8,
+            sock.id,
+            state.cgroup_id
+        );
         return;
     };
     entry.write(ConnEvent {
