@@ -1,0 +1,136 @@
+//! hopprobe's records (`hopprobe run --records FILE`, read by `hopprobe report --probe`):
+//! JSON Lines, one line per exchange seen at a socket ([`SockExchange`]) or at a TC point
+//! ([`DatapathRecord`], told apart by `"record":"datapath"`). Times are the node's
+//! CLOCK_MONOTONIC in nanoseconds.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ReadError;
+
+/// `record` of a datapath line; socket exchange lines have no `record`.
+pub const DATAPATH: &str = "datapath";
+/// `role` of an exchange on a socket that accepted its connection.
+pub const SERVER: &str = "server";
+/// `role` of an exchange on a socket that connected.
+pub const CLIENT: &str = "client";
+
+/// One request/response exchange on one socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SockExchange<S = String> {
+    /// The socket's cookie (unique while the kernel runs).
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// [`SERVER`] or [`CLIENT`].
+    pub role: S,
+    /// The socket's own address, as it sees it (after any NAT in front of it).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub req_first_ns: u64,
+    pub req_last_ns: u64,
+    /// `None`: the connection ended before any response byte.
+    pub resp_first_ns: Option<u64>,
+    pub resp_last_ns: Option<u64>,
+    /// Server side: when the process first read the request; client side: when it first read
+    /// the response. `None` when not seen (Linux before 6.12 without the fallback hooks).
+    pub first_read_ns: Option<u64>,
+    #[serde(default)]
+    pub req_bytes: u64,
+    #[serde(default)]
+    pub resp_bytes: u64,
+}
+
+impl<S: AsRef<str>> SockExchange<S> {
+    pub fn is_server(&self) -> bool {
+        self.role.as_ref() == SERVER
+    }
+}
+
+/// One exchange at one TC point (node uplink, pods' veths), for joining loadgen's requests
+/// with the pods' sockets across NAT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatapathRecord<S = String> {
+    /// Always [`DATAPATH`]: tells these lines from socket exchanges.
+    pub record: S,
+    /// Where the connection's SYN passed: `node_in` (from outside, at the uplink), `pod_in`
+    /// (into a pod, at its veth), `pod_out` (a pod's own outbound connection), `node_out`,
+    /// `unknown`.
+    pub point: S,
+    pub ifindex: u32,
+    pub interface: Option<String>,
+    /// The pod behind the veth, from `--metadata` or the Kubernetes API.
+    pub pod: Option<String>,
+    /// The connection's 4-tuple at this point: the client sent the SYN.
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// The client's initial sequence number: the same at every point, whatever NAT did.
+    pub isn: u32,
+    /// Exchange number on the connection, from 0.
+    pub index: u32,
+    pub syn_ns: u64,
+    /// When the server's SYN-ACK passed back; older records do not have it.
+    #[serde(default)]
+    pub synack_ns: Option<u64>,
+    pub req_first_ns: u64,
+    pub req_last_ns: u64,
+    pub resp_first_ns: Option<u64>,
+    pub resp_last_ns: Option<u64>,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+}
+
+/// One line of the records file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Record<S = String> {
+    Exchange(SockExchange<S>),
+    Datapath(DatapathRecord<S>),
+}
+
+impl<'de> Deserialize<'de> for Record {
+    /// By `record`: [`DATAPATH`] or none. ([`parse_line`] takes a shortcut for the lines as
+    /// hopprobe writes them.)
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        match v.get("record") {
+            None => SockExchange::deserialize(v).map(Record::Exchange),
+            Some(k) if k == DATAPATH => DatapathRecord::deserialize(v).map(Record::Datapath),
+            Some(k) => return Err(D::Error::custom(format!("unknown record kind {k}"))),
+        }
+        .map_err(D::Error::custom)
+    }
+}
+
+/// One line as hopprobe writes it. Records files are large: the lines hopprobe wrote parse
+/// straight into their type; only a line that names a `record` some other way goes through
+/// [`Record`]'s `Deserialize`.
+pub fn parse_line(line: &str) -> Result<Record, serde_json::Error> {
+    if line.contains(r#""record":"datapath""#) {
+        serde_json::from_str(line).map(Record::Datapath)
+    } else if line.contains(r#""record""#) {
+        serde_json::from_str(line)
+    } else {
+        serde_json::from_str(line).map(Record::Exchange)
+    }
+}
+
+/// The lines of a records file, split by kind, in the order of the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    pub exchanges: Vec<SockExchange>,
+    pub datapath: Vec<DatapathRecord>,
+}
+
+/// Reads a records file's text. Blank lines are skipped.
+pub fn read(text: &str) -> Result<Records, ReadError> {
+    let mut out = Records::default();
+    for (n, line) in crate::lines(text) {
+        match parse_line(line).map_err(|e| ReadError::line(n, "a hopprobe record", e))? {
+            Record::Exchange(x) => out.exchanges.push(x),
+            Record::Datapath(d) => out.datapath.push(d),
+        }
+    }
+    Ok(out)
+}
