@@ -4,12 +4,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 
 use crate::{
     attach::{
         datapath,
         ebpf::{self, MapSizes, RingWakeup},
+        ebpf_log::{self, EbpfLog},
         reads::ReadHook,
     },
     check, exit,
@@ -90,6 +90,15 @@ pub struct RunArgs {
     /// cover every BPF program on the machine and add two clock reads to each run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Let the eBPF programs report, on stderr as `<program>: <message>`, each condition they
+    /// only count otherwise: `warn` for data lost other than to load (a map insert that
+    /// failed, a tracepoint whose fields did not parse), `debug` also for a full ring buffer
+    /// or a socket closed without being seen open. [default: off, unless RUST_LOG has a
+    /// directive for the target `hopprobe::ebpf`, e.g. `RUST_LOG=info,hopprobe::ebpf=debug`;
+    /// a bare `RUST_LOG=debug` does not turn it on.] Off, the logging code is never run;
+    /// on, each record costs the traced packet a ring write.
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub ebpf_log: Option<EbpfLog>,
     /// Which hook sees a process read a request (splits `app` into queue and processing):
     /// `auto` takes `sock:sock_recv_length` where the kernel has it (6.12+), else syscall
     /// tracepoints; `syscalls` takes the syscall tracepoints everywhere.
@@ -188,10 +197,12 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let ebpf_log = match &cli.command {
+        Command::Run(args) => args.ebpf_log,
+        _ => None,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(ebpf_log::env_filter(ebpf_log))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -246,6 +257,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             max_sockets: args.max_sockets,
             max_packets: args.max_packets,
             wakeup: args.ring_wakeup,
+            ebpf_log: EbpfLog::from_env(args.ebpf_log),
         },
         records: args.records,
         datapath,

@@ -23,9 +23,14 @@ impl Hopprobe {
 
     /// [`Self::start`], with what went wrong as an error instead of a panic.
     pub fn try_start(bin: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_logging(bin, args, "info")
+    }
+
+    /// [`Self::try_start`] with `RUST_LOG=rust_log` (which must keep hopprobe's `info`).
+    pub fn try_start_logging(bin: &Path, args: &[&str], rust_log: &str) -> Result<Self, String> {
         let mut child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -3,6 +3,8 @@
 use aya::{Ebpf, EbpfLoader};
 use probe_common::{layout::SetStateLayout, ratelimit::RateLimit};
 
+use crate::attach::ebpf_log::{self, EbpfLog, EbpfLogError};
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf.o"));
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,8 @@ pub enum LoadError {
     NotBuilt,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Log(#[from] EbpfLogError),
 }
 
 /// Sizes of the maps that bound the probe's memory, and the rate that bounds its records.
@@ -32,6 +36,8 @@ pub struct MapSizes {
     pub max_packets: u32,
     /// When the kernel wakes hopprobe to read its rings.
     pub wakeup: RingWakeup,
+    /// What the programs log about conditions they did not expect (`--ebpf-log`).
+    pub ebpf_log: EbpfLog,
 }
 
 /// When the kernel wakes hopprobe to read a ring buffer.
@@ -72,6 +78,7 @@ impl Default for MapSizes {
             max_sockets: 65536,
             max_packets: 65536,
             wakeup: RingWakeup::Batched,
+            ebpf_log: EbpfLog::Off,
         }
     }
 }
@@ -90,7 +97,14 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
     }
     let limit = sizes.records_limit();
     let wake_each = u32::from(sizes.wakeup == RingWakeup::Each);
-    Ok(EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // Not required: an object built without its diagnostics has neither global, and only
+    // `ebpf_log::start` minds.
+    let log_levels: Vec<_> = ebpf_log::level_globals(sizes.ebpf_log).collect();
+    for (name, level) in &log_levels {
+        loader.override_global(name, level, false);
+    }
+    Ok(loader
         .override_global("SET_STATE_LAYOUT", layout, true)
         .override_global("RECORDS_LIMIT", &limit, true)
         .override_global("RING_WAKE_EACH", &wake_each, true)

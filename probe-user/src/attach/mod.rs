@@ -2,6 +2,7 @@
 
 pub mod datapath;
 pub mod ebpf;
+pub mod ebpf_log;
 pub mod evictions;
 pub mod privilege;
 pub mod probe;

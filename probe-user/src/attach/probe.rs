@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::{
     attach::{
         ebpf::{self, LoadError, MapSizes, error_chain},
-        privilege,
+        ebpf_log, privilege,
         reads::{self, ReadHook},
         tracefs::{self, TracefsError},
     },
@@ -87,6 +87,9 @@ pub struct Probe {
     ebpf: Ebpf,
     pub hooks: Vec<ActiveHook>,
     pub cgroup_root: PathBuf,
+    /// Declared after `ebpf`: dropped once the programs are detached, it reads their last
+    /// records.
+    _ebpf_log: Option<ebpf_log::EbpfLogReader>,
 }
 
 pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
@@ -125,6 +128,7 @@ impl Probe {
         })?;
 
         let mut ebpf = ebpf::load(&layout, sizes)?;
+        let ebpf_log = ebpf_log::start(&mut ebpf, sizes.ebpf_log).map_err(LoadError::from)?;
         let mut hooks = Vec::new();
 
         let program_err = |program| move |source| AttachError::Program { program, source };
@@ -218,6 +222,7 @@ impl Probe {
             ebpf,
             hooks,
             cgroup_root,
+            _ebpf_log: ebpf_log,
         })
     }
 
