@@ -5,6 +5,10 @@
 //! rotating each round. It prints latency and throughput ratios to the run without hopprobe,
 //! hopprobe's own CPU per request and peak RSS, and then, from one more run with
 //! `--bpf-stats`, the kernel time per request of each program.
+//!
+//! `BENCH_BASELINE=no-log` sets those kernel times beside the same hopprobe's with the eBPF
+//! programs' diagnostics compiled out (probe-ebpf without its `log` feature): what the
+//! diagnostics cost when off (`--ebpf-log`'s default), which should be nothing measurable.
 
 use std::{
     path::{Path, PathBuf},
@@ -279,9 +283,13 @@ type ProgramCosts = std::collections::BTreeMap<String, (f64, f64)>;
 /// hopprobe (`BENCH_BASELINE`), both alternate for `rounds` rounds and the medians are set side
 /// by side: the machine's speed drifts by tens of percent between runs, so a change to the
 /// programs is judged only against a baseline measured in the same run.
-fn kernel_time(requests: u32, rounds: usize, stop: &AtomicBool) -> Result<()> {
+fn kernel_time(
+    requests: u32,
+    rounds: usize,
+    baseline: Option<PathBuf>,
+    stop: &AtomicBool,
+) -> Result<()> {
     let this = measuring("hopprobe");
-    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for round in 0..if baseline.is_some() { rounds } else { 1 } {
@@ -376,6 +384,7 @@ pub fn bench() -> Result<()> {
     ebpf::build()?;
     cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
     cmd::cargo(&["build", "--release", "-p", "probe-user", "-p", "loadgen"])?;
+    let baseline = baseline()?;
     let rounds = env_or("BENCH_ROUNDS", 3usize);
     if rounds == 0 {
         bail!("BENCH_ROUNDS must be at least 1");
@@ -405,5 +414,32 @@ pub fn bench() -> Result<()> {
             sample(v, 32, ("-z", format!("{secs}s")), &stop)
         })?;
     }
-    kernel_time(requests, rounds, &stop)
+    kernel_time(requests, rounds, baseline, &stop)
+}
+
+/// `BENCH_BASELINE` asking for this hopprobe without the eBPF programs' diagnostics.
+const NO_LOG: &str = "no-log";
+
+/// The hopprobe `BENCH_BASELINE` names, built first when it is [`NO_LOG`].
+fn baseline() -> Result<Option<PathBuf>> {
+    match std::env::var_os("BENCH_BASELINE") {
+        Some(v) if v == NO_LOG => build_no_log().map(Some),
+        v => Ok(v.map(PathBuf::from)),
+    }
+}
+
+/// The release hopprobe embedding the object built `--no-default-features`, in a target
+/// directory of its own: the same source and profile as the one measured, so the two differ
+/// only in the logging code that the default object carries and leaves off. The first build
+/// takes as long as a fresh release build.
+fn build_no_log() -> Result<PathBuf> {
+    let dir = cmd::workspace_root()
+        .join("target/bench-probe")
+        .join(NO_LOG);
+    let object = ebpf::build_variant(&dir, &["--no-default-features"])?;
+    let mut c = cmd::cargo_command(&["build", "--release", "-p", "probe-user"]);
+    c.env("CARGO_TARGET_DIR", &dir)
+        .env("HOPPROBE_EBPF_OBJECT", &object);
+    cmd::run(&mut c)?;
+    Ok(dir.join("release/hopprobe"))
 }

@@ -1,6 +1,9 @@
 //! `cargo xtask build-ebpf`.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -14,6 +17,17 @@ pub fn object_path() -> PathBuf {
 
 /// Builds `probe-ebpf` and checks that the result is a BPF ELF object.
 pub fn build() -> Result<PathBuf> {
+    build_with(None, &[])
+}
+
+/// The object with `cargo_args` added (`--no-default-features`: without the programs'
+/// diagnostics), built in `target_dir`, so that the workspace's object, which hopprobe embeds,
+/// stays the default one.
+pub fn build_variant(target_dir: &Path, cargo_args: &[&str]) -> Result<PathBuf> {
+    build_with(Some(target_dir), cargo_args)
+}
+
+fn build_with(target_dir: Option<&Path>, cargo_args: &[&str]) -> Result<PathBuf> {
     let tc = toolchain::ensure(system::is_root())?;
     eprintln!(
         "xtask: eBPF toolchain: {:?}, LLVM {}, {}",
@@ -36,8 +50,15 @@ pub fn build() -> Result<PathBuf> {
         // what fentry programs need.
         r#"target.bpfel-unknown-none.rustflags=["-C", "debuginfo=2", "-C", "link-arg=--btf"]"#,
     ]);
+    c.args(cargo_args);
+    if let Some(dir) = target_dir {
+        c.arg("--target-dir").arg(dir);
+    }
     cmd::run(&mut c)?;
-    let object = object_path();
+    let object = match target_dir {
+        Some(dir) => dir.join(format!("{TARGET}/release/probe-ebpf")),
+        None => object_path(),
+    };
     let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
     // ELF e_machine 247 is EM_BPF.
     if bytes.len() < 20
