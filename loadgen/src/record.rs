@@ -10,7 +10,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use serde::Serialize;
+use hopprobe_formats::{loadgen_records, write_line};
 use tokio::sync::mpsc;
 
 use crate::{conn::Dial, error::ErrorKind};
@@ -40,47 +40,13 @@ pub struct Sample {
     pub error: Option<ErrorKind>,
 }
 
-/// First line of a records file: ties CLOCK_MONOTONIC to wall-clock time once per run.
-#[derive(Serialize)]
-pub struct Header<'a> {
-    pub record: &'static str,
-    pub version: u32,
-    pub clock: &'static str,
-    pub monotonic_ns: u64,
-    pub realtime_unix_ns: u64,
-    pub targets: Vec<HeaderTarget<'a>>,
-    pub args: Vec<String>,
-}
+/// First line of a records file (`hopprobe_formats::loadgen_records`), with borrowed names.
+pub type Header<'a> = loadgen_records::Header<&'a str>;
+pub type HeaderTarget<'a> = loadgen_records::HeaderTarget<&'a str>;
 
-#[derive(Serialize)]
-pub struct HeaderTarget<'a> {
-    pub name: &'a str,
-    pub url: &'a str,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    target: &'a str,
-    seq: u64,
-    warmup: bool,
-    conn: u64,
-    reused: bool,
-    local: Option<SocketAddr>,
-    remote: Option<SocketAddr>,
-    scheduled_ns: Option<u64>,
-    start_ns: u64,
-    dns_ns: Option<u64>,
-    connect_start_ns: Option<u64>,
-    connect_end_ns: Option<u64>,
-    tls_end_ns: Option<u64>,
-    tls_resumed: Option<bool>,
-    written_ns: Option<u64>,
-    first_byte_ns: Option<u64>,
-    end_ns: u64,
-    status: Option<u16>,
-    bytes: u64,
-    error: Option<&'static str>,
-}
+/// One request's line: borrows the target's name and the error's, so that writing a record
+/// allocates nothing.
+type Line<'a> = loadgen_records::Request<&'a str>;
 
 fn line<'a>(s: &Sample, names: &'a [String]) -> Line<'a> {
     Line {
@@ -128,8 +94,7 @@ impl Writer {
         let mut records = match records {
             Some(p) => {
                 let mut w = BufWriter::with_capacity(256 * 1024, File::create(p)?);
-                serde_json::to_writer(&mut w, header)?;
-                w.write_all(b"\n")?;
+                write_line(&mut w, header)?;
                 Some(w)
             }
             None => None,
@@ -148,8 +113,7 @@ impl Writer {
                 let mut n = 0u64;
                 while let Some(s) = rx.blocking_recv() {
                     if let Some(w) = records.as_mut() {
-                        serde_json::to_writer(&mut *w, &line(&s, &names))?;
-                        w.write_all(b"\n")?;
+                        write_line(w, &line(&s, &names))?;
                     }
                     if let Some(c) = csv.as_mut()
                         && !s.warmup

@@ -1,44 +1,30 @@
 //! oha's JSON report (same keys, so existing scripts keep working) plus `hdrHistograms`: each
-//! latency series as a base64 HdrHistogram V2 (deflate) in nanoseconds.
+//! latency series as a base64 HdrHistogram V2 (deflate) in nanoseconds. The document's type,
+//! which `hopprobe report --loadgen` reads too, is `hopprobe_formats::loadgen_output`.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use hopprobe_formats::loadgen_output::{
+    Details, HDR_FORMAT, HDR_UNIT, HdrHistograms, LatencyMs, Metrics, Output, Report, Rps, Summary,
+    Timing,
+};
 
 use super::{PERCENTILES, TargetReport};
 use crate::stats::Series;
 
-#[derive(Serialize)]
-struct Summary {
-    #[serde(rename = "successRate")]
-    success_rate: f64,
-    total: f64,
-    slowest: f64,
-    fastest: f64,
-    average: f64,
-    #[serde(rename = "requestsPerSec")]
-    requests_per_sec: f64,
-    #[serde(rename = "totalData")]
-    total_data: u64,
-    #[serde(rename = "sizePerRequest")]
-    size_per_request: Option<u64>,
-    #[serde(rename = "sizePerSec")]
-    size_per_sec: f64,
+/// The document borrows the targets' names, URLs and error names.
+pub type Json<'a> = Output<&'a str>;
+
+/// A number, or `null` for NaN and infinities (an empty series' mean), as JSON has no others.
+fn num(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
-#[derive(Serialize)]
-struct Triple {
-    average: f64,
-    fastest: f64,
-    slowest: f64,
-}
-
-fn triple(s: &Series) -> Triple {
-    Triple {
-        average: s.mean(),
-        fastest: s.min(),
-        slowest: s.max(),
+fn timing(s: &Series) -> Timing {
+    Timing {
+        average: num(s.mean()),
+        fastest: num(s.min()),
+        slowest: num(s.max()),
     }
 }
 
@@ -49,23 +35,22 @@ fn histogram(s: &Series) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn percentiles(s: &Series) -> BTreeMap<String, f64> {
+fn percentiles(s: &Series) -> BTreeMap<String, Option<f64>> {
     PERCENTILES
         .iter()
-        .map(|&p| (format!("p{p}"), s.percentile(p)))
+        .map(|&p| (format!("p{p}"), num(s.percentile(p))))
         .collect()
 }
 
-fn ms(secs: f64) -> f64 {
-    (secs * 1_000_000.0).round() / 1000.0
+fn ms(secs: f64) -> Option<f64> {
+    num((secs * 1_000_000.0).round() / 1000.0)
 }
 
 /// oha's `rps` block, from completions per 10 ms.
-fn rps(per_10ms: &[u32]) -> Value {
+fn rps(per_10ms: &[u32]) -> Rps {
     let mut v: Vec<f64> = per_10ms.iter().map(|&n| f64::from(n) / 0.01).collect();
     if v.is_empty() {
-        return json!({"mean": f64::NAN, "stddev": f64::NAN, "max": f64::NAN, "min": f64::NAN,
-                      "percentiles": {}});
+        return Rps::default();
     }
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -75,89 +60,96 @@ fn rps(per_10ms: &[u32]) -> Value {
         0.0
     };
     v.sort_by(f64::total_cmp);
-    let pct: BTreeMap<String, f64> = PERCENTILES
+    let percentiles = PERCENTILES
         .iter()
         .map(|&p| {
             let i = ((p / 100.0 * n) as usize).min(v.len() - 1);
-            (format!("p{p}"), v[i])
+            (format!("p{p}"), num(v[i]))
         })
         .collect();
-    json!({"mean": mean, "stddev": var.sqrt(), "max": v[v.len() - 1], "min": v[0],
-           "percentiles": pct})
+    Rps {
+        max: num(v[v.len() - 1]),
+        mean: num(mean),
+        min: num(v[0]),
+        percentiles,
+        stddev: num(var.sqrt()),
+    }
 }
 
-pub fn value(r: &TargetReport<'_>) -> Value {
+pub fn value<'a>(r: &TargetReport<'a>) -> Report<&'a str> {
     let s = r.stats;
     let lat = &s.latency;
-    let summary = Summary {
-        success_rate: s.success_rate(),
-        total: r.total_secs,
-        slowest: lat.max(),
-        fastest: lat.min(),
-        average: lat.mean(),
-        requests_per_sec: r.requests_per_sec(),
-        total_data: s.body_bytes,
-        size_per_request: s.size_per_request(),
-        size_per_sec: r.size_per_sec(),
-    };
-    let status: BTreeMap<String, u64> = s
-        .statuses
-        .iter()
-        .map(|(c, n)| (c.to_string(), *n))
-        .collect();
-    let errors: BTreeMap<&str, u64> = s.error_list().into_iter().collect();
-    json!({
-        "summary": summary,
-        "metrics": {
-            "success_rate": s.success_rate(),
-            "requests_per_sec": r.requests_per_sec(),
-            "latency_ms": {
-                "min": ms(lat.min()), "mean": ms(lat.mean()), "p50": ms(lat.percentile(50.0)),
-                "p95": ms(lat.percentile(95.0)), "p99": ms(lat.percentile(99.0)),
-                "max": ms(lat.max()),
+    Report {
+        details: Details {
+            dns_dialup: timing(&s.dns_dialup),
+            dns_lookup: timing(&s.dns_lookup),
+            connect: Some(timing(&s.connect)),
+            first_byte: Some(timing(&s.first_byte)),
+            tls_handshake: Some(timing(&s.tls)),
+        },
+        error_distribution: s.error_list().into_iter().collect(),
+        first_byte_histogram: Some(histogram(&s.first_byte)),
+        first_byte_percentiles: Some(percentiles(&s.first_byte)),
+        hdr_histograms: Some(HdrHistograms {
+            dns_dialup: s.dns_dialup.base64_v2(),
+            dns_lookup: s.dns_lookup.base64_v2(),
+            connect: s.connect.base64_v2(),
+            first_byte: s.first_byte.base64_v2(),
+            format: HDR_FORMAT,
+            latency: lat.base64_v2(),
+            tls_handshake: s.tls.base64_v2(),
+            unit: HDR_UNIT,
+        }),
+        latency_percentiles: percentiles(lat),
+        metrics: Some(Metrics {
+            latency_ms: LatencyMs {
+                max: ms(lat.max()),
+                mean: ms(lat.mean()),
+                min: ms(lat.min()),
+                p50: ms(lat.percentile(50.0)),
+                p95: ms(lat.percentile(95.0)),
+                p99: ms(lat.percentile(99.0)),
             },
+            requests_per_sec: num(r.requests_per_sec()),
+            success_rate: num(s.success_rate()),
+        }),
+        response_time_histogram: histogram(lat),
+        rps: rps(&s.per_10ms),
+        status_code_distribution: s
+            .statuses
+            .iter()
+            .map(|(c, n)| (c.to_string(), *n))
+            .collect(),
+        summary: Summary {
+            average: num(lat.mean()),
+            fastest: num(lat.min()),
+            requests_per_sec: num(r.requests_per_sec()),
+            size_per_request: s.size_per_request(),
+            size_per_sec: num(r.size_per_sec()),
+            slowest: num(lat.max()),
+            success_rate: num(s.success_rate()),
+            total: num(r.total_secs),
+            total_data: s.body_bytes,
         },
-        "responseTimeHistogram": histogram(lat),
-        "latencyPercentiles": percentiles(lat),
-        "firstByteHistogram": histogram(&s.first_byte),
-        "firstBytePercentiles": percentiles(&s.first_byte),
-        "rps": rps(&s.per_10ms),
-        "details": {
-            "DNSDialup": triple(&s.dns_dialup),
-            "DNSLookup": triple(&s.dns_lookup),
-            "firstByte": triple(&s.first_byte),
-            "connect": triple(&s.connect),
-            "tlsHandshake": triple(&s.tls),
-        },
-        "statusCodeDistribution": status,
-        "errorDistribution": errors,
-        "hdrHistograms": {
-            "unit": "ns",
-            "format": "HdrHistogram V2 deflate, base64",
-            "latency": lat.base64_v2(),
-            "firstByte": s.first_byte.base64_v2(),
-            "DNSDialup": s.dns_dialup.base64_v2(),
-            "DNSLookup": s.dns_lookup.base64_v2(),
-            "connect": s.connect.base64_v2(),
-            "tlsHandshake": s.tls.base64_v2(),
-        },
-    })
+        url: None,
+    }
 }
 
-/// One target: oha's object itself. Several: `{"targets": {name: object}}`.
-pub fn report(reports: &[TargetReport<'_>]) -> Value {
+/// One target: oha's object itself. Several: `{"targets": {name: object}}`, each with its
+/// `url`.
+pub fn report<'a>(reports: &[TargetReport<'a>]) -> Json<'a> {
     if let [single] = reports {
-        return value(single);
+        return Output::Single(Box::new(value(single)));
     }
-    let mut targets = serde_json::Map::new();
-    for r in reports {
-        let mut v = value(r);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("url".into(), Value::from(r.url));
-        }
-        targets.insert(r.name.to_owned(), v);
-    }
-    json!({ "targets": targets })
+    let targets = reports
+        .iter()
+        .map(|r| {
+            let mut v = value(r);
+            v.url = Some(r.url);
+            (r.name, v)
+        })
+        .collect();
+    Output::Targets { targets }
 }
 
 #[cfg(test)]
@@ -219,7 +211,7 @@ mod tests {
         s
     }
 
-    fn pretty(v: &impl Serialize) -> String {
+    fn pretty(v: &Json<'_>) -> String {
         serde_json::to_string_pretty(v).expect("json") + "\n"
     }
 
