@@ -21,19 +21,14 @@ use aya_ebpf::{
 };
 use probe_common::{
     conn::{AF_INET, AF_INET6, PeerKey},
+    layout::syscalls::{FD, RET, UPEER_SOCKADDR},
     stats::LRU_FD_FLOW,
 };
 
 use crate::{
     maps::{ACCEPT_ADDR, FD_FLOW, PEER_FLOW, READS, lru_insert, lru_remove},
-    tracepoints::mark_first_read,
+    tracepoints::{mark_first_read, read_field},
 };
-
-/// `syscalls:sys_enter_*`: the first argument (and the second) after the common header and
-/// `__syscall_nr`; `sys_exit_*`: `ret`. Userspace checks them against tracefs.
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const RET: usize = 16;
 
 fn fd_key(fd: u64) -> u64 {
     let tgid = bpf_get_current_pid_tgid() >> 32;
@@ -49,7 +44,7 @@ fn pid_tgid() -> u64 {
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
 pub fn hp_sys_enter_accept(ctx: TracePointContext) -> u32 {
     // SAFETY: offset checked against the format by userspace; the helper bounds the read.
-    if let Ok(addr) = unsafe { ctx.read_at::<u64>(ARG1) }
+    if let Ok(addr) = unsafe { read_field(&ctx, UPEER_SOCKADDR) }
         && addr != 0
     {
         let _ = ACCEPT_ADDR.insert(&pid_tgid(), &addr, 0);
@@ -66,7 +61,7 @@ pub fn hp_sys_exit_accept(ctx: TracePointContext) -> u32 {
     };
     let _ = ACCEPT_ADDR.remove(&id);
     // SAFETY: as above.
-    let Ok(fd) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+    let Ok(fd) = (unsafe { read_field(&ctx, RET) }) else {
         return 0;
     };
     if fd < 0 {
@@ -109,7 +104,7 @@ fn peer(addr: u64) -> Option<PeerKey> {
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn hp_sys_enter_recv(ctx: TracePointContext) -> u32 {
     // SAFETY: as above.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+    let Ok(fd) = (unsafe { read_field(&ctx, FD) }) else {
         return 0;
     };
     // SAFETY: the value is copied out at once.
@@ -128,7 +123,7 @@ pub fn hp_sys_exit_recv(ctx: TracePointContext) -> u32 {
     };
     let _ = READS.remove(&id);
     // SAFETY: as above.
-    if let Ok(ret) = unsafe { ctx.read_at::<i64>(RET) }
+    if let Ok(ret) = unsafe { read_field(&ctx, RET) }
         && ret > 0
     {
         mark_first_read(&flow);
@@ -139,7 +134,7 @@ pub fn hp_sys_exit_recv(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn hp_sys_enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: as above.
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG0) } {
+    if let Ok(fd) = unsafe { read_field(&ctx, FD) } {
         lru_remove(&FD_FLOW, LRU_FD_FLOW, &fd_key(fd));
     }
     0

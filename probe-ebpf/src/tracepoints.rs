@@ -15,6 +15,11 @@ use probe_common::{
         Exchange, PHASE_REQUEST, PHASE_RESPONSE, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS,
         ROLE_SERVER,
     },
+    layout::{
+        Field,
+        sock::{inet_sock_set_state as set_state, sock_recv_length as recv},
+        tcp::{tcp_rcv_space_adjust, tcp_receive_reset, tcp_retransmit_skb, tcp_send_reset},
+    },
     sockops::FlowSock,
     stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
@@ -45,6 +50,33 @@ pub fn hp_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reads `field` of a tracepoint record at the offset the shared table
+/// (`probe_common::layout`) gives, as the type the table gives.
+///
+/// # Safety
+/// The offset must have been checked against the tracepoint's format (userspace does so before
+/// attaching); the helper bounds the read.
+#[inline(always)]
+pub unsafe fn read_field<T>(ctx: &TracePointContext, field: Field<T>) -> Result<T, i32> {
+    // SAFETY: the caller's.
+    unsafe { ctx.read_at(field.at()) }
+}
+
+/// Reads `field` at `offset`, the kernel's offset for it (written from tracefs), as the type the
+/// table gives.
+///
+/// # Safety
+/// As [`read_field`].
+#[inline(always)]
+unsafe fn read_followed<T>(
+    ctx: &TracePointContext,
+    _field: Field<T>,
+    offset: u16,
+) -> Result<T, i32> {
+    // SAFETY: the caller's.
+    unsafe { ctx.read_at(offset as usize) }
+}
+
 /// The socket as the tracepoint describes it.
 struct Sock {
     id: u64,
@@ -55,29 +87,29 @@ fn read_sock(ctx: &TracePointContext) -> Result<Sock, i32> {
     let l = layout();
     // SAFETY: offsets come from the tracepoint's format; reads are bounds-checked by the helper.
     unsafe {
-        let family: u16 = ctx.read_at(l.family as usize)?;
+        let family = read_followed(ctx, set_state::FAMILY, l.family)?;
         let mut flow = FlowKey {
             local_addr: [0; 16],
             remote_addr: [0; 16],
-            local_port: ctx.read_at(l.sport as usize)?,
-            remote_port: ctx.read_at(l.dport as usize)?,
+            local_port: read_followed(ctx, set_state::SPORT, l.sport)?,
+            remote_port: read_followed(ctx, set_state::DPORT, l.dport)?,
             family,
             _pad: 0,
         };
         if family == AF_INET6 {
-            flow.local_addr = ctx.read_at(l.saddr_v6 as usize)?;
-            flow.remote_addr = ctx.read_at(l.daddr_v6 as usize)?;
+            flow.local_addr = read_followed(ctx, set_state::SADDR_V6, l.saddr_v6)?;
+            flow.remote_addr = read_followed(ctx, set_state::DADDR_V6, l.daddr_v6)?;
             flow.unmap_v4();
         } else if family == AF_INET {
-            let s: [u8; 4] = ctx.read_at(l.saddr as usize)?;
-            let d: [u8; 4] = ctx.read_at(l.daddr as usize)?;
+            let s = read_followed(ctx, set_state::SADDR, l.saddr)?;
+            let d = read_followed(ctx, set_state::DADDR, l.daddr)?;
             flow.local_addr[..4].copy_from_slice(&s);
             flow.remote_addr[..4].copy_from_slice(&d);
         } else {
             return Err(0);
         }
         Ok(Sock {
-            id: ctx.read_at(l.skaddr as usize)?,
+            id: read_followed(ctx, set_state::SKADDR, l.skaddr)?,
             flow,
         })
     }
@@ -88,9 +120,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: as in `read_sock`.
     let (protocol, old, new) = unsafe {
         (
-            ctx.read_at::<u16>(l.protocol as usize)?,
-            ctx.read_at::<i32>(l.oldstate as usize)?,
-            ctx.read_at::<i32>(l.newstate as usize)?,
+            read_followed(ctx, set_state::PROTOCOL, l.protocol)?,
+            read_followed(ctx, set_state::OLDSTATE, l.oldstate)?,
+            read_followed(ctx, set_state::NEWSTATE, l.newstate)?,
         )
     };
     if protocol != IPPROTO_TCP {
@@ -277,12 +309,6 @@ fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duratio
     count(stats::EVENTS_SENT);
 }
 
-/// Offsets in `sock:sock_recv_length` (Linux 6.12+); userspace checks them against tracefs
-/// before attaching.
-const RECV_SK: usize = 8;
-const RECV_PROTOCOL: usize = 18;
-const RECV_RET: usize = 20;
-const RECV_FLAGS: usize = 24;
 const MSG_PEEK: i32 = 2;
 
 /// A process read from a socket: on a server socket with a request waiting, the request has
@@ -297,10 +323,10 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets checked against the tracepoint's format by userspace.
     let (sk, protocol, ret, flags) = unsafe {
         (
-            ctx.read_at::<u64>(RECV_SK)?,
-            ctx.read_at::<u16>(RECV_PROTOCOL)?,
-            ctx.read_at::<i32>(RECV_RET)?,
-            ctx.read_at::<i32>(RECV_FLAGS)?,
+            read_field(ctx, recv::SK)?,
+            read_field(ctx, recv::PROTOCOL)?,
+            read_field(ctx, recv::RET)?,
+            read_field(ctx, recv::FLAGS)?,
         )
     };
     if protocol != IPPROTO_TCP || ret <= 0 || flags & MSG_PEEK != 0 {
@@ -341,11 +367,6 @@ fn mark_read(x: &mut Exchange) {
     }
 }
 
-/// Offsets in `tcp:tcp_rcv_space_adjust` (the same on 6.1, 6.12 and 6.18); userspace checks
-/// them against tracefs before attaching.
-const RCV_SPACE_SKADDR: usize = 8;
-const RCV_SPACE_COOKIE: usize = 64;
-
 /// `tcp_recvmsg` copied data to the process. It runs in the reading task, inside `recvmsg`,
 /// and carries the socket cookie, which keys the exchange directly, so it times:
 /// - every client socket's first read of its answer (the caller's wake-up after a call). The
@@ -361,9 +382,10 @@ const RCV_SPACE_COOKIE: usize = 64;
 #[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
 pub fn hp_tcp_rcv_space(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets checked against the format by userspace; the helper bounds the reads.
-    let (Ok(sk), Ok(cookie)) = (unsafe { ctx.read_at::<u64>(RCV_SPACE_SKADDR) }, unsafe {
-        ctx.read_at::<u64>(RCV_SPACE_COOKIE)
-    }) else {
+    let (Ok(sk), Ok(cookie)) = (
+        unsafe { read_field(&ctx, tcp_rcv_space_adjust::SKADDR) },
+        unsafe { read_field(&ctx, tcp_rcv_space_adjust::SOCK_COOKIE) },
+    ) else {
         return 0;
     };
     let Some(x) = EXCHANGES.get_ptr_mut(&cookie) else {
@@ -386,14 +408,9 @@ pub fn hp_tcp_rcv_space(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Offset of `skaddr` in tcp:tcp_retransmit_skb and tcp:tcp_send_reset (after `skbaddr`), and
-/// in tcp:tcp_receive_reset (first field); userspace checks them against tracefs.
-const SKB_EVENT_SKADDR: usize = 16;
-const SK_EVENT_SKADDR: usize = 8;
-
-fn count_tcp_event(ctx: &TracePointContext, skaddr_at: usize, index: usize) {
+fn count_tcp_event(ctx: &TracePointContext, skaddr: Field<u64>, index: usize) {
     // SAFETY: offset checked against the format by userspace; the helper bounds the read.
-    let Ok(skaddr) = (unsafe { ctx.read_at::<u64>(skaddr_at) }) else {
+    let Ok(skaddr) = (unsafe { read_field(ctx, skaddr) }) else {
         return;
     };
     // Softirq and timer context: the socket's owner comes from when it was opened.
@@ -419,18 +436,18 @@ fn count_tcp_event(ctx: &TracePointContext, skaddr_at: usize, index: usize) {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn hp_tcp_retransmit(ctx: TracePointContext) -> u32 {
-    count_tcp_event(&ctx, SKB_EVENT_SKADDR, TCP_RETRANSMITS);
+    count_tcp_event(&ctx, tcp_retransmit_skb::SKADDR, TCP_RETRANSMITS);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn hp_tcp_send_reset(ctx: TracePointContext) -> u32 {
-    count_tcp_event(&ctx, SKB_EVENT_SKADDR, TCP_RESETS_SENT);
+    count_tcp_event(&ctx, tcp_send_reset::SKADDR, TCP_RESETS_SENT);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn hp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    count_tcp_event(&ctx, SK_EVENT_SKADDR, TCP_RESETS_RECEIVED);
+    count_tcp_event(&ctx, tcp_receive_reset::SKADDR, TCP_RESETS_RECEIVED);
     0
 }
