@@ -247,7 +247,7 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
 /// Each program's (runs, run time in ns) over one c = 1 run of `bin` with `--bpf-stats`.
 fn kernel_time_once(bin: &Path, requests: u32, stop: &AtomicBool) -> Result<ProgramCosts> {
     interrupted(stop)?;
-    let dir = cmd::workspace_root().join("target/bench-probe");
+    let dir = cmd::target_dir().join("bench-probe");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
     let probe = start_hopprobe(bin, &["--bpf-stats"], Some(&json))?;
@@ -433,9 +433,7 @@ fn baseline() -> Result<Option<PathBuf>> {
 /// only in the logging code that the default object carries and leaves off. The first build
 /// takes as long as a fresh release build.
 fn build_no_log() -> Result<PathBuf> {
-    let dir = cmd::workspace_root()
-        .join("target/bench-probe")
-        .join(NO_LOG);
+    let dir = cmd::target_dir().join("bench-probe").join(NO_LOG);
     let object = ebpf::build_variant(&dir, &["--no-default-features"])?;
     let mut c = cmd::cargo_command(&["build", "--release", "-p", "probe-user"]);
     c.env("CARGO_TARGET_DIR", &dir)

@@ -1,7 +1,7 @@
 //! Running commands with their command line echoed and their failure explained.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -15,11 +15,35 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The directory cargo builds into, decided as cargo does for the commands xtask runs (all of
+/// them in the workspace root): `CARGO_TARGET_DIR`, absolute or relative to the workspace
+/// root, else `<workspace>/target`. probe-user's build.rs looks for the eBPF object there.
+pub fn target_dir() -> PathBuf {
+    target_dir_in(&workspace_root(), std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_in(root: &Path, cargo_target_dir: Option<OsString>) -> PathBuf {
+    match cargo_target_dir {
+        // `join` keeps an absolute path as it is. Cargo refuses an empty one.
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+/// Gives a cargo that xtask starts the absolute `target_dir()`: a build script runs in its
+/// package's directory, where a relative `CARGO_TARGET_DIR` would name another place.
+pub fn pin_target_dir(c: &mut Command) {
+    if std::env::var_os("CARGO_TARGET_DIR").is_some() {
+        c.env("CARGO_TARGET_DIR", target_dir());
+    }
+}
+
 /// The cargo that runs this xtask (rustup's proxy honours `+toolchain` through it).
 pub fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut c = Command::new(cargo);
     c.args(args).current_dir(workspace_root());
+    pin_target_dir(&mut c);
     c
 }
 
@@ -122,6 +146,21 @@ pub fn exec(program: &Path, args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_target_dir_is_cargo_target_dir_else_target_in_the_workspace() {
+        let root = Path::new("/w");
+        assert_eq!(target_dir_in(root, None), Path::new("/w/target"));
+        assert_eq!(target_dir_in(root, Some("".into())), Path::new("/w/target"));
+        assert_eq!(
+            target_dir_in(root, Some("/elsewhere/t".into())),
+            Path::new("/elsewhere/t")
+        );
+        assert_eq!(
+            target_dir_in(root, Some("build/t".into())),
+            Path::new("/w/build/t")
+        );
+    }
 
     #[test]
     fn sums_libtest_result_lines() {

@@ -27,7 +27,7 @@ const APP_DELAY: &str = "productpage=3ms,details=1ms,reviews=2ms,ratings=1ms";
 const APP_WORKERS: &str = "productpage=4";
 
 pub fn bin(name: &str) -> PathBuf {
-    cmd::workspace_root().join("target/debug").join(name)
+    cmd::target_dir().join("debug").join(name)
 }
 
 /// The measuring tools, hopprobe and loadgen, as users run them: optimized. A debug hopprobe
@@ -39,7 +39,7 @@ pub fn measuring(name: &str) -> PathBuf {
 }
 
 pub fn release_dir() -> PathBuf {
-    cmd::workspace_root().join("target/release")
+    cmd::target_dir().join("release")
 }
 
 /// Builds `measuring`'s programs.
@@ -126,10 +126,15 @@ pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Where the demo leaves its runs and report.
+fn demo_dir() -> PathBuf {
+    cmd::target_dir().join("demo")
+}
+
 pub fn demo() -> Result<()> {
     prepare_lab_run("the demo", &[])?;
     let stop = stop_on_ctrl_c()?;
-    let out = cmd::workspace_root().join("target/demo");
+    let out = demo_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     let mut summaries = Vec::new();
@@ -162,7 +167,7 @@ pub fn demo() -> Result<()> {
 /// What `cargo xtask test` asks of the demo it runs: every run joined (≥ 99 % of requests,
 /// ≤ 1 % clamped) and Little's law holding against loadgen's concurrency within 15 %.
 pub fn check_report() -> Result<()> {
-    check_report_file(&cmd::workspace_root().join("target/demo/report.json"))
+    check_report_file(&demo_dir().join("report.json"))
 }
 
 fn check_report_file(path: &Path) -> Result<()> {

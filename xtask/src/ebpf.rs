@@ -11,8 +11,13 @@ use crate::{cmd, system, toolchain};
 
 pub const TARGET: &str = "bpfel-unknown-none";
 
+/// Where the build writes the object and probe-user's build.rs reads it from.
 pub fn object_path() -> PathBuf {
-    cmd::workspace_root().join(format!("target/{TARGET}/release/probe-ebpf"))
+    object_in(&cmd::target_dir())
+}
+
+fn object_in(target_dir: &Path) -> PathBuf {
+    target_dir.join(format!("{TARGET}/release/probe-ebpf"))
 }
 
 /// Builds `probe-ebpf` and checks that the result is a BPF ELF object.
@@ -53,10 +58,12 @@ fn build_with(target_dir: Option<&Path>, cargo_args: &[&str]) -> Result<PathBuf>
     c.args(cargo_args);
     if let Some(dir) = target_dir {
         c.arg("--target-dir").arg(dir);
+    } else {
+        cmd::pin_target_dir(&mut c);
     }
     cmd::run(&mut c)?;
     let object = match target_dir {
-        Some(dir) => dir.join(format!("{TARGET}/release/probe-ebpf")),
+        Some(dir) => object_in(dir),
         None => object_path(),
     };
     let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
@@ -73,4 +80,58 @@ fn build_with(target_dir: Option<&Path>, cargo_args: &[&str]) -> Result<PathBuf>
         bytes.len()
     );
     Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// Set for the child run of `report_object_path_in_a_child`.
+    const CHILD: &str = "XTASK_TEST_REPORT_OBJECT_PATH";
+
+    /// Prints `object_path()` when the test below runs this binary as its child, with the
+    /// environment it chose; a no-op otherwise.
+    #[test]
+    fn report_object_path_in_a_child() {
+        if std::env::var_os(CHILD).is_some() {
+            println!("object={}", object_path().display());
+        }
+    }
+
+    /// What `object_path` says in a process whose `CARGO_TARGET_DIR` is `dir`.
+    fn object_path_under(dir: &std::ffi::OsStr) -> String {
+        let out = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "ebpf::tests::report_object_path_in_a_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("CARGO_TARGET_DIR", dir)
+            .output()
+            .expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            // libtest prints the test's name on the same line, before its output.
+            .find_map(|l| l.split_once("object=").map(|(_, path)| path))
+            .unwrap_or_else(|| panic!("no object= line in:\n{stdout}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn the_object_is_where_probe_users_build_script_looks() {
+        // probe-user/build.rs reads `$CARGO_TARGET_DIR/bpfel-unknown-none/release/probe-ebpf`.
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            object_path_under(dir.path().as_os_str()),
+            dir.path()
+                .join("bpfel-unknown-none/release/probe-ebpf")
+                .display()
+                .to_string()
+        );
+    }
 }

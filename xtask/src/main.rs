@@ -82,7 +82,7 @@ fn main() -> Result<()> {
                 system::ensure_packages(&system::LAB_PACKAGES)?;
             }
             cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
-            cmd::exec(&cmd::workspace_root().join("target/debug/hoplab"), &args)?;
+            cmd::exec(&demo::bin("hoplab"), &args)?;
         }
         Task::Demo => demo::demo()?,
         Task::Accuracy { args } => {
@@ -128,11 +128,7 @@ fn test() -> Result<()> {
     }
     // Measured from a fresh clone: 4.2 GiB (debug builds 2.1, the VMs' kernels and images 1.2,
     // the release builds of hopprobe and loadgen 0.8).
-    system::ensure_free_space(
-        &cmd::workspace_root().join("target"),
-        FRESH_TEST_GIB,
-        "cargo xtask test",
-    )?;
+    system::ensure_free_space(&cmd::target_dir(), FRESH_TEST_GIB, "cargo xtask test")?;
     ebpf::build()?;
     cmd::cargo(&["fmt", "--all", "--check"])?;
     cmd::cargo(&[

@@ -18,8 +18,13 @@ fn vm_test_fails_with_the_6_1_verifiers_message() {
         eprintln!("SKIPPED vm_test_fails_with_the_6_1_verifiers_message: needs root");
         return;
     }
-    let object = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bpfel-unknown-none/release/verifier-reject");
+    // `<target>/debug/xtask`: the target directory cargo chose (CARGO_TARGET_DIR or not),
+    // where `cargo xtask build-ebpf` wrote the object too.
+    let target = Path::new(env!("CARGO_BIN_EXE_xtask"))
+        .ancestors()
+        .nth(2)
+        .expect("<target>/<profile>/xtask");
+    let object = target.join("bpfel-unknown-none/release/verifier-reject");
     assert!(
         object.exists(),
         "{} missing: run `cargo xtask build-ebpf`",

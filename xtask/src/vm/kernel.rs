@@ -112,7 +112,7 @@ impl Kernel {
 }
 
 pub fn vm_dir() -> PathBuf {
-    cmd::workspace_root().join("target/vm")
+    cmd::target_dir().join("vm")
 }
 
 fn apt_search(series: &Series) -> String {
