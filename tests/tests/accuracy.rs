@@ -1,4 +1,4 @@
-//! The per-hop ground-truth matrix (issue 5): sidecar delay D ∈ {0, 1, 5 ms} × app service
+//! The per-hop ground-truth matrix: sidecar delay D ∈ {0, 1, 5 ms} × app service
 //! time A ∈ {0, 2, 10 ms} at concurrency 1, a one-worker app at concurrency 32, and a lab
 //! without a mesh; every row of `cargo xtask accuracy` must be inside its tolerance.
 

@@ -191,6 +191,44 @@ fn test() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// `.rs` files below `dir`, recursively.
+    fn rust_sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable source directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                rust_sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The repository has no numbered issues a reader could look up: the sources name the
+    /// thing (the per-hop ground-truth matrix, its tolerance) instead.
+    #[test]
+    fn sources_name_things_not_issue_numbers() {
+        let root = cmd::workspace_root();
+        let mut files = Vec::new();
+        for dir in ["xtask/src", "xtask/tests", "tests/src", "tests/tests"] {
+            rust_sources(&root.join(dir), &mut files);
+        }
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("readable source");
+            for (n, line) in text.lines().enumerate() {
+                let lower = line.to_lowercase();
+                let numbered = lower.match_indices("issue").any(|(at, word)| {
+                    let rest = lower[at + word.len()..].trim_start_matches([' ', '#', '-', '_']);
+                    rest.starts_with(|c: char| c.is_ascii_digit()) || rest.starts_with("'s ")
+                });
+                if numbered {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
     #[test]
     fn the_disk_figures_agree() {
         let measured: f64 = include_str!("main.rs")

@@ -35,7 +35,7 @@ impl Row {
         (self.low..=self.high).contains(&self.measured)
     }
 
-    /// `measured` must be within the tolerance of `expected_ms`: max(10 %, 150 µs).
+    /// `measured` must be within the matrix's tolerance of `expected_ms`: max(10 %, 150 µs).
     fn within(scenario: &str, check: String, expected_ms: f64, measured_ms: f64) -> Self {
         let tol = (expected_ms * 0.10).max(0.150);
         Self {

@@ -1,4 +1,4 @@
-//! The ground-truth matrix of issue 5: the lab with a sidecar mesh and an ingress, sidecar
+//! The per-hop ground-truth matrix: the lab with a sidecar mesh and an ingress, sidecar
 //! delay D × app service time A, loaded by loadgen and measured by hopprobe; what hopprobe
 //! reports is compared with what was injected. `cargo xtask accuracy` prints the table
 //! (`hopaccuracy`); the `accuracy` integration test asserts every row.
@@ -55,7 +55,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The issue's matrix: D ∈ {0, 1, 5 ms}, A ∈ {0, 2, 10 ms}, then c = 32.
+    /// The full matrix: D ∈ {0, 1, 5 ms}, A ∈ {0, 2, 10 ms}, then c = 32.
     pub fn full(name: &str) -> Self {
         let ms = Duration::from_millis;
         Self {
