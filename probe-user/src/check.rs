@@ -1,11 +1,15 @@
-//! `hopprobe check`: which hook types this kernel offers, proven by attaching trivial programs.
+//! `hopprobe check`: which hook types this kernel offers, proven by attaching trivial programs,
+//! and the plan `hopprobe run` would carry out here (`attach::plan`, the same function).
 //!
 //! A feature probe that only loads a program can say "yes" where attaching then fails (kprobes
 //! on a kernel without CONFIG_KPROBES load fine), so each check attaches a do-nothing program
 //! from the embedded object to a harmless target and detaches it again: a tracepoint, the
-//! loopback device of a private network namespace, a private cgroup.
+//! loopback device of a private network namespace, a private cgroup. What the checks find, the
+//! tracepoint formats and the verifier's verdicts on the real programs are the facts the plan
+//! is made from.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     path::{Path, PathBuf},
 };
@@ -22,153 +26,19 @@ use aya::{
 use probe_common::layout::SetStateLayout;
 use serde::Serialize;
 
+pub use crate::attach::programs::Hook;
 use crate::{
-    attach::{ebpf, ebpf::error_chain, privilege, reads, tracefs},
+    attach::{
+        ebpf,
+        ebpf::error_chain,
+        plan::{self, Action, Facts, Options, Plan},
+        privilege,
+        programs::{Need, PROGRAMS, Way},
+        tracefs,
+    },
     names::cgroup,
     run::table,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hook {
-    Tracepoint,
-    TcClsact,
-    CgroupSkb,
-    SockOps,
-    RingBuffer,
-    Kprobe,
-    Fentry,
-    BpfStats,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 8] = [
-        Hook::Tracepoint,
-        Hook::TcClsact,
-        Hook::CgroupSkb,
-        Hook::SockOps,
-        Hook::RingBuffer,
-        Hook::Kprobe,
-        Hook::Fentry,
-        Hook::BpfStats,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Tracepoint => "tracepoint",
-            Hook::TcClsact => "tc_clsact",
-            Hook::CgroupSkb => "cgroup_skb",
-            Hook::SockOps => "sock_ops",
-            Hook::RingBuffer => "ring_buffer",
-            Hook::Kprobe => "kprobe",
-            Hook::Fentry => "fentry",
-            Hook::BpfStats => "bpf_stats",
-        }
-    }
-
-    /// The core hop measurements use only hooks that exist here and on EKS kernels; kprobe,
-    /// fentry and run-time statistics are optional accelerations and diagnostics.
-    pub fn required(self) -> bool {
-        matches!(
-            self,
-            Hook::Tracepoint | Hook::TcClsact | Hook::CgroupSkb | Hook::SockOps | Hook::RingBuffer
-        )
-    }
-}
-
-/// Every program and the hooks it can run on, in order of preference.
-pub const PROGRAMS: &[(&str, &str, &[Hook])] = &[
-    (
-        "hp_sock_set_state",
-        "handshake latency and connection lifetime",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sock_recv",
-        "app queue wait: when a process reads a request (sock_recv_length, Linux 6.12+)",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_tcp_rcv_space",
-        "app queue wait on sockets opened before hopprobe attached: tcp_recvmsg copied data",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sys_enter_accept",
-        "app queue wait where sock_recv_length is missing: accept's peer address",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sys_exit_accept",
-        "app queue wait (fallback): accepted fd -> socket's flow",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sys_enter_recv",
-        "app queue wait (fallback): a read of an accepted fd begins",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sys_exit_recv",
-        "app queue wait (fallback): the read returned data: first read of the request",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sys_enter_close",
-        "app queue wait (fallback): forget a closed fd",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_tcp_retransmit",
-        "retransmits per cgroup",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_tcp_send_reset",
-        "resets sent per cgroup",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_tcp_receive_reset",
-        "resets received per cgroup",
-        &[Hook::Tracepoint],
-    ),
-    (
-        "hp_sock_ops",
-        "smoothed RTT per cgroup and service port (RTT callbacks)",
-        &[Hook::SockOps],
-    ),
-    (
-        "hp_skb_in",
-        "first SYN of passive handshakes; exchanges (bytes in)",
-        &[Hook::CgroupSkb],
-    ),
-    (
-        "hp_skb_out",
-        "exchanges (bytes out); packets sent by sockets",
-        &[Hook::CgroupSkb],
-    ),
-    (
-        "hp_tc_node_in",
-        "packets arriving at the node's uplink",
-        &[Hook::TcClsact],
-    ),
-    (
-        "hp_tc_node_out",
-        "packets leaving by the node's uplink",
-        &[Hook::TcClsact],
-    ),
-    (
-        "hp_tc_pod_in",
-        "packets entering a pod (host veth egress)",
-        &[Hook::TcClsact],
-    ),
-    (
-        "hp_tc_pod_out",
-        "packets leaving a pod (host veth ingress)",
-        &[Hook::TcClsact],
-    ),
-];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HookStatus {
@@ -178,16 +48,22 @@ pub struct HookStatus {
     pub detail: String,
 }
 
+/// One program: the table's row and the plan's decision for this kernel.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgramPlan {
     pub program: &'static str,
     pub purpose: &'static str,
-    /// The first available hook in order of preference; `None` when none is.
+    /// `required`, `optional`, or `reads #N`: the Nth way of seeing reads in order of
+    /// preference (the first whose programs all fit is attached, the others stand by).
+    pub need: &'static str,
+    /// The hook type it runs on here; `None` when the plan leaves it out.
     pub hook: Option<Hook>,
+    /// The hook as `run`'s summary names it (`cgroup_skb/ingress`...).
+    pub runs_on: &'static str,
+    /// What `hopprobe run` does with it on this kernel: attach where, skip why, fail why.
+    pub plan: Action,
     /// What the kernel's verifier said when the program was loaded for real.
     pub verifier: Verdict,
-    /// Where `hopprobe run` attaches it on this kernel, or why it does not.
-    pub attaches_to: String,
 }
 
 /// The verifier's verdict on one of hopprobe's programs, loaded as `hopprobe run` loads it.
@@ -224,15 +100,71 @@ impl Verdict {
             (None, _) => "not tried".into(),
         }
     }
+
+    /// Why `run` could not use the program, if the verdict says so.
+    fn refusal(&self) -> Option<String> {
+        match (self.loaded, &self.error) {
+            (Some(true), _) | (_, None) => None,
+            (Some(false), Some(e)) => Some(format!("the verifier rejected it: {e}")),
+            (None, Some(e)) => Some(e.clone()),
+        }
+    }
+}
+
+fn need(n: Need) -> &'static str {
+    match n {
+        Need::OneOf(Way::SockRecvLength) => "reads #1",
+        Need::OneOf(Way::SyscallReads) => "reads #2",
+        other => other.name(),
+    }
 }
 
 impl Report {
+    /// The report of the checks' `hooks`, with a row per decision of `plan`.
+    pub fn new(
+        kernel: String,
+        btf: bool,
+        tracefs: String,
+        cgroup_v2: Option<PathBuf>,
+        hooks: Vec<HookStatus>,
+        plan: &Plan,
+        mut verdicts: BTreeMap<&str, Verdict>,
+    ) -> Self {
+        let programs = plan
+            .decisions
+            .iter()
+            .map(|d| ProgramPlan {
+                program: d.program,
+                purpose: d.spec.purpose,
+                need: need(d.spec.need),
+                hook: matches!(d.action, Action::Attach { .. }).then(|| d.spec.hook.hook()),
+                runs_on: d.spec.hook.name(),
+                plan: d.action.clone(),
+                verifier: verdicts.remove(d.program).unwrap_or_default(),
+            })
+            .collect();
+        let missing_required = hooks
+            .iter()
+            .filter(|h| h.required && !h.available)
+            .map(|h| h.hook)
+            .collect();
+        Self {
+            kernel,
+            btf,
+            tracefs,
+            cgroup_v2,
+            hooks,
+            programs,
+            missing_required,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.missing_required.is_empty()
             && self
                 .programs
                 .iter()
-                .all(|p| p.verifier.loaded != Some(false))
+                .all(|p| p.verifier.loaded != Some(false) && !matches!(p.plan, Action::Fail { .. }))
     }
 
     pub fn render(&self) -> String {
@@ -265,23 +197,7 @@ impl Report {
             .collect();
         out.push_str(&table::render(&["hook", "need", "status", "detail"], &rows));
         out.push('\n');
-        let rows: Vec<Vec<String>> = self
-            .programs
-            .iter()
-            .map(|p| {
-                vec![
-                    p.program.to_owned(),
-                    p.hook.map_or("NONE (disabled)", Hook::name).to_owned(),
-                    p.attaches_to.clone(),
-                    p.verifier.summary(),
-                    p.purpose.to_owned(),
-                ]
-            })
-            .collect();
-        out.push_str(&table::render(
-            &["program", "runs on", "attaches to", "verifier", "measures"],
-            &rows,
-        ));
+        out.push_str(&self.render_programs());
         out.push('\n');
         if self.ok() {
             out.push_str("OK: every hook hopprobe needs is available.\n");
@@ -294,6 +210,8 @@ impl Report {
             for p in &self.programs {
                 if let (Some(false), Some(e)) = (p.verifier.loaded, &p.verifier.error) {
                     why.push(format!("the verifier rejected {}: {e}", p.program));
+                } else if let Action::Fail { reason } = &p.plan {
+                    why.push(format!("{} cannot run: {reason}", p.program));
                 }
             }
             out.push_str(&format!(
@@ -303,6 +221,39 @@ impl Report {
         }
         out
     }
+
+    /// The plan, a row per program: where `hopprobe run` attaches it, or why not.
+    fn render_programs(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .programs
+            .iter()
+            .map(|p| {
+                vec![
+                    p.program.to_owned(),
+                    p.need.to_owned(),
+                    p.runs_on.to_owned(),
+                    match &p.plan {
+                        Action::Attach { target } => target.clone(),
+                        Action::Skip { reason } => format!("not attached: {reason}"),
+                        Action::Fail { reason } => format!("CANNOT RUN: {reason}"),
+                    },
+                    p.verifier.summary(),
+                    p.purpose.to_owned(),
+                ]
+            })
+            .collect();
+        table::render(
+            &[
+                "program",
+                "need",
+                "runs on",
+                "attaches to (hopprobe run)",
+                "verifier",
+                "measures",
+            ],
+            &rows,
+        )
+    }
 }
 
 fn kernel_release() -> String {
@@ -311,152 +262,111 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Runs every check. Never panics; each failure becomes a row with its reason.
+fn all_hooks(detail: &str) -> Vec<HookStatus> {
+    Hook::ALL
+        .iter()
+        .map(|&hook| HookStatus {
+            hook,
+            required: hook.required(),
+            available: false,
+            detail: detail.to_owned(),
+        })
+        .collect()
+}
+
+/// Runs every check and makes the plan from what they found. Never panics; each failure
+/// becomes a row with its reason.
 pub fn run() -> Report {
     let kernel = kernel_release();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let cgroup_v2 = cgroup::v2_mount();
     let caps = privilege::effective_caps();
+    let mut facts = Facts {
+        cgroup_root: cgroup_v2.clone(),
+        ..Facts::default()
+    };
+    let report = |facts: &mut Facts, tracefs, hooks: Vec<HookStatus>, verdicts| {
+        for h in hooks.iter().filter(|h| !h.available) {
+            facts.unavailable.insert(h.hook, h.detail.clone());
+        }
+        let plan = plan::plan(facts, &Options::DEFAULT);
+        Report::new(
+            kernel.clone(),
+            btf,
+            tracefs,
+            cgroup_v2.clone(),
+            hooks,
+            &plan,
+            verdicts,
+        )
+    };
 
     if let Some(missing) = privilege::missing(caps) {
         let tracefs = "not checked (needs privilege)".to_owned();
-        let hooks = Hook::ALL
-            .iter()
-            .map(|&hook| HookStatus {
-                hook,
-                required: hook.required(),
-                available: false,
-                detail: missing.clone(),
-            })
-            .collect();
-        return finish(kernel, btf, tracefs, cgroup_v2, hooks);
+        return report(&mut facts, tracefs, all_hooks(&missing), BTreeMap::new());
     }
 
-    let (tracefs_text, layout) = match tracefs::ensure(true) {
+    let (tracefs_text, tracefs_problem) = match tracefs::ensure(true) {
         Ok(t) => {
+            facts.read_formats(&t.root);
             let text = if t.mounted_now {
                 format!("{} (mounted now)", t.root.display())
             } else {
                 t.root.display().to_string()
             };
-            let layout = tracefs::set_state_layout(&t.root).unwrap_or(SetStateLayout::DEFAULT);
-            (text, Ok(layout))
+            (text, None)
         }
-        Err(e) => (e.to_string(), Err(e.to_string())),
+        Err(e) => (e.to_string(), Some(e.to_string())),
     };
-
-    let mut hooks = Vec::new();
-    let mut ebpf = match ebpf::load(
-        layout.as_ref().unwrap_or(&SetStateLayout::DEFAULT),
-        ebpf::MapSizes::default(),
-    ) {
-        Ok(ebpf) => Some(ebpf),
+    // A format the programs do not fit is the plan's to report; the hooks are checked anyway.
+    let layout = facts.set_state_layout().unwrap_or(SetStateLayout::DEFAULT);
+    let mut ebpf = match ebpf::load(&layout, ebpf::MapSizes::default()) {
+        Ok(ebpf) => ebpf,
         Err(e) => {
-            let why = error_chain(&e);
-            for hook in Hook::ALL {
-                hooks.push(HookStatus {
-                    hook,
-                    required: hook.required(),
-                    available: false,
-                    detail: format!("cannot load hopprobe's eBPF object: {why}"),
-                });
-            }
-            None
+            let why = format!("cannot load hopprobe's eBPF object: {}", error_chain(&e));
+            return report(&mut facts, tracefs_text, all_hooks(&why), BTreeMap::new());
         }
     };
-    if let Some(ebpf) = ebpf.as_mut() {
-        for hook in Hook::ALL {
+    let hooks = Hook::ALL
+        .iter()
+        .map(|&hook| {
             let result = match hook {
-                Hook::Tracepoint => match &layout {
-                    Ok(_) => check_tracepoint(ebpf),
-                    Err(e) => Err(e.clone()),
+                Hook::Tracepoint => match &tracefs_problem {
+                    None => check_tracepoint(&mut ebpf),
+                    Some(e) => Err(e.clone()),
                 },
-                Hook::TcClsact => check_tc(ebpf),
+                Hook::TcClsact => check_tc(&mut ebpf),
                 Hook::CgroupSkb | Hook::SockOps => match &cgroup_v2 {
-                    Some(root) => check_cgroup(ebpf, root, hook),
+                    Some(root) => check_cgroup(&mut ebpf, root, hook),
                     None => Err("no cgroup v2 mount in /proc/self/mounts".into()),
                 },
                 Hook::RingBuffer => check_ringbuf(),
-                Hook::Kprobe => check_kprobe(ebpf),
-                Hook::Fentry => check_fentry(ebpf, btf),
+                Hook::Kprobe => check_kprobe(&mut ebpf),
+                Hook::Fentry => check_fentry(&mut ebpf, btf),
                 Hook::BpfStats => check_stats(),
             };
             let (available, detail) = match result {
                 Ok(d) => (true, d),
                 Err(d) => (false, d),
             };
-            hooks.push(HookStatus {
+            HookStatus {
                 hook,
                 required: hook.required(),
                 available,
                 detail,
-            });
-        }
-    }
-    let verdicts = match ebpf.as_mut() {
-        Some(ebpf) => PROGRAMS
-            .iter()
-            .map(|(name, _, _)| verify(ebpf, name))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut report = finish(kernel, btf, tracefs_text, cgroup_v2, hooks);
-    for (plan, verdict) in report.programs.iter_mut().zip(verdicts) {
-        plan.verifier = verdict;
-    }
-    if let Ok(t) = tracefs::ensure(false) {
-        let recv_length = t.root.join("events/sock/sock_recv_length/format").exists();
-        let fallback = reads::syscall_formats_problem(&t.root);
-        for plan in &mut report.programs {
-            if let Some(target) = attaches_to(plan.program, recv_length, fallback.as_deref()) {
-                plan.attaches_to = target;
             }
+        })
+        .collect();
+    let verdicts: BTreeMap<&str, Verdict> = PROGRAMS
+        .iter()
+        .map(|p| (p.name, verify(&mut ebpf, p.name)))
+        .collect();
+    for (&name, verdict) in &verdicts {
+        if let Some(why) = verdict.refusal() {
+            facts.refused.insert(name, why);
         }
     }
-    report
-}
-
-/// Where `hopprobe run` (with `--app-reads auto`) attaches the read hooks on this kernel: the
-/// syscall programs stand by where `sock_recv_length` exists.
-fn attaches_to(program: &str, recv_length: bool, fallback: Option<&str>) -> Option<String> {
-    if program == "hp_sock_recv" {
-        return Some(if recv_length {
-            "sock:sock_recv_length".into()
-        } else {
-            "not attached: no sock:sock_recv_length (syscall fallback)".into()
-        });
-    }
-    let fixed = match program {
-        "hp_sock_set_state" => Some("sock:inet_sock_set_state"),
-        "hp_tcp_rcv_space" => Some("tcp:tcp_rcv_space_adjust"),
-        "hp_tcp_retransmit" => Some("tcp:tcp_retransmit_skb"),
-        "hp_tcp_send_reset" => Some("tcp:tcp_send_reset"),
-        "hp_tcp_receive_reset" => Some("tcp:tcp_receive_reset"),
-        "hp_sock_ops" => Some("cgroup v2 root"),
-        "hp_skb_in" => Some("cgroup v2 root, ingress"),
-        "hp_skb_out" => Some("cgroup v2 root, egress"),
-        "hp_tc_node_in" => Some("uplink, TC ingress"),
-        "hp_tc_node_out" => Some("uplink, TC egress"),
-        "hp_tc_pod_in" => Some("pod veths, TC egress"),
-        "hp_tc_pod_out" => Some("pod veths, TC ingress"),
-        _ => None,
-    };
-    if let Some(target) = fixed {
-        return Some(target.into());
-    }
-    let p = reads::SYSCALL_PROGRAMS
-        .iter()
-        .find(|p| p.program == program)?;
-    Some(match (recv_length, fallback) {
-        (true, _) => "standby: sock_recv_length is used (--app-reads syscalls)".into(),
-        (false, Some(problem)) => format!("not attached: {problem}"),
-        (false, None) => p
-            .tracepoints
-            .iter()
-            .map(|t| format!("syscalls:{t}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    })
+    report(&mut facts, tracefs_text, hooks, verdicts)
 }
 
 /// Loads one of the real programs (nothing is attached) and reads the verifier's statistics.
@@ -501,40 +411,6 @@ fn verify(ebpf: &mut Ebpf, name: &str) -> Verdict {
             verified_insns: None,
             error: Some(format!("reading program info: {}", error_chain(&e))),
         },
-    }
-}
-
-fn finish(
-    kernel: String,
-    btf: bool,
-    tracefs: String,
-    cgroup_v2: Option<PathBuf>,
-    hooks: Vec<HookStatus>,
-) -> Report {
-    let available = |hook: Hook| hooks.iter().any(|h| h.hook == hook && h.available);
-    let programs = PROGRAMS
-        .iter()
-        .map(|(program, purpose, prefs)| ProgramPlan {
-            program,
-            purpose,
-            hook: prefs.iter().copied().find(|h| available(*h)),
-            verifier: Verdict::default(),
-            attaches_to: String::new(),
-        })
-        .collect();
-    let missing_required = hooks
-        .iter()
-        .filter(|h| h.required && !h.available)
-        .map(|h| h.hook)
-        .collect();
-    Report {
-        kernel,
-        btf,
-        tracefs,
-        cgroup_v2,
-        hooks,
-        programs,
-        missing_required,
     }
 }
 
@@ -687,6 +563,7 @@ fn check_stats() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attach::plan::tests::{linux_6_1, linux_6_18, recv_length_moved};
 
     fn status(hook: Hook, available: bool) -> HookStatus {
         HookStatus {
@@ -697,18 +574,109 @@ mod tests {
         }
     }
 
+    fn report(facts: &mut Facts, hooks: Vec<HookStatus>) -> (Plan, Report) {
+        for h in hooks.iter().filter(|h| !h.available) {
+            facts.unavailable.insert(h.hook, "unavailable here".into());
+        }
+        let plan = plan::plan(facts, &Options::DEFAULT);
+        let r = Report::new(
+            "6.18".into(),
+            true,
+            "/t".into(),
+            None,
+            hooks,
+            &plan,
+            BTreeMap::new(),
+        );
+        (plan, r)
+    }
+
+    fn all_available() -> Vec<HookStatus> {
+        Hook::ALL.iter().map(|&h| status(h, true)).collect()
+    }
+
+    /// The row `check` prints for `program`.
+    fn row<'a>(text: &'a str, program: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(program))
+            .unwrap_or_else(|| panic!("no row for {program} in\n{text}"))
+    }
+
+    /// What `check` prints and what `run` attaches (`Plan::to_attach`, which
+    /// `probe::carry_out` walks) are one plan: every program `run` attaches is printed with
+    /// its target, every other one with the plan's reason.
+    fn assert_check_shows_runs_plan(plan: &Plan, report: &Report) {
+        let text = report.render();
+        let attached: Vec<&str> = plan.to_attach().map(|(spec, _)| spec.name).collect();
+        for (spec, target) in plan.to_attach() {
+            assert!(row(&text, spec.name).contains(target), "{target}:\n{text}");
+        }
+        for d in &plan.decisions {
+            match &d.action {
+                Action::Attach { .. } => assert!(attached.contains(&d.program)),
+                Action::Skip { reason } | Action::Fail { reason } => {
+                    assert!(!attached.contains(&d.program));
+                    assert!(row(&text, d.program).contains(reason.as_str()), "{text}");
+                }
+            }
+        }
+        let json = serde_json::to_value(report).expect("serialises");
+        for (i, d) in plan.decisions.iter().enumerate() {
+            assert_eq!(json["programs"][i]["program"], d.program);
+            assert_eq!(
+                json["programs"][i]["plan"],
+                serde_json::to_value(&d.action).expect("serialises")
+            );
+        }
+    }
+
+    #[test]
+    fn on_6_1_check_shows_the_syscall_fallback_run_attaches() {
+        let (plan, r) = report(&mut linux_6_1(), all_available());
+        assert_check_shows_runs_plan(&plan, &r);
+        assert!(!plan.attaches("hp_sock_recv"));
+        assert!(plan.attaches("hp_sys_exit_recv"));
+        let text = r.render();
+        assert!(
+            row(&text, "hp_sock_recv")
+                .contains("not attached: this kernel has no sock:sock_recv_length"),
+            "{text}"
+        );
+        assert!(r.ok(), "{text}");
+    }
+
+    #[test]
+    fn on_6_18_check_shows_sock_recv_length_run_attaches() {
+        let (plan, r) = report(&mut linux_6_18(), all_available());
+        assert_check_shows_runs_plan(&plan, &r);
+        assert!(plan.attaches("hp_sock_recv"));
+        assert!(row(&r.render(), "hp_sys_enter_close").contains("standby"));
+    }
+
+    #[test]
+    fn moved_offsets_show_the_fallback_in_check_and_run_alike() {
+        let (plan, r) = report(&mut recv_length_moved(), all_available());
+        assert_check_shows_runs_plan(&plan, &r);
+        assert!(!plan.attaches("hp_sock_recv"));
+        assert!(plan.attaches("hp_sys_exit_recv"));
+        assert!(
+            row(&r.render(), "hp_sock_recv").contains("field ret is at offset 28"),
+            "{}",
+            r.render()
+        );
+    }
+
     #[test]
     fn optional_hooks_do_not_fail_the_check() {
         let hooks = Hook::ALL.iter().map(|&h| status(h, h.required())).collect();
-        let r = finish("6.18".into(), true, "/t".into(), None, hooks);
+        let (_, r) = report(&mut linux_6_18(), hooks);
         assert!(r.ok(), "{}", r.render());
         assert!(r.render().contains("OK: every hook"));
     }
 
     #[test]
     fn a_rejected_program_fails_the_check_with_the_verifiers_reason() {
-        let hooks = Hook::ALL.iter().map(|&h| status(h, true)).collect();
-        let mut r = finish("6.1".into(), true, "/t".into(), None, hooks);
+        let (_, mut r) = report(&mut linux_6_18(), all_available());
         assert!(r.ok());
         r.programs[0].verifier = Verdict {
             loaded: Some(false),
@@ -731,19 +699,60 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_read_program_hands_over_to_the_fallback_in_the_plan() {
+        let mut facts = linux_6_18();
+        let rejected = Verdict {
+            loaded: Some(false),
+            verified_insns: None,
+            error: Some("R1 invalid mem access".into()),
+        };
+        facts
+            .refused
+            .insert("hp_sock_recv", rejected.refusal().expect("a refusal"));
+        let (plan, r) = report(&mut facts, all_available());
+        assert_check_shows_runs_plan(&plan, &r);
+        assert!(plan.attaches("hp_sys_exit_recv"));
+    }
+
+    #[test]
     fn a_missing_required_hook_fails_and_disables_its_program() {
         let hooks = Hook::ALL
             .iter()
             .map(|&h| status(h, h != Hook::CgroupSkb))
             .collect();
-        let r = finish("6.1".into(), true, "/t".into(), None, hooks);
+        let (plan, r) = report(&mut linux_6_18(), hooks);
+        assert_check_shows_runs_plan(&plan, &r);
         assert_eq!(r.missing_required, vec![Hook::CgroupSkb]);
-        let plan = r
+        let p = r
             .programs
             .iter()
             .find(|p| p.program == "hp_skb_in")
             .expect("listed");
-        assert_eq!(plan.hook, None);
+        assert_eq!(p.hook, None);
         assert!(r.render().contains("missing required hooks: cgroup_skb"));
+        assert!(
+            row(&r.render(), "hp_skb_in").contains("not attached: cgroup_skb unavailable"),
+            "{}",
+            r.render()
+        );
+    }
+
+    #[test]
+    fn a_required_program_that_cannot_run_fails_the_check() {
+        let hooks = Hook::ALL
+            .iter()
+            .map(|&h| status(h, h != Hook::Tracepoint))
+            .collect();
+        let (_, r) = report(&mut linux_6_18(), hooks);
+        assert!(!r.ok());
+        let text = r.render();
+        assert!(
+            text.contains("hp_sock_set_state cannot run: tracepoint unavailable"),
+            "{text}"
+        );
+        assert!(
+            row(&text, "hp_sock_set_state").contains("CANNOT RUN"),
+            "{text}"
+        );
     }
 }

@@ -16,12 +16,10 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use crate::attach::ebpf::error_brief;
-
-pub const NODE_IN: &str = "hp_tc_node_in";
-pub const NODE_OUT: &str = "hp_tc_node_out";
-pub const POD_IN: &str = "hp_tc_pod_in";
-pub const POD_OUT: &str = "hp_tc_pod_out";
+use crate::attach::{
+    ebpf::error_brief,
+    programs::{self, Iface},
+};
 
 /// Host-side veth names of the common CNIs: AWS VPC CNI, Calico, Cilium, generic, GKE, Azure.
 pub const DEFAULT_POD_IFACES: &str = "eni*,cali*,lxc*,veth*,gke*,azv*";
@@ -144,7 +142,8 @@ impl Datapath {
             })?
             .ok_or(DatapathError::NoUplink)?,
         };
-        for program in [NODE_IN, NODE_OUT, POD_IN, POD_OUT] {
+        let tc = programs::tc_programs(Iface::Uplink).chain(programs::tc_programs(Iface::PodVeth));
+        for (program, _) in tc {
             classifier(ebpf, program)?
                 .load()
                 .map_err(|source| DatapathError::Program { program, source })?;
@@ -184,21 +183,14 @@ impl Datapath {
                 if attached.get(&name) == Some(&index) {
                     continue;
                 }
-                let programs: &[(&'static str, TcAttachType)] = if name == uplink {
-                    &[
-                        (NODE_IN, TcAttachType::Ingress),
-                        (NODE_OUT, TcAttachType::Egress),
-                    ]
+                let iface = if name == uplink {
+                    Iface::Uplink
                 } else if patterns.iter().any(|p| p.matches(&name)) {
-                    // The host side of a pod's veth: its egress goes into the pod.
-                    &[
-                        (POD_IN, TcAttachType::Egress),
-                        (POD_OUT, TcAttachType::Ingress),
-                    ]
+                    Iface::PodVeth
                 } else {
                     continue;
                 };
-                new.push((name, index, programs));
+                new.push((name, index, iface));
             }
             Ok((present, new))
         })??;
@@ -220,8 +212,9 @@ impl Datapath {
                 info!(interface = %name, "interface gone");
             }
         }
-        for (name, ifindex, programs) in new {
-            match self.attach_iface(ebpf, &name, programs) {
+        for (name, ifindex, iface) in new {
+            let tc: Vec<_> = programs::tc_programs(iface).collect();
+            match self.attach_iface(ebpf, &name, &tc) {
                 Ok((added_clsact, links)) => {
                     info!(interface = %name, ifindex, "watching interface");
                     self.attached.insert(

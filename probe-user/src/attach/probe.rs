@@ -9,13 +9,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, TracePoint,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, ProgramError, SockOps, TracePoint},
 };
 use probe_common::{
     conn::{TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS, TcpCounters},
-    exchange::{READ_HOOK_NONE, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS},
     hist::{BUCKETS, Hist, HistKey},
     sockops::SockHistKey,
     stats,
@@ -26,8 +23,10 @@ use tracing::{info, warn};
 use crate::{
     attach::{
         ebpf::{self, LoadError, MapSizes, error_chain},
-        ebpf_log, privilege,
-        reads::{self, ReadHook},
+        ebpf_log,
+        plan::{self, Action, Facts, Options, Plan},
+        privilege,
+        programs::{self, HookSpec, Need, PROGRAMS, ProgramSpec, WITHOUT_APP_READS, Way},
         tracefs::{self, TracefsError},
     },
     names::cgroup::{self, Resolver},
@@ -48,6 +47,11 @@ pub enum AttachError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("{program} cannot run here: {reason}")]
+    Required {
+        program: &'static str,
+        reason: String,
+    },
     #[error("program {program}: {}", error_chain(.source))]
     Program {
         program: &'static str,
@@ -69,8 +73,20 @@ impl AttachError {
     pub fn is_unsupported(&self) -> bool {
         matches!(
             self,
-            Self::Privilege(_) | Self::Tracefs(_) | Self::NoCgroup2 | Self::Program { .. }
+            Self::Privilege(_)
+                | Self::Tracefs(_)
+                | Self::NoCgroup2
+                | Self::Required { .. }
+                | Self::Program { .. }
         )
+    }
+
+    /// What went wrong with a program, a verifier log cut to its last lines.
+    fn brief(&self) -> String {
+        match self {
+            Self::Program { source, .. } => ebpf::error_brief(source),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -87,28 +103,32 @@ pub struct Probe {
     ebpf: Ebpf,
     pub hooks: Vec<ActiveHook>,
     pub cgroup_root: PathBuf,
+    /// What was attached where and what was left out, and why (as `check` prints it).
+    pub plan: Plan,
     /// Declared after `ebpf`: dropped once the programs are detached, it reads their last
     /// records.
     _ebpf_log: Option<ebpf_log::EbpfLogReader>,
 }
 
-pub const TRACEPOINT_PROGRAM: &str = "hp_sock_set_state";
-pub const SKB_IN_PROGRAM: &str = "hp_skb_in";
-pub const SKB_OUT_PROGRAM: &str = "hp_skb_out";
-pub const SOCK_OPS_PROGRAM: &str = "hp_sock_ops";
-pub const RECV_PROGRAM: &str = "hp_sock_recv";
-pub const RCV_SPACE_PROGRAM: &str = "hp_tcp_rcv_space";
+pub const TRACEPOINT_PROGRAM: &str = programs::SET_STATE;
 
 impl Probe {
+    /// Attaches with `--app-reads auto`; the TC programs are left to the caller (`Datapath`).
     pub fn attach(cgroup_root: Option<&Path>, sizes: MapSizes) -> Result<Self, AttachError> {
-        Self::attach_with(cgroup_root, sizes, ReadHook::Auto)
+        let options = Options {
+            datapath: false,
+            ..Options::DEFAULT
+        };
+        Self::attach_with(cgroup_root, sizes, options)
     }
 
-    /// As [`Probe::attach`], choosing the hook that sees a process read a request.
+    /// Reads what the kernel offers, plans (`plan::plan`, as `check` does) and carries the plan
+    /// out; `options.datapath` only says whether the plan counts on the TC programs, which
+    /// `Datapath` attaches as interfaces appear.
     pub fn attach_with(
         cgroup_root: Option<&Path>,
         sizes: MapSizes,
-        read_hook: ReadHook,
+        options: Options,
     ) -> Result<Self, AttachError> {
         if let Some(missing) = privilege::missing(privilege::effective_caps()) {
             return Err(AttachError::Privilege(missing));
@@ -117,7 +137,6 @@ impl Probe {
         if tracefs.mounted_now {
             info!(path = %tracefs.root.display(), "mounted tracefs");
         }
-        let layout = tracefs::set_state_layout(&tracefs.root)?;
         let cgroup_root = match cgroup_root {
             Some(p) => p.to_path_buf(),
             None => cgroup::v2_mount().ok_or(AttachError::NoCgroup2)?,
@@ -126,102 +145,42 @@ impl Probe {
             path: cgroup_root.clone(),
             source,
         })?;
+        let mut facts = Facts {
+            cgroup_root: Some(cgroup_root.clone()),
+            ..Facts::default()
+        };
+        facts.read_formats(&tracefs.root);
+        let plan = plan::plan(&facts, &options);
+        if let Some((program, reason)) = plan.failure() {
+            return Err(AttachError::Required {
+                program,
+                reason: reason.to_owned(),
+            });
+        }
+        let layout = facts
+            .set_state_layout()
+            .map_err(|reason| AttachError::Required {
+                program: programs::SET_STATE,
+                reason,
+            })?;
 
         let mut ebpf = ebpf::load(&layout, sizes)?;
         let ebpf_log = ebpf_log::start(&mut ebpf, sizes.ebpf_log).map_err(LoadError::from)?;
-        let mut hooks = Vec::new();
-
-        let program_err = |program| move |source| AttachError::Program { program, source };
-        let tp: &mut TracePoint = ebpf
-            .program_mut(TRACEPOINT_PROGRAM)
-            .ok_or(AttachError::MissingProgram(TRACEPOINT_PROGRAM))?
-            .try_into()
-            .map_err(program_err(TRACEPOINT_PROGRAM))?;
-        tp.load().map_err(program_err(TRACEPOINT_PROGRAM))?;
-        tp.attach("sock", "inet_sock_set_state")
-            .map_err(program_err(TRACEPOINT_PROGRAM))?;
-        hooks.push(ActiveHook {
-            program: TRACEPOINT_PROGRAM,
-            hook: "tracepoint",
-            target: "sock:inet_sock_set_state".into(),
-        });
-
-        for tp in OPTIONAL_TRACEPOINTS {
-            if tp.program == RECV_PROGRAM && read_hook == ReadHook::Syscalls {
-                continue;
-            }
-            match attach_checked_tracepoint(&mut ebpf, &tracefs.root, tp) {
-                Ok(()) => hooks.push(ActiveHook {
-                    program: tp.program,
-                    hook: "tracepoint",
-                    target: format!("{}:{}", tp.category, tp.name),
-                }),
-                Err(why) => info!(program = tp.program, %why, "not attached"),
-            }
+        let (plan, hooks) = carry_out(&mut ebpf, &cgroup_dir, facts, &options, plan)?;
+        set_read_hook(&mut ebpf, plan.read_hook())?;
+        if !Way::APP_READS
+            .into_iter()
+            .flat_map(programs::way_programs)
+            .any(|p| plan.attaches(p.name))
+        {
+            warn!("{WITHOUT_APP_READS}");
         }
-        if !hooks.iter().any(|h| h.program == RECV_PROGRAM) {
-            match reads::attach_syscalls(&mut ebpf, &tracefs.root) {
-                Ok(attached) => {
-                    hooks.extend(attached.into_iter().map(|(program, target)| ActiveHook {
-                        program,
-                        hook: "tracepoint",
-                        target,
-                    }))
-                }
-                Err(why) => warn!(%why, "no hook sees reads but tcp_rcv_space_adjust"),
-            }
-        }
-        let read_hook = if hooks.iter().any(|h| h.program == RECV_PROGRAM) {
-            READ_HOOK_RECV_LENGTH
-        } else if hooks.iter().any(|h| h.program == reads::SYSCALL_EXIT_RECV) {
-            READ_HOOK_SYSCALLS
-        } else {
-            READ_HOOK_NONE
-        };
-        set_read_hook(&mut ebpf, read_hook)?;
-        // Without cgroup_skb, handshakes and lifetimes are still measured (passive handshakes
-        // timed from SYN_RECV); exchanges are not.
-        for (program, attach_type, hook) in [
-            (
-                SKB_IN_PROGRAM,
-                CgroupSkbAttachType::Ingress,
-                "cgroup_skb/ingress",
-            ),
-            (
-                SKB_OUT_PROGRAM,
-                CgroupSkbAttachType::Egress,
-                "cgroup_skb/egress",
-            ),
-        ] {
-            match attach_cgroup_skb(&mut ebpf, program, &cgroup_dir, attach_type) {
-                Ok(()) => hooks.push(ActiveHook {
-                    program,
-                    hook,
-                    target: cgroup_root.display().to_string(),
-                }),
-                Err(err) => warn!(
-                    program,
-                    error = %ebpf::error_brief(&err),
-                    "cgroup_skb unavailable: no exchanges; passive handshakes timed from SYN_RECV"
-                ),
-            }
-        }
-        match attach_sock_ops(&mut ebpf, &cgroup_dir) {
-            Ok(()) => hooks.push(ActiveHook {
-                program: SOCK_OPS_PROGRAM,
-                hook: "sock_ops",
-                target: cgroup_root.display().to_string(),
-            }),
-            Err(err) => warn!(
-                program = SOCK_OPS_PROGRAM,
-                error = %ebpf::error_brief(&err),
-                "sock_ops unavailable: no smoothed RTT"
-            ),
-        }
+        info!(plan = %plan.summary(), "attach plan");
         Ok(Self {
             ebpf,
             hooks,
             cgroup_root,
+            plan,
             _ebpf_log: ebpf_log,
         })
     }
@@ -283,81 +242,98 @@ impl Probe {
     }
 }
 
-/// A tracepoint hopprobe attaches when it exists, with the field offsets its program reads
-/// at; a kernel whose format differs is left alone rather than misread.
-#[derive(Clone, Copy)]
-struct OptionalTracepoint {
-    program: &'static str,
-    category: &'static str,
-    name: &'static str,
-    layout: &'static [(&'static str, usize)],
+/// Attaches what `plan` says, in table order (the TC programs aside: `Datapath` attaches
+/// them). A program the kernel refuses joins the facts and the plan is made again, so a way of
+/// seeing reads that fails here hands over to the next, as `check` shows for a program the
+/// verifier rejects. Returns the plan as carried out.
+fn carry_out(
+    ebpf: &mut Ebpf,
+    cgroup_dir: &File,
+    mut facts: Facts,
+    options: &Options,
+    mut plan: Plan,
+) -> Result<(Plan, Vec<ActiveHook>), AttachError> {
+    let mut hooks: Vec<ActiveHook> = Vec::new();
+    for spec in PROGRAMS {
+        let Some(Action::Attach { target }) = plan.get(spec.name).map(|d| d.action.clone()) else {
+            continue;
+        };
+        if let HookSpec::Tc(..) = spec.hook {
+            continue;
+        }
+        let err = match attach_program(ebpf, spec, cgroup_dir) {
+            Ok(()) => {
+                hooks.push(ActiveHook {
+                    program: spec.name,
+                    hook: spec.hook.name(),
+                    target,
+                });
+                continue;
+            }
+            Err(err) => err,
+        };
+        let why = err.brief();
+        match spec.need {
+            Need::Required => return Err(err),
+            Need::Optional { without } => {
+                warn!(program = spec.name, error = %why, "not attached: {without}");
+            }
+            Need::OneOf(way) => {
+                warn!(program = spec.name, error = %why, "{} cannot see reads", way.name());
+                // A way works whole or not at all.
+                let siblings: Vec<&str> = programs::way_programs(way).map(|p| p.name).collect();
+                for h in hooks.iter().filter(|h| siblings.contains(&h.program)) {
+                    unload(ebpf, h.program);
+                }
+                hooks.retain(|h| !siblings.contains(&h.program));
+            }
+        }
+        facts
+            .refused
+            .insert(spec.name, format!("the kernel refused it: {why}"));
+        plan = plan::plan(&facts, options);
+    }
+    Ok((plan, hooks))
 }
 
-const OPTIONAL_TRACEPOINTS: [OptionalTracepoint; 5] = [
-    OptionalTracepoint {
-        program: "hp_sock_recv",
-        category: "sock",
-        name: "sock_recv_length",
-        layout: &[("sk", 8), ("protocol", 18), ("ret", 20), ("flags", 24)],
-    },
-    // With either read hook: it times the reads of sockets opened before hopprobe attached.
-    OptionalTracepoint {
-        program: RCV_SPACE_PROGRAM,
-        category: "tcp",
-        name: "tcp_rcv_space_adjust",
-        layout: &[("skaddr", 8), ("sock_cookie", 64)],
-    },
-    OptionalTracepoint {
-        program: "hp_tcp_retransmit",
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        layout: &[("skaddr", 16)],
-    },
-    OptionalTracepoint {
-        program: "hp_tcp_send_reset",
-        category: "tcp",
-        name: "tcp_send_reset",
-        layout: &[("skaddr", 16)],
-    },
-    OptionalTracepoint {
-        program: "hp_tcp_receive_reset",
-        category: "tcp",
-        name: "tcp_receive_reset",
-        layout: &[("skaddr", 8)],
-    },
-];
-
-fn attach_checked_tracepoint(
+fn attach_program(
     ebpf: &mut Ebpf,
-    tracefs_root: &Path,
-    tp: OptionalTracepoint,
-) -> Result<(), String> {
-    let OptionalTracepoint {
-        program,
-        category,
-        name,
-        layout,
-    } = tp;
-    let path = tracefs_root.join(format!("events/{category}/{name}/format"));
-    let format = std::fs::read_to_string(&path)
-        .map_err(|_| format!("this kernel has no {category}:{name}"))?;
-    let fields = tracefs::parse_format(&format);
-    for &(field, offset) in layout {
-        if fields.get(field).map(|f| f.0) != Some(offset) {
-            return Err(format!(
-                "{category}:{name}'s field {field} is not at offset {offset}"
-            ));
+    spec: &ProgramSpec,
+    cgroup_dir: &File,
+) -> Result<(), AttachError> {
+    let program = spec.name;
+    let program_err = |source| AttachError::Program { program, source };
+    match spec.hook {
+        HookSpec::Tracepoints(tps) => {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(AttachError::MissingProgram(program))?
+                .try_into()
+                .map_err(program_err)?;
+            tp.load().map_err(program_err)?;
+            for t in tps {
+                if let Err(e) = tp.attach(t.category, t.name) {
+                    // Nothing of a refused program stays attached.
+                    let _ = tp.unload();
+                    return Err(program_err(e));
+                }
+            }
+            Ok(())
         }
+        HookSpec::CgroupSkb(direction) => {
+            attach_cgroup_skb(ebpf, program, cgroup_dir, direction.cgroup_skb())
+        }
+        HookSpec::SockOps => attach_sock_ops(ebpf, program, cgroup_dir),
+        HookSpec::Tc(..) => Ok(()),
     }
-    let tp: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or("program missing from the eBPF object")?
-        .try_into()
-        .map_err(|e: ProgramError| error_chain(&e))?;
-    tp.load().map_err(|e| ebpf::error_brief(&e))?;
-    tp.attach(category, name)
-        .map_err(|e| ebpf::error_brief(&e))?;
-    Ok(())
+}
+
+fn unload(ebpf: &mut Ebpf, program: &str) {
+    if let Some(p) = ebpf.program_mut(program)
+        && let Ok(tp) = <&mut TracePoint>::try_from(p)
+    {
+        let _ = tp.unload();
+    }
 }
 
 /// Tells `hp_tcp_rcv_space` which reads the other read hook times (see
@@ -374,30 +350,40 @@ fn set_read_hook(ebpf: &mut Ebpf, hook: u32) -> Result<(), AttachError> {
 
 fn attach_cgroup_skb(
     ebpf: &mut Ebpf,
-    name: &str,
+    program: &'static str,
     cgroup_dir: &File,
-    attach_type: CgroupSkbAttachType,
-) -> Result<(), ProgramError> {
+    attach_type: aya::programs::CgroupSkbAttachType,
+) -> Result<(), AttachError> {
+    let program_err = |source| AttachError::Program { program, source };
     let prog: &mut CgroupSkb = ebpf
-        .program_mut(name)
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    prog.load()?;
+        .program_mut(program)
+        .ok_or(AttachError::MissingProgram(program))?
+        .try_into()
+        .map_err(program_err)?;
+    prog.load().map_err(program_err)?;
     // On the kernels hopprobe supports (ringbuf needs 5.8) aya attaches through a bpf_link,
     // which always coexists with other programs on the cgroup (systemd's, Cilium's); the kernel
     // rejects the ALLOW_MULTI flag there, so "Single" is the mode that means "no flags".
-    prog.attach(cgroup_dir, attach_type, CgroupAttachMode::Single)?;
+    prog.attach(cgroup_dir, attach_type, CgroupAttachMode::Single)
+        .map_err(program_err)?;
     Ok(())
 }
 
-fn attach_sock_ops(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), ProgramError> {
+fn attach_sock_ops(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    cgroup_dir: &File,
+) -> Result<(), AttachError> {
+    let program_err = |source| AttachError::Program { program, source };
     let prog: &mut SockOps = ebpf
-        .program_mut(SOCK_OPS_PROGRAM)
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    prog.load()?;
+        .program_mut(program)
+        .ok_or(AttachError::MissingProgram(program))?
+        .try_into()
+        .map_err(program_err)?;
+    prog.load().map_err(program_err)?;
     // As for cgroup_skb: a bpf_link, which coexists with other programs on the cgroup.
-    prog.attach(cgroup_dir, CgroupAttachMode::Single)?;
+    prog.attach(cgroup_dir, CgroupAttachMode::Single)
+        .map_err(program_err)?;
     Ok(())
 }
 

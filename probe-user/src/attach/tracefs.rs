@@ -1,12 +1,12 @@
-//! Finding (or mounting) tracefs and reading tracepoint formats from it.
+//! Finding (or mounting) tracefs, reading tracepoint formats from it and comparing them with
+//! the fields the programs read (`probe_common::layout`).
 
 use std::{
     collections::HashMap,
-    fs,
     path::{Path, PathBuf},
 };
 
-use probe_common::layout::SetStateLayout;
+use probe_common::layout::{Offsets, SetStateLayout, Tracepoint};
 
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -16,13 +16,6 @@ pub enum TracefsError {
     Mount(nix::Error),
     #[error("tracefs is not mounted (mount it with `mount -t tracefs nodev /sys/kernel/tracing`)")]
     NotMounted,
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: field `{field}` missing from the tracepoint format")]
-    MissingField { path: PathBuf, field: &'static str },
 }
 
 /// How tracefs was found.
@@ -67,8 +60,54 @@ fn find() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// A tracepoint's fields as its `format` file gives them: name → (offset, size).
+pub type Format = HashMap<String, (usize, usize)>;
+
+/// `category:name`, as formats are keyed and targets printed.
+pub fn id(tp: &Tracepoint) -> String {
+    format!("{}:{}", tp.category, tp.name)
+}
+
+/// The format of `tp` on this kernel; `None` when the kernel has no such tracepoint.
+pub fn read_format(root: &Path, tp: &Tracepoint) -> Option<Format> {
+    let path = root.join(format!("events/{}/{}/format", tp.category, tp.name));
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|text| parse_format(&text))
+}
+
+/// Why a program that reads `tp`'s fields as the table says would misread this kernel's
+/// records (`format`; `None`: the kernel has no such tracepoint), or `None` when it fits.
+pub fn misfit(tp: &Tracepoint, format: Option<&Format>) -> Option<String> {
+    let Some(format) = format else {
+        return Some(format!("this kernel has no {}", id(tp)));
+    };
+    for f in tp.fields {
+        let (want_offset, want_size) = (usize::from(f.offset), usize::from(f.size));
+        let Some(&(offset, size)) = format.get(f.name) else {
+            return Some(format!("{} has no field {}", id(tp), f.name));
+        };
+        let fits = match tp.offsets {
+            Offsets::Fixed => (offset, size) == (want_offset, want_size),
+            Offsets::FromTracefs => size == want_size,
+        };
+        if !fits {
+            let read = match tp.offsets {
+                Offsets::Fixed => format!("offset {want_offset}, {want_size} bytes"),
+                Offsets::FromTracefs => format!("{want_size} bytes"),
+            };
+            return Some(format!(
+                "{}'s field {} is at offset {offset}, {size} bytes; the program reads {read}",
+                id(tp),
+                f.name
+            ));
+        }
+    }
+    None
+}
+
 /// Field name → (offset, size) from a tracepoint `format` file.
-pub fn parse_format(text: &str) -> HashMap<String, (usize, usize)> {
+pub fn parse_format(text: &str) -> Format {
     let mut fields = HashMap::new();
     for line in text.lines() {
         let Some(rest) = line.trim().strip_prefix("field:") else {
@@ -98,42 +137,20 @@ pub fn parse_format(text: &str) -> HashMap<String, (usize, usize)> {
     fields
 }
 
-/// The layout of `sock:inet_sock_set_state` on this kernel.
-pub fn set_state_layout(root: &Path) -> Result<SetStateLayout, TracefsError> {
-    let path = root.join("events/sock/inet_sock_set_state/format");
-    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    layout_from_format(&text).map_err(|field| TracefsError::MissingField { path, field })
-}
-
-fn layout_from_format(text: &str) -> Result<SetStateLayout, &'static str> {
-    let fields = parse_format(text);
-    let off = |name: &'static str| -> Result<u16, &'static str> {
-        fields
-            .get(name)
-            .and_then(|(o, _)| u16::try_from(*o).ok())
-            .ok_or(name)
-    };
-    Ok(SetStateLayout {
-        skaddr: off("skaddr")?,
-        oldstate: off("oldstate")?,
-        newstate: off("newstate")?,
-        sport: off("sport")?,
-        dport: off("dport")?,
-        family: off("family")?,
-        protocol: off("protocol")?,
-        saddr: off("saddr")?,
-        daddr: off("daddr")?,
-        saddr_v6: off("saddr_v6")?,
-        daddr_v6: off("daddr_v6")?,
-        _pad: [0; 5],
+/// The offsets of `sock:inet_sock_set_state`'s fields in `format`; `Err` names a field it
+/// lacks.
+pub fn set_state_layout(format: &Format) -> Result<SetStateLayout, &'static str> {
+    SetStateLayout::follow(|f| {
+        format
+            .get(f.name)
+            .and_then(|&(offset, _)| u16::try_from(offset).ok())
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use probe_common::layout::sock::{inet_sock_set_state, sock_recv_length};
+
     use super::*;
 
     const FORMAT_6_18: &str = "name: inet_sock_set_state
@@ -165,20 +182,64 @@ print fmt: \"family=%s\"";
         assert_eq!(f["common_pid"], (4, 4));
     }
 
+    fn layout_from_format(text: &str) -> Result<SetStateLayout, &'static str> {
+        set_state_layout(&parse_format(text))
+    }
+
+    const SET_STATE: Tracepoint = inet_sock_set_state::TRACEPOINT;
+
     #[test]
     fn known_kernel_layout_matches_default() {
         assert_eq!(layout_from_format(FORMAT_6_18), Ok(SetStateLayout::DEFAULT));
+        assert_eq!(misfit(&SET_STATE, Some(&parse_format(FORMAT_6_18))), None);
     }
 
     #[test]
     fn shifted_layout_is_followed() {
         let shifted = FORMAT_6_18.replace("offset:24;", "offset:96;");
         assert_eq!(layout_from_format(&shifted).map(|l| l.sport), Ok(96));
+        // Followed offsets may move; the size read may not.
+        assert_eq!(misfit(&SET_STATE, Some(&parse_format(&shifted))), None);
+        let wider = FORMAT_6_18.replace("offset:24;\tsize:2;", "offset:24;\tsize:4;");
+        assert_eq!(
+            misfit(&SET_STATE, Some(&parse_format(&wider))).as_deref(),
+            Some(
+                "sock:inet_sock_set_state's field sport is at offset 24, 4 bytes; the program reads 2 bytes"
+            )
+        );
     }
 
     #[test]
     fn missing_field_is_named() {
         let without = FORMAT_6_18.replace("protocol", "proto");
         assert_eq!(layout_from_format(&without), Err("protocol"));
+        assert_eq!(
+            misfit(&SET_STATE, Some(&parse_format(&without))).as_deref(),
+            Some("sock:inet_sock_set_state has no field protocol")
+        );
+        assert_eq!(
+            misfit(&SET_STATE, None).as_deref(),
+            Some("this kernel has no sock:inet_sock_set_state")
+        );
+    }
+
+    #[test]
+    fn fixed_offsets_must_match() {
+        let tp = sock_recv_length::TRACEPOINT;
+        let format = |ret: &str| {
+            parse_format(&format!(
+                "\tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:int ret;\t{ret};\tsigned:1;
+\tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;"
+            ))
+        };
+        assert_eq!(misfit(&tp, Some(&format("offset:20;\tsize:4"))), None);
+        assert_eq!(
+            misfit(&tp, Some(&format("offset:28;\tsize:4"))).as_deref(),
+            Some(
+                "sock:sock_recv_length's field ret is at offset 28, 4 bytes; the program reads offset 20, 4 bytes"
+            )
+        );
     }
 }

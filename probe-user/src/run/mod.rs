@@ -223,7 +223,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         )),
         None => None,
     };
-    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, opts.read_hook)?;
+    let plan_options = crate::attach::plan::Options {
+        read_hook: opts.read_hook,
+        datapath: opts.datapath.is_some(),
+    };
+    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, plan_options)?;
     // After attaching, which checks privileges first; runs count from here. The kernel turns
     // the statistics off again when the fd closes, whichever way hopprobe exits, and a
     // failure here detaches (`probe` is dropped) before reporting.
