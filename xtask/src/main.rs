@@ -175,7 +175,7 @@ fn test() -> Result<()> {
             extra_objects: Vec::new(),
             load_only: false,
             timeout_secs: vm::DEFAULT_TIMEOUT_SECS,
-            write_readme: false,
+            write_results: false,
             only: Vec::new(),
             // The lab's tests too: the hooks they exercise (TC through NAT, cgroup_skb on the
             // pods, the read hooks) are what differs between kernels.
@@ -190,6 +190,23 @@ fn test() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vm_args(args: &[&str]) -> vm::Args {
+        let cli = Cli::try_parse_from(["xtask", "vm-test"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        match cli.task {
+            Task::VmTest(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vm_test_writes_the_results_page_on_request() {
+        assert!(vm_args(&["--write-results"]).write_results);
+        // The flag's old name, which the page's marker still quotes.
+        assert!(vm_args(&["--write-readme"]).write_results);
+        assert!(!vm_args(&[]).write_results);
+    }
 
     /// `.rs` files below `dir`, recursively.
     fn rust_sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

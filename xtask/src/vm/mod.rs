@@ -1,5 +1,6 @@
 //! `cargo xtask vm-test`: hopprobe's root tests inside the kernels EKS nodes run (Debian's 6.1
-//! and 6.12 cloud kernels), booted under qemu. See the README's "Kernels tested".
+//! and 6.12 cloud kernels), booted under qemu. See docs/kernels.md; the latest table is in
+//! docs/results/kernels.md.
 
 mod guest;
 mod initramfs;
@@ -60,12 +61,15 @@ pub struct Args {
     /// Hard limit for one VM from boot to power-off, in seconds; qemu is killed after it.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout_secs: u64,
-    /// Replace the table in the README's "Kernels tested" section with this run's.
-    #[arg(long)]
-    pub write_readme: bool,
+    /// Replace the table in docs/results/kernels.md (between its vm-test markers) with this
+    /// run's.
+    // The hidden alias is the flag's name from when the table lived in the README; the page's
+    // marker comment still quotes it.
+    #[arg(long, alias = "write-readme")]
+    pub write_results: bool,
     /// Run only the test binaries whose name (as in the table, `tests/test:lab`) contains this;
     /// repeatable. For working on one test: a partial run does not pass CI's matrix.
-    #[arg(long = "only", value_name = "NAME", conflicts_with = "write_readme")]
+    #[arg(long = "only", value_name = "NAME", conflicts_with = "write_results")]
     pub only: Vec<String>,
     /// Also run the lab's tests (the image always carries the lab); without it they print
     /// LAB-OFF. CI's matrix (`cargo xtask test`) runs with it; under emulation the bounds that
@@ -308,19 +312,31 @@ fn problems(
     Ok(p)
 }
 
-const README_BEGIN: &str =
-    "<!-- vm-test table: begin (written by `cargo xtask vm-test --write-readme`) -->";
-const README_END: &str = "<!-- vm-test table: end -->";
+/// The page with the latest table, relative to the workspace root.
+const RESULTS_PAGE: &str = "docs/results/kernels.md";
+/// The table's markers. The begin marker goes on to say what writes the table; that part of its
+/// line is the page's, kept as it is.
+const TABLE_BEGIN: &str = "<!-- vm-test table: begin";
+const TABLE_END: &str = "<!-- vm-test table: end -->";
 
-fn write_readme(table: &str) -> Result<()> {
-    let path = cmd::workspace_root().join("README.md");
-    let text = fs::read_to_string(&path)?;
-    let (Some(a), Some(b)) = (text.find(README_BEGIN), text.find(README_END)) else {
-        bail!("README.md has no {README_BEGIN} ... {README_END} block");
+/// `text` with the lines between the markers replaced by `table`.
+fn replace_table(text: &str, table: &str) -> Option<String> {
+    let begin = text.find(TABLE_BEGIN)?;
+    let after_begin = begin + text[begin..].find('\n')? + 1;
+    let end = after_begin + text[after_begin..].find(TABLE_END)?;
+    Some(format!("{}{table}{}", &text[..after_begin], &text[end..]))
+}
+
+fn write_results(page: &Path, table: &str) -> Result<()> {
+    let text = fs::read_to_string(page).with_context(|| format!("reading {}", page.display()))?;
+    let Some(new) = replace_table(&text, table) else {
+        bail!(
+            "{} has no {TABLE_BEGIN} ... --> {TABLE_END} block",
+            page.display()
+        );
     };
-    let new = format!("{}{README_BEGIN}\n{table}{}", &text[..a], &text[b..]);
-    fs::write(&path, new)?;
-    eprintln!("xtask: wrote the table into {}", path.display());
+    fs::write(page, new).with_context(|| format!("writing {}", page.display()))?;
+    eprintln!("xtask: wrote the table into {}", page.display());
     Ok(())
 }
 
@@ -445,8 +461,61 @@ pub fn run(args: &Args) -> Result<()> {
     if !failed.is_empty() {
         bail!("vm-test failed on kernel {}", failed.join(", "));
     }
-    if args.write_readme {
-        write_readme(&table)?;
+    if args.write_results {
+        write_results(&cmd::workspace_root().join(RESULTS_PAGE), &table)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# Results\n\ntext before\n\n\
+        <!-- vm-test table: begin (written by `cargo xtask vm-test --write-results`) -->\n\
+        | old | table |\n|---|---|\n\
+        <!-- vm-test table: end -->\n\ntext after\n";
+
+    #[test]
+    fn the_table_between_the_markers_is_replaced_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = dir.path().join("kernels.md");
+        fs::write(&page, PAGE).expect("write");
+        write_results(&page, "| new |\n|---|\n").expect("markers are there");
+        let text = fs::read_to_string(&page).expect("read");
+        assert_eq!(
+            text,
+            "# Results\n\ntext before\n\n\
+            <!-- vm-test table: begin (written by `cargo xtask vm-test --write-results`) -->\n\
+            | new |\n|---|\n\
+            <!-- vm-test table: end -->\n\ntext after\n"
+        );
+        // Twice is the same as once.
+        write_results(&page, "| new |\n|---|\n").expect("markers are still there");
+        assert_eq!(fs::read_to_string(&page).expect("read"), text);
+    }
+
+    #[test]
+    fn a_page_without_markers_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = dir.path().join("kernels.md");
+        fs::write(&page, "# Results\n").expect("write");
+        let err = write_results(&page, "| new |\n").expect_err("no markers");
+        assert!(
+            err.to_string().contains("has no <!-- vm-test table: begin"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&page).expect("read"), "# Results\n");
+        assert_eq!(
+            replace_table("<!-- vm-test table: begin -->\nno end\n", "x"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_results_page_has_the_markers() {
+        let page = cmd::workspace_root().join(RESULTS_PAGE);
+        let text = fs::read_to_string(&page).expect("the results page exists");
+        assert!(replace_table(&text, "").is_some(), "{}", page.display());
+    }
 }

@@ -1,5 +1,5 @@
-//! The per-kernel result table, as Markdown for the terminal, `target/vm/kernels.md` and the
-//! README.
+//! The per-kernel result table, as Markdown for the terminal, `<target>/vm/kernels.md` and
+//! docs/results/kernels.md.
 
 use std::time::Duration;
 
