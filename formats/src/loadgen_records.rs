@@ -154,3 +154,25 @@ pub fn read(text: &str) -> Result<Records, ReadError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_read_from_loadgen_args() {
+        let c = |args: &[&str]| {
+            Header {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..Header::default()
+            }
+            .concurrency()
+        };
+        assert_eq!(c(&["loadgen", "http://x", "-c", "32", "-n", "5"]), Some(32));
+        assert_eq!(c(&["loadgen", "-c64"]), Some(64));
+        assert_eq!(c(&["loadgen", "--concurrency", "8"]), Some(8));
+        assert_eq!(c(&["loadgen", "--concurrency=16"]), Some(16));
+        assert_eq!(c(&["loadgen", "-c"]), None);
+        assert_eq!(c(&["x"]), None);
+    }
+}

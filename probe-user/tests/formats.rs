@@ -15,7 +15,7 @@ use probe_user::{
         probe::{ActiveHook, TcpEvents},
         prog_info::ProgramCost,
     },
-    hops::{Hop, HopSummary, Record, datapath::DatapathRecord, sidecar},
+    hops::{self, Hop, HopSummary, datapath, sidecar},
     names::{InterfaceMeta, Metadata, MetadataFile},
     run::Summary,
     series::{
@@ -123,14 +123,14 @@ fn records_are_the_golden_file() {
         exchange(ROLE_CLIENT, false, 0, 0),
         exchange(ROLE_CLIENT, true, 5_002_000_000, 5_002_100_000),
     ] {
-        lines.push(serde_json::to_string(&Record::from(&x)).expect("json"));
+        lines.push(serde_json::to_string(&hops::record(&x)).expect("json"));
     }
     for x in [
         tc(POINT_NODE_IN, 1, 4_999_100_000, 5_003_000_000),
         tc(POINT_POD_IN, 7, 0, 0),
         tc(99, 3, 0, 5_003_000_000),
     ] {
-        let r = DatapathRecord::new(&x, &ifnames, &metadata);
+        let r = datapath::record(&x, &ifnames, &metadata);
         lines.push(serde_json::to_string(&r).expect("json"));
     }
     golden("hopprobe-records.jsonl", &(lines.join("\n") + "\n"));
@@ -256,4 +256,32 @@ fn the_summary_is_the_golden_file() {
             run_time_ns: 250_000,
         }])),
     );
+}
+
+/// `hopprobe report` reads the golden files of every format it reads (the records and the
+/// summary above, loadgen's records and JSON output).
+#[test]
+fn the_report_reads_the_golden_files() {
+    use probe_user::report::input;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/tests/data");
+    let probe = input::load_probe(&data.join("hopprobe-records.jsonl")).expect("records");
+    assert_eq!((probe.exchanges.len(), probe.datapath.len()), (3, 3));
+    assert_eq!(probe.exchanges[0].role, "server");
+    assert_eq!(probe.datapath[1].pod.as_deref(), Some("front-v1"));
+    let s = input::load_summary(&data.join("summary.json")).expect("summary");
+    assert_eq!(
+        s.names.get(&4_242),
+        Some(&("front-v1".to_owned(), "front".to_owned()))
+    );
+    assert_eq!(s.cpu[0].samples.len(), 2);
+    let reqs = input::load_requests(&data.join("loadgen-records.jsonl")).expect("requests");
+    // The warm-up request is left out.
+    assert_eq!((reqs.requests.len(), reqs.concurrency), (4, Some(4)));
+    let lg = input::load_loadgen(&data.join("loadgen-output.json")).expect("loadgen");
+    assert_eq!(lg.success_rate, Some(0.95));
+    let p: Vec<&str> = lg.percentiles.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(p.first(), Some(&"p10"));
+    // Several targets: the first by name, `a`; `b` ran nothing.
+    let lg = input::load_loadgen(&data.join("loadgen-output-targets.json")).expect("targets");
+    assert_eq!(lg.success_rate, Some(0.95));
 }

@@ -17,7 +17,6 @@ use probe_common::{
     sockops::SockHistKey,
     stats,
 };
-use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
@@ -91,12 +90,7 @@ impl AttachError {
 }
 
 /// Where a program is attached; listed in the summary and logged at start.
-#[derive(Debug, Clone, Serialize)]
-pub struct ActiveHook {
-    pub program: &'static str,
-    pub hook: &'static str,
-    pub target: String,
-}
+pub type ActiveHook = hopprobe_formats::summary::Hook<&'static str>;
 
 /// The attached programs. Dropping it detaches them (aya owns the links).
 pub struct Probe {
@@ -426,16 +420,8 @@ pub fn read_hists<K: aya::Pod>(map: &PerCpuHashMap<MapData, K, Hist>) -> Vec<(K,
         .collect()
 }
 
-/// Retransmits and resets of the sockets of one cgroup (0: sockets opened before hopprobe
-/// attached, or resets answering no socket).
-#[derive(Debug, Clone, Serialize)]
-pub struct TcpEvents {
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub retransmits: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-}
+/// Retransmits and resets of one cgroup's sockets, as the summary lists them.
+pub use hopprobe_formats::summary::TcpEvents;
 
 pub fn read_tcp_events(
     map: &PerCpuHashMap<MapData, u64, TcpCounters>,

@@ -8,7 +8,9 @@ use std::{
 
 use aya::{Ebpf, programs::Program};
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
-use serde::Serialize;
+
+/// One program's runs and the time they took, as the summary lists them.
+pub use hopprobe_formats::summary::ProgramCost;
 
 /// `union bpf_attr` as `BPF_OBJ_GET_INFO_BY_FD` reads it.
 #[repr(C)]
@@ -60,20 +62,6 @@ pub fn missed_runs(ebpf: &Ebpf) -> BTreeMap<String, u64> {
     let total = out.values().sum();
     out.insert("missed_runs".into(), total);
     out
-}
-
-/// One program's runs and the time they took, while run-time statistics were on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProgramCost {
-    pub program: String,
-    pub runs: u64,
-    pub run_time_ns: u64,
-}
-
-impl ProgramCost {
-    pub fn ns_per_run(&self) -> f64 {
-        self.run_time_ns as f64 / self.runs.max(1) as f64
-    }
 }
 
 /// Runs and run time of every program of `ebpf` that ran. The kernel counts them only while

@@ -2,49 +2,18 @@
 //! `--records` as `"record":"datapath"` lines for `hopprobe report` to join loadgen's requests
 //! with the pods' sockets across NAT (see `probe_common::tcflow`).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
     hist::{POINT_NODE_IN, POINT_NODE_OUT, POINT_POD_IN, POINT_POD_OUT},
     tcflow::{TC_STAT_NAMES, TcExchange},
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{hops::addr, names::Metadata};
 
-/// One exchange at one TC point, as written to the records file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DatapathRecord {
-    /// Always `"datapath"`: tells these lines from socket exchanges.
-    pub record: String,
-    /// Where the connection's SYN passed: `node_in` (from outside, at the uplink), `pod_in`
-    /// (into a pod, at its veth), `pod_out` (a pod's own outbound connection), `node_out`.
-    pub point: String,
-    pub ifindex: u32,
-    pub interface: Option<String>,
-    /// The pod behind the veth, from `--metadata`.
-    pub pod: Option<String>,
-    /// The connection's 4-tuple at this point: the client sent the SYN.
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    /// The client's initial sequence number: the same at every point, whatever NAT did.
-    pub isn: u32,
-    /// Exchange number on the connection, from 0.
-    pub index: u32,
-    pub syn_ns: u64,
-    /// When the server's SYN-ACK passed back.
-    #[serde(default)]
-    pub synack_ns: Option<u64>,
-    pub req_first_ns: u64,
-    pub req_last_ns: u64,
-    pub resp_first_ns: Option<u64>,
-    pub resp_last_ns: Option<u64>,
-    pub req_bytes: u64,
-    pub resp_bytes: u64,
-}
-
-pub const RECORD_KIND: &str = "datapath";
+/// One exchange at one TC point, as written to the records file and read by the report.
+pub use hopprobe_formats::records::{DATAPATH as RECORD_KIND, DatapathRecord};
 
 pub fn point_name(point: u32) -> &'static str {
     match point {
@@ -56,33 +25,36 @@ pub fn point_name(point: u32) -> &'static str {
     }
 }
 
-impl DatapathRecord {
-    pub fn new(x: &TcExchange, ifnames: &BTreeMap<u32, String>, metadata: &Metadata) -> Self {
-        let interface = ifnames.get(&x.key.ifindex).cloned();
-        let pod = interface
-            .as_deref()
-            .and_then(|i| metadata.interface(i))
-            .map(|m| m.pod.clone());
-        let answered = x.resp_first_ns != 0;
-        Self {
-            record: RECORD_KIND.into(),
-            point: point_name(x.point).into(),
-            ifindex: x.key.ifindex,
-            interface,
-            pod,
-            client: addr::from_bytes(x.key.client_addr, x.key.client_port, x.ip_version == 4),
-            server: addr::from_bytes(x.key.server_addr, x.key.server_port, x.ip_version == 4),
-            isn: x.isn,
-            index: x.index,
-            syn_ns: x.syn_ns,
-            synack_ns: (x.synack_ns != 0).then_some(x.synack_ns),
-            req_first_ns: x.req_first_ns,
-            req_last_ns: x.req_last_ns,
-            resp_first_ns: answered.then_some(x.resp_first_ns),
-            resp_last_ns: answered.then_some(x.resp_last_ns),
-            req_bytes: x.req_bytes,
-            resp_bytes: x.resp_bytes,
-        }
+/// The records line of an exchange at a TC point, with the interface's and pod's names.
+pub fn record(
+    x: &TcExchange,
+    ifnames: &BTreeMap<u32, String>,
+    metadata: &Metadata,
+) -> DatapathRecord<&'static str> {
+    let interface = ifnames.get(&x.key.ifindex).cloned();
+    let pod = interface
+        .as_deref()
+        .and_then(|i| metadata.interface(i))
+        .map(|m| m.pod.clone());
+    let answered = x.resp_first_ns != 0;
+    DatapathRecord {
+        record: RECORD_KIND,
+        point: point_name(x.point),
+        ifindex: x.key.ifindex,
+        interface,
+        pod,
+        client: addr::from_bytes(x.key.client_addr, x.key.client_port, x.ip_version == 4),
+        server: addr::from_bytes(x.key.server_addr, x.key.server_port, x.ip_version == 4),
+        isn: x.isn,
+        index: x.index,
+        syn_ns: x.syn_ns,
+        synack_ns: (x.synack_ns != 0).then_some(x.synack_ns),
+        req_first_ns: x.req_first_ns,
+        req_last_ns: x.req_last_ns,
+        resp_first_ns: answered.then_some(x.resp_first_ns),
+        resp_last_ns: answered.then_some(x.resp_last_ns),
+        req_bytes: x.req_bytes,
+        resp_bytes: x.resp_bytes,
     }
 }
 
@@ -126,7 +98,7 @@ mod tests {
             resp_bytes: 0,
         };
         let names = BTreeMap::from([(3, "eth0".to_string())]);
-        let r = DatapathRecord::new(&x, &names, &Metadata::default());
+        let r = record(&x, &names, &Metadata::default());
         assert_eq!(r.client.to_string(), "10.77.0.2:40000");
         assert_eq!(r.server.to_string(), "10.77.0.1:30080");
         assert_eq!(r.point, "node_in");

@@ -12,7 +12,6 @@ use probe_common::{
     exchange::{Exchange, ROLE_SERVER},
     hist::{HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey},
 };
-use serde::Serialize;
 
 pub mod addr;
 pub mod calls;
@@ -25,75 +24,12 @@ use sidecar::{Direction, SidecarHop};
 
 use crate::{
     names::{Metadata, cgroup::Resolver},
-    series::latency::{Latency, Summary},
+    series::latency::Latency,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hop {
-    /// Node uplink (or another pod's veth) → the pod's veth.
-    DatapathIn,
-    /// The pod's veth → the receiving socket (the pod's interception rules).
-    PodDelivery,
-    /// What a proxy container added to a request it forwarded (see `sidecar`).
-    Sidecar,
-    /// The part of `sidecar` before the proxy read the request (its socket's queue).
-    SidecarQueue,
-    /// `sidecar` less `sidecar_queue`: the proxy's own work and delay, both ways.
-    SidecarProcessing,
-    App,
-    /// Server side: request arrived → the process first read it (accept and receive queues).
-    AppQueue,
-    /// Server side: the process first read the request → first response byte.
-    AppProcessing,
-    /// `app` less the `upstream` calls the process made for that request (see `calls`).
-    AppSelf,
-    Upstream,
-    /// Client side: the call's response arrived → the caller first read it (its wake-up).
-    UpstreamReadWait,
-    /// The sending socket → the pod's veth.
-    PodSend,
-    /// The pod's veth → the node's uplink.
-    DatapathOut,
-}
-
-impl Hop {
-    /// The way a request travels through this hop, relative to the pod: into it (towards the
-    /// serving app) or out of it (the pod's own calls and responses). The sidecar hop has both,
-    /// per series.
-    pub fn direction(self) -> Option<Direction> {
-        match self {
-            Hop::DatapathIn
-            | Hop::PodDelivery
-            | Hop::App
-            | Hop::AppQueue
-            | Hop::AppProcessing
-            | Hop::AppSelf => Some(Direction::Inbound),
-            Hop::Upstream | Hop::UpstreamReadWait | Hop::PodSend | Hop::DatapathOut => {
-                Some(Direction::Outbound)
-            }
-            Hop::Sidecar | Hop::SidecarQueue | Hop::SidecarProcessing => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hop::DatapathIn => "datapath_in",
-            Hop::DatapathOut => "datapath_out",
-            Hop::PodDelivery => "pod_delivery",
-            Hop::PodSend => "pod_send",
-            Hop::Sidecar => "sidecar",
-            Hop::SidecarQueue => "sidecar_queue",
-            Hop::SidecarProcessing => "sidecar_processing",
-            Hop::App => "app",
-            Hop::AppQueue => "app_queue",
-            Hop::AppProcessing => "app_processing",
-            Hop::AppSelf => "app_self",
-            Hop::Upstream => "upstream",
-            Hop::UpstreamReadWait => "upstream_read_wait",
-        }
-    }
-}
+/// The hops, their directions and what `--json` writes for each series are defined with the
+/// rest of the summary.
+pub use hopprobe_formats::summary::{Hop, HopSummary};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HopKey {
@@ -128,27 +64,6 @@ impl HopKey {
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct HopSummary {
-    pub hop: Hop,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
-    pub direction: Option<Direction>,
-    /// The pod's host-side veth, for datapath and pod hops.
-    pub interface: Option<String>,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub local_port: Option<u16>,
-    pub peer: Option<String>,
-    /// `namespace/service` of `peer`, from the Kubernetes API (ClusterIP or endpoint IP).
-    pub peer_service: Option<String>,
-    /// `namespace/pod` of `peer`, when it is a pod on this node.
-    pub peer_pod: Option<String>,
-    #[serde(flatten)]
-    pub latency: Summary,
 }
 
 #[derive(Default)]
@@ -313,44 +228,28 @@ pub fn name(hops: &mut [HopSummary], metadata: &Metadata) {
 }
 
 /// One line of `--records`: an exchange with its CLOCK_MONOTONIC timestamps.
-#[derive(Debug, Serialize)]
-pub struct Record {
-    pub cookie: u64,
-    pub cgroup_id: u64,
-    pub role: &'static str,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub req_first_ns: u64,
-    pub req_last_ns: u64,
-    pub resp_first_ns: Option<u64>,
-    pub resp_last_ns: Option<u64>,
-    /// Server side, Linux 6.12+: when the process first read the request.
-    pub first_read_ns: Option<u64>,
-    pub req_bytes: u64,
-    pub resp_bytes: u64,
-}
+pub type Record = hopprobe_formats::records::SockExchange<&'static str>;
 
-impl From<&Exchange> for Record {
-    fn from(x: &Exchange) -> Self {
-        let answered = x.resp_first_ns != 0;
-        Self {
-            cookie: x.cookie,
-            cgroup_id: x.cgroup_id,
-            role: if x.role == ROLE_SERVER {
-                "server"
-            } else {
-                "client"
-            },
-            local: addr::of_flow(&x.flow, true),
-            remote: addr::of_flow(&x.flow, false),
-            req_first_ns: x.req_first_ns,
-            req_last_ns: x.req_last_ns,
-            resp_first_ns: answered.then_some(x.resp_first_ns),
-            resp_last_ns: answered.then_some(x.resp_last_ns),
-            first_read_ns: (x.first_read_ns != 0).then_some(x.first_read_ns),
-            req_bytes: x.req_bytes,
-            resp_bytes: x.resp_bytes,
-        }
+/// The records line of an exchange.
+pub fn record(x: &Exchange) -> Record {
+    let answered = x.resp_first_ns != 0;
+    Record {
+        cookie: x.cookie,
+        cgroup_id: x.cgroup_id,
+        role: if x.role == ROLE_SERVER {
+            hopprobe_formats::records::SERVER
+        } else {
+            hopprobe_formats::records::CLIENT
+        },
+        local: addr::of_flow(&x.flow, true),
+        remote: addr::of_flow(&x.flow, false),
+        req_first_ns: x.req_first_ns,
+        req_last_ns: x.req_last_ns,
+        resp_first_ns: answered.then_some(x.resp_first_ns),
+        resp_last_ns: answered.then_some(x.resp_last_ns),
+        first_read_ns: (x.first_read_ns != 0).then_some(x.first_read_ns),
+        req_bytes: x.req_bytes,
+        resp_bytes: x.resp_bytes,
     }
 }
 
@@ -532,7 +431,7 @@ mod tests {
 
     #[test]
     fn records_say_when_there_was_no_response() {
-        let r = Record::from(&exchange(ROLE_CLIENT, 7, 0));
+        let r = record(&exchange(ROLE_CLIENT, 7, 0));
         assert_eq!((r.role, r.resp_first_ns), ("client", None));
         assert_eq!(r.local.to_string(), "10.78.0.10:9080");
     }

@@ -41,21 +41,7 @@ use probe_common::exchange::Exchange;
 use crate::hops::addr;
 
 /// Which way the proxy forwarded: into its pod (to the app) or out of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
+pub use hopprobe_formats::summary::HopDirection as Direction;
 
 /// One paired hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Per-environment aggregates: the decomposition at each percentile, queue wait against
 //! service, throughput and Little's law, the latency CDF and each container's CPU.
 
+use hopprobe_formats::loadgen_records::Request;
 use serde::Serialize;
 
 use super::{
@@ -229,7 +230,7 @@ pub fn env_report(
     };
     match (requests, joined) {
         (Some(reqs), Some(j)) => {
-            let ok: Vec<&super::input::Request> = reqs.requests.iter().filter(|r| r.ok()).collect();
+            let ok: Vec<&Request> = reqs.requests.iter().filter(|r| r.ok()).collect();
             report.requests = j.requests;
             report.joined = j.breakdowns.len();
             report.join_rate = j.join_rate();

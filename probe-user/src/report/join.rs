@@ -24,9 +24,10 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use hopprobe_formats::{loadgen_records::Request, records::SockExchange};
 use serde::Serialize;
 
-use super::input::{ProbeRecords, Request, SockExchange};
+use super::input::ProbeRecords;
 use crate::hops::{
     calls::{Timed, pair_children},
     datapath::DatapathRecord,
@@ -584,6 +585,8 @@ mod tests {
             resp_first_ns: Some(t[1]),
             resp_last_ns: Some(t[2]),
             first_read_ns: read,
+            req_bytes: 0,
+            resp_bytes: 0,
         }
     }
 
@@ -615,6 +618,7 @@ mod tests {
                 end_ns: (node_out + 500 * us).wrapping_add_signed(OFFSET),
                 status: Some(200),
                 error: None,
+                ..Request::default()
             });
             let client = format!("10.77.0.2:{cport}");
             let masq = format!("10.78.0.1:{mport}");

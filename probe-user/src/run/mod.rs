@@ -14,7 +14,6 @@ use probe_common::{
     sockops::SockHistKey,
     tcflow::{TcExchange, TcFlowKey},
 };
-use serde::Serialize;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::{Instant, Interval, MissedTickBehavior},
@@ -30,21 +29,18 @@ use crate::{
         datapath::{Datapath, DatapathOptions},
         ebpf::MapSizes,
         evictions::LruMaps,
-        probe::{
-            ActiveHook, AttachError, Probe, TcpEvents, read_counters, read_hists, read_tcp_events,
-        },
-        prog_info::ProgramCost,
+        probe::{ActiveHook, AttachError, Probe, read_counters, read_hists, read_tcp_events},
         reads::ReadHook,
     },
-    hops::{self, HopSummary, datapath as tcflow, kernel_hops},
+    hops::{self, datapath as tcflow, kernel_hops},
     names::{
         Metadata,
         cgroup::Resolver,
         kube::{self as kube_names, KubeError, KubeOptions, KubeSource},
     },
     series::{
-        conn::{self, Aggregator, SeriesSummary, sock_series},
-        cpu::{CpuSampler, CpuSeries},
+        conn::{self, Aggregator, sock_series},
+        cpu::CpuSampler,
     },
 };
 
@@ -71,23 +67,9 @@ pub struct RunOptions {
     pub bpf_stats: bool,
 }
 
-/// What `--json` writes.
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    pub duration_s: f64,
-    pub stopped_by: &'static str,
-    pub cgroup_root: PathBuf,
-    pub hooks: Vec<ActiveHook>,
-    pub counters: BTreeMap<&'static str, u64>,
-    pub series: Vec<SeriesSummary>,
-    pub hops: Vec<HopSummary>,
-    pub tcp_events: Vec<TcpEvents>,
-    /// Each container's cumulative CPU (cgroup `usage_usec`), sampled every 500 ms.
-    pub cpu: Vec<CpuSeries>,
-    /// With `--bpf-stats`: each program's runs and run time.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub programs: Vec<ProgramCost>,
-}
+/// What `--json` writes (and `hopprobe report --summary` reads), with the names the run holds
+/// borrowed.
+pub type Summary = hopprobe_formats::summary::Summary<&'static str>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

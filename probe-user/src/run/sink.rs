@@ -12,7 +12,7 @@ use probe_common::{conn::ConnEvent, exchange::Exchange, tcflow::TcExchange};
 
 use super::rings::Consumer;
 use crate::{
-    hops::{HopAggregator, Record, datapath::DatapathRecord, kept::Kept},
+    hops::{self, HopAggregator, datapath, kept::Kept},
     names::{Metadata, cgroup::Resolver, parse_cgroup_path},
     series::conn::Aggregator,
 };
@@ -78,7 +78,7 @@ impl<'a> ExchangeSink<'a> {
 
     pub fn add_datapath(&mut self, x: &TcExchange, ifnames: &BTreeMap<u32, String>) {
         if self.records.is_some() {
-            let r = DatapathRecord::new(x, ifnames, self.metadata);
+            let r = datapath::record(x, ifnames, self.metadata);
             self.write_line(&serde_json::to_string(&r).unwrap_or_default());
         }
     }
@@ -91,7 +91,7 @@ impl<'a> ExchangeSink<'a> {
             self.kept.add(x, proxy);
         }
         if self.records.is_some() {
-            let line = serde_json::to_string(&Record::from(x)).unwrap_or_default();
+            let line = serde_json::to_string(&hops::record(x)).unwrap_or_default();
             self.write_line(&line);
         }
     }

@@ -8,33 +8,15 @@ use probe_common::{
     },
     sockops::{METRIC_SRTT, SockHistKey},
 };
-use serde::Serialize;
+
+/// What `--json` writes for one series (times in microseconds) is defined with the rest of
+/// the summary.
+pub use hopprobe_formats::summary::{ConnDirection as Direction, Metric, SeriesSummary};
 
 use crate::{
     names::{Metadata, cgroup::Resolver},
-    series::latency::{Latency, Summary},
+    series::latency::Latency,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    Handshake,
-    Lifetime,
-    FailedConnect,
-    /// The socket's smoothed RTT at each RTT update (`sock_ops`), kept in the kernel.
-    Srtt,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// This side connected (client).
-    Active,
-    /// This side accepted (server).
-    Passive,
-    /// Not known: the socket's flow was no longer (or never) in `FLOW_SOCK`.
-    Unknown,
-}
 
 /// One latency series. The ephemeral port of a connection is left out (`None`) so that a
 /// series is per service: the remote port for active sockets, the local port for passive ones.
@@ -89,34 +71,6 @@ pub struct Aggregator {
     /// Events this build cannot use: an unknown kind (kernel/user version mismatch) or a
     /// duration beyond the histogram's range.
     pub unknown: u64,
-}
-
-/// What `--json` writes for one series; times in microseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SeriesSummary {
-    pub metric: Metric,
-    pub direction: Direction,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    /// The cgroup's pod and container where a names source knows them (see `name`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    pub local_port: Option<u16>,
-    pub remote_port: Option<u16>,
-    #[serde(flatten)]
-    pub latency: Summary,
-    /// Passive handshakes timed from SYN_RECV because no SYN was stamped (cgroup_skb hook
-    /// missing, or the connection began before hopprobe attached).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub timed_from_syn_recv: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
 }
 
 impl Aggregator {

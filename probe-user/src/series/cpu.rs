@@ -7,20 +7,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+/// One container's CPU over the run, as the summary holds it.
+pub use hopprobe_formats::summary::CpuSeries;
 
 use crate::names::{Metadata, parse_cgroup_path};
-
-/// One container's CPU over the run: `(monotonic ns, cumulative usage µs)` pairs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CpuSeries {
-    /// Path under the cgroup v2 root.
-    pub cgroup: String,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
-    pub samples: Vec<(u64, u64)>,
-}
 
 /// `usage_usec` from a `cpu.stat` text.
 pub fn usage_usec(cpu_stat: &str) -> Option<u64> {

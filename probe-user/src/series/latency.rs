@@ -2,7 +2,8 @@
 
 use hdrhistogram::Histogram;
 use probe_common::hist::{BUCKETS, bucket_low};
-use serde::Serialize;
+
+pub use hopprobe_formats::summary::LatencySummary as Summary;
 
 /// Nanosecond values with three significant digits. The histogram resizes itself to the
 /// largest value seen (`saturating_record` would clamp to its initial range instead).
@@ -57,18 +58,6 @@ impl Latency {
             max_us: us(h.max() as f64),
         }
     }
-}
-
-/// Count and percentiles in microseconds, rounded to 0.1 µs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Summary {
-    pub count: u64,
-    pub min_us: f64,
-    pub mean_us: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
 }
 
 #[cfg(test)]
