@@ -29,7 +29,7 @@ pub struct Plan {
     pub objects: Vec<String>,
     /// Seconds one test binary may run before `timeout` kills it.
     pub test_timeout_secs: u64,
-    /// Run the lab's tests too (`vm-test --lab`); otherwise they say LAB-OFF.
+    /// Run the lab's tests too (`vm-test --lab`); otherwise they say LAB-OFF (see `NOT_RUN_HERE`).
     pub lab: bool,
 }
 
@@ -108,15 +108,77 @@ mark kernel "$(uname -r)" uptime "$(now)"
     s
 }
 
+/// How a test that does not run in the VMs says so, and returns: libtest counts it as passed.
+/// The lab's tests without `vm-test --lab` (`testkit::lab::available`), the browser's always
+/// (`testkit::browser::chromium`).
+pub const NOT_RUN_HERE: [&str; 2] = ["LAB-OFF ", "HOST-ONLY "];
+
 #[derive(Debug, Clone, Default)]
 pub struct TestRun {
     pub name: String,
     pub rc: Option<i32>,
+    /// libtest's own counts, which call a test that returned early "passed".
     pub totals: TestTotals,
     pub failed: Vec<String>,
     /// Root tests that said SKIPPED (none should under HOPPROBE_ROOT_TESTS=require).
     pub skipped: Vec<String>,
+    /// Tests that passed without running, having said one of `NOT_RUN_HERE`.
+    pub not_run: Vec<String>,
     pub secs: Option<f64>,
+}
+
+impl TestRun {
+    /// Tests that ran and passed.
+    pub fn passed(&self) -> u64 {
+        self.totals.passed.saturating_sub(self.not_run.len() as u64)
+    }
+
+    /// Reads one line of libtest's `--show-output` report: a passing test's output comes under
+    /// `---- NAME stdout ----` after `successes:`, a failing one's after `failures:`.
+    fn read_output_line(&mut self, line: &str, output: &mut Output) {
+        match line {
+            "successes:" => *output = Output::Successes(None),
+            "failures:" => *output = Output::Failures,
+            _ if line.starts_with("test result: ") => *output = Output::None,
+            _ => {}
+        }
+        if let Output::Successes(test) = output
+            && let Some(name) = line
+                .strip_prefix("---- ")
+                .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            *test = Some(name.to_owned());
+        }
+        // Uncaptured output can follow libtest's `test NAME ... ` on the same line.
+        let Some(said) = NOT_RUN_HERE
+            .iter()
+            .find_map(|m| line.find(m).map(|at| &line[at + m.len()..]))
+        else {
+            return;
+        };
+        // A failure is a failure, whatever it said before.
+        let name = match output {
+            Output::Failures => return,
+            Output::Successes(Some(test)) => test.clone(),
+            // Output that was not captured (`--nocapture`): the name the test gave itself.
+            Output::Successes(None) | Output::None => {
+                said.split(':').next().unwrap_or(said).trim().to_owned()
+            }
+        };
+        if !self.not_run.contains(&name) {
+            self.not_run.push(name);
+        }
+    }
+}
+
+/// Where in libtest's report a test binary's output is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Output {
+    #[default]
+    None,
+    /// The passing tests' output, under the name of the test whose section it is.
+    Successes(Option<String>),
+    Failures,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -165,6 +227,7 @@ pub fn parse(serial: &str) -> Outcome {
     let mut o = Outcome::default();
     let mut in_check = false;
     let mut current: Option<TestRun> = None;
+    let mut output = Output::None;
     let mut load: Option<(usize, Vec<String>)> = None;
     for raw in serial.lines() {
         let line = raw.trim_end_matches('\r');
@@ -187,6 +250,7 @@ pub fn parse(serial: &str) -> Outcome {
                 if let Some(at) = line.find("SKIPPED ") {
                     t.skipped.push(line[at + 8..].to_owned());
                 }
+                t.read_output_line(line, &mut output);
             }
             continue;
         };
@@ -202,6 +266,7 @@ pub fn parse(serial: &str) -> Outcome {
                 o.check = serde_json::from_str(&o.check_text).ok();
             }
             ["begin", "test", name, ..] => {
+                output = Output::None;
                 current = Some(TestRun {
                     name: (*name).to_owned(),
                     ..TestRun::default()
@@ -239,8 +304,91 @@ pub fn parse(serial: &str) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// One test binary on a VM's console without `--lab`, as libtest prints it with
+    /// `--show-output`: two lab tests said LAB-OFF and the browser test HOST-ONLY, and libtest
+    /// calls all three "ok"; two tests ran and passed, one failed.
+    pub(in crate::vm) const SERIAL_WITHOUT_LAB: &str = "\
+@@hopprobe-vm begin test tests/test:hops\r
+\r
+running 6 tests\r
+test browser ... ok\r
+test fails ... FAILED\r
+test lab_one ... ok\r
+test m::lab_two ... ok\r
+test plain ... ok\r
+test silent ... ok\r
+\r
+successes:\r
+\r
+---- browser stdout ----\r
+HOST-ONLY browser_x: Chromium runs on the host (HOPPROBE_BROWSER_TESTS=off)\r
+\r
+---- lab_one stdout ----\r
+LAB-OFF lab_one: not run here (HOPPROBE_LAB_TESTS=off; vm-test --lab runs it)\r
+\r
+---- m::lab_two stdout ----\r
+LAB-OFF other_name: not run here (HOPPROBE_LAB_TESTS=off; vm-test --lab runs it)\r
+\r
+---- plain stdout ----\r
+measured 3 ms\r
+\r
+\r
+successes:\r
+    browser\r
+    lab_one\r
+    m::lab_two\r
+    plain\r
+    silent\r
+\r
+failures:\r
+\r
+---- fails stdout ----\r
+LAB-OFF fails: not run here (HOPPROBE_LAB_TESTS=off; vm-test --lab runs it)\r
+\r
+thread 'fails' (1768) panicked at t.rs:6:53:\r
+boom\r
+\r
+failures:\r
+    fails\r
+\r
+test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.12s\r
+\r
+@@hopprobe-vm end test tests/test:hops rc=101 start=1.0 stop=3.0\r
+";
+
+    #[test]
+    fn tests_that_said_they_do_not_run_here_are_not_counted_as_passed() {
+        let o = parse(SERIAL_WITHOUT_LAB);
+        let t = &o.tests[0];
+        assert_eq!(
+            (t.totals.passed, t.totals.failed),
+            (5, 1),
+            "libtest's counts"
+        );
+        // By libtest's names, from their output sections; the failed one stays failed.
+        assert_eq!(t.not_run, vec!["browser", "lab_one", "m::lab_two"]);
+        assert_eq!(t.passed(), 2);
+        assert_eq!(t.failed, vec!["fails"]);
+        assert!(t.skipped.is_empty());
+    }
+
+    #[test]
+    fn without_captured_output_the_name_on_the_line_counts() {
+        let o = parse(
+            "@@hopprobe-vm begin test t\n\
+            running 2 tests\n\
+            test a ... LAB-OFF lab_a: not run here\n\
+            ok\n\
+            test b ... ok\n\
+            test result: ok. 2 passed; 0 failed\n\
+            @@hopprobe-vm end test t rc=0\n",
+        );
+        assert_eq!(o.tests[0].not_run, vec!["lab_a"]);
+        assert_eq!(o.tests[0].passed(), 1);
+    }
 
     #[test]
     fn the_script_runs_every_test_with_one_thread_and_powers_off() {

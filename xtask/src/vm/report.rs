@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::guest::Outcome;
+use super::guest::{Outcome, TestRun};
 
 pub struct KernelResult {
     pub series: &'static str,
@@ -85,20 +85,22 @@ pub fn markdown(results: &[KernelResult]) -> String {
         "kernel".to_owned(),
         "package".to_owned(),
         "boot + tests".to_owned(),
-        "tests passed / failed".to_owned(),
+        // A test that said it does not run here (LAB-OFF without --lab, HOST-ONLY) is skipped.
+        "tests passed / failed / skipped".to_owned(),
     ];
     head.extend(progs.iter().map(|p| format!("`{p}` verifier")));
     head.extend(["kprobe", "fentry", "required hooks", "result"].map(str::to_owned));
     let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
     for r in results {
         let check = r.outcome.check.as_ref();
-        let passed: u64 = r.outcome.tests.iter().map(|t| t.totals.passed).sum();
+        let passed: u64 = r.outcome.tests.iter().map(TestRun::passed).sum();
         let failed: u64 = r.outcome.tests.iter().map(|t| t.totals.failed).sum();
+        let skipped: usize = r.outcome.tests.iter().map(|t| t.not_run.len()).sum();
         let mut row = vec![
             r.series.to_owned(),
             format!("`{}`", r.package),
             format!("{:.0} s", r.elapsed.as_secs_f64()),
-            format!("{passed} / {failed}"),
+            format!("{passed} / {failed} / {skipped}"),
         ];
         row.extend(progs.iter().map(|p| verifier(check, p)));
         row.push(hook(check, "kprobe"));
@@ -135,8 +137,10 @@ pub fn markdown(results: &[KernelResult]) -> String {
                 row.push(match r.outcome.tests.iter().find(|t| t.name == b) {
                     None => "not run".into(),
                     Some(t) => {
-                        let mut cell =
-                            format!("{} passed, {} failed", t.totals.passed, t.totals.failed);
+                        let mut cell = format!("{} passed, {} failed", t.passed(), t.totals.failed);
+                        if !t.not_run.is_empty() {
+                            cell.push_str(&format!(", {} skipped", t.not_run.len()));
+                        }
                         if let Some(s) = t.secs {
                             cell.push_str(&format!(" ({s:.0} s)"));
                         }
@@ -154,4 +158,28 @@ pub fn markdown(results: &[KernelResult]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::guest;
+
+    #[test]
+    fn tests_that_did_not_run_are_counted_as_skipped_not_passed() {
+        let result = KernelResult {
+            series: "6.1",
+            package: "linux-image-6.1".into(),
+            elapsed: Duration::from_secs(60),
+            outcome: guest::parse(guest::tests::SERIAL_WITHOUT_LAB),
+            problems: Vec::new(),
+        };
+        let md = markdown(&[result]);
+        assert!(md.contains("| tests passed / failed / skipped |"), "{md}");
+        assert!(md.contains("| 60 s | 2 / 1 / 3 |"), "{md}");
+        assert!(
+            md.contains("| `tests/test:hops` | 2 passed, 1 failed, 3 skipped (2 s)"),
+            "{md}"
+        );
+    }
 }
