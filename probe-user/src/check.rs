@@ -33,7 +33,7 @@ use crate::{
         ebpf::error_chain,
         plan::{self, Action, Facts, Options, Plan},
         privilege,
-        programs::{Need, PROGRAMS, Way},
+        programs::PROGRAMS,
         tracefs,
     },
     names::cgroup,
@@ -111,14 +111,6 @@ impl Verdict {
     }
 }
 
-fn need(n: Need) -> &'static str {
-    match n {
-        Need::OneOf(Way::SockRecvLength) => "reads #1",
-        Need::OneOf(Way::SyscallReads) => "reads #2",
-        other => other.name(),
-    }
-}
-
 impl Report {
     /// The report of the checks' `hooks`, with a row per decision of `plan`.
     pub fn new(
@@ -136,7 +128,7 @@ impl Report {
             .map(|d| ProgramPlan {
                 program: d.program,
                 purpose: d.spec.purpose,
-                need: need(d.spec.need),
+                need: d.spec.need.name(),
                 hook: matches!(d.action, Action::Attach { .. }).then(|| d.spec.hook.hook()),
                 runs_on: d.spec.hook.name(),
                 plan: d.action.clone(),

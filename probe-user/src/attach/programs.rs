@@ -185,11 +185,13 @@ pub enum Need {
 }
 
 impl Need {
+    /// As `check` prints it: `reads #N` is the Nth way of seeing reads in order of preference.
     pub fn name(self) -> &'static str {
         match self {
             Need::Required => "required",
             Need::Optional { .. } => "optional",
-            Need::OneOf(_) => "one way",
+            Need::OneOf(Way::SockRecvLength) => "reads #1",
+            Need::OneOf(Way::SyscallReads) => "reads #2",
         }
     }
 }
@@ -362,10 +364,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 
 /// The programs `hopprobe check` attaches to prove a hook type; they measure nothing.
 pub const CHECK_PREFIX: &str = "hp_check_";
-
-pub fn spec(name: &str) -> Option<&'static ProgramSpec> {
-    PROGRAMS.iter().find(|p| p.name == name)
-}
 
 /// The TC programs for interfaces of kind `iface`, with their direction.
 pub fn tc_programs(iface: Iface) -> impl Iterator<Item = (&'static str, TcAttachType)> {
