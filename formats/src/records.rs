@@ -33,7 +33,7 @@ pub struct SockExchange<S = String> {
     pub resp_first_ns: Option<u64>,
     pub resp_last_ns: Option<u64>,
     /// Server side: when the process first read the request; client side: when it first read
-    /// the response. `None` when not seen (Linux before 6.12 without the fallback hooks).
+    /// the response. `None` when no read hook saw it.
     pub first_read_ns: Option<u64>,
     #[serde(default)]
     pub req_bytes: u64,
