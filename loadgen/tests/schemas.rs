@@ -1,0 +1,115 @@
+//! What a real run writes is what `hopprobe-formats` defines: the records file (header from
+//! the command line, requests, warm-up, failures) and the JSON output, one target and several,
+//! are valid against the schemas in `formats/schemas` and read back by the shared readers into
+//! the same bytes.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::*;
+use hopprobe_formats::{loadgen_output, loadgen_records, to_pretty, write_line};
+use serde_json::Value;
+
+fn schema(name: &str) -> (boon::Schemas, boon::SchemaIndex) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../formats/schemas")
+        .join(name);
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler.set_default_draft(boon::Draft::V2020_12);
+    let index = compiler
+        .compile(path.to_str().expect("utf-8 path"), &mut schemas)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    (schemas, index)
+}
+
+fn assert_valid(name: &str, v: &Value) {
+    let (schemas, index) = schema(name);
+    if let Err(e) = schemas.validate(v, index) {
+        panic!("{name} rejects {v}:\n{e:#}");
+    }
+}
+
+#[test]
+fn records_and_json_of_a_run_follow_the_schemas() {
+    let s = ok_server(Duration::ZERO, "hello");
+    let path = temp_path("schemas.jsonl");
+    let out = loadgen(&[
+        &s.url(),
+        "-n",
+        "20",
+        "-c",
+        "3",
+        "--warmup",
+        "2",
+        "--no-tui",
+        "-j",
+        "--records",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8");
+    assert_valid("loadgen-output.schema.json", &json_of(&out));
+    let read = loadgen_output::read(&stdout).expect("read");
+    assert_eq!(to_pretty(&read).expect("json"), stdout);
+
+    let text = std::fs::read_to_string(&path).expect("records");
+    let (schemas, index) = schema("loadgen-records.schema.json");
+    let mut again = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("JSON line");
+        if let Err(e) = schemas.validate(&v, index) {
+            panic!("loadgen-records.schema.json rejects {line}:\n{e:#}");
+        }
+        write_line(
+            &mut again,
+            &loadgen_records::parse_line(line).expect("a line"),
+        )
+        .expect("write");
+    }
+    assert_eq!(String::from_utf8(again).expect("utf-8"), text);
+    let read = loadgen_records::read(&text).expect("read");
+    assert_eq!(read.header.and_then(|h| h.concurrency()), Some(3));
+    assert_eq!(read.requests.iter().filter(|r| r.warmup).count(), 2);
+}
+
+#[test]
+fn several_targets_and_failures_follow_the_schemas() {
+    let s = ok_server(Duration::ZERO, "hello");
+    let down = format!("down=http://127.0.0.1:{}/", closed_port());
+    let up = format!("up={}", s.url());
+    let path = temp_path("schemas-targets.jsonl");
+    let out = loadgen(&[
+        "--target",
+        &up,
+        "--target",
+        &down,
+        "-n",
+        "6",
+        "-c",
+        "1",
+        "--no-tui",
+        "-j",
+        "--records",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8");
+    let v = json_of(&out);
+    assert_valid("loadgen-output.schema.json", &v);
+    assert!(
+        v["targets"]["down"]["errorDistribution"]
+            .as_object()
+            .is_some_and(|e| !e.is_empty())
+    );
+    let read = loadgen_output::read(&stdout).expect("read");
+    assert_eq!(to_pretty(&read).expect("json"), stdout);
+    let text = std::fs::read_to_string(&path).expect("records");
+    for line in text.lines() {
+        assert_valid(
+            "loadgen-records.schema.json",
+            &serde_json::from_str(line).expect("JSON line"),
+        );
+    }
+    let read = loadgen_records::read(&text).expect("read");
+    assert!(read.requests.iter().any(|r| r.error.is_some()));
+}
