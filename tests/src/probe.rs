@@ -1,14 +1,92 @@
-//! A `hopprobe` process under test: started, waited for, signalled, and killed on drop.
+//! A `hopprobe` process under test: which binary, started, waited for, signalled, and killed
+//! on drop.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+
+/// probe-user's `hopprobe`, the binary users run. Cargo hands integration tests only their own
+/// package's binaries (`CARGO_BIN_EXE_*`), so it is found here: `HOPPROBE_BIN` when set
+/// (`cargo xtask test` and the test VMs set it to the one they built), else the one in this
+/// test's target directory and profile, built first when cargo runs the tests:
+/// `cargo test -p hopprobe-tests` builds none of probe-user's binaries, and one left by an
+/// earlier build may be stale. Panics when there is none.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(find_binary)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_binary() -> Result<PathBuf, String> {
+    let (bin, whence) = match std::env::var_os("HOPPROBE_BIN") {
+        Some(bin) => (PathBuf::from(bin), "named by HOPPROBE_BIN"),
+        None => {
+            let test = std::env::current_exe().map_err(|e| format!("locating this test: {e}"))?;
+            let (target, profile) = target_and_profile(&test)
+                .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", test.display()))?;
+            if let Some(cargo) = std::env::var_os("CARGO") {
+                build(&cargo, target, profile)?;
+            }
+            let hint = "`cargo build -p probe-user --bin hopprobe` builds it";
+            (target.join(profile).join("hopprobe"), hint)
+        }
+    };
+    if !bin.exists() {
+        return Err(format!("{} does not exist ({whence})", bin.display()));
+    }
+    Ok(bin)
+}
+
+/// The target directory and profile directory (`debug`, `release`) of a test executable, which
+/// cargo writes to `<target>/<profile>/deps/`.
+fn target_and_profile(test: &Path) -> Option<(&Path, &str)> {
+    let profile_dir = test.parent()?.parent()?;
+    Some((profile_dir.parent()?, profile_dir.file_name()?.to_str()?))
+}
+
+/// The `--profile` that writes to `profile_dir`: cargo names the dev profile's directory `debug`.
+fn profile_for(profile_dir: &str) -> &str {
+    match profile_dir {
+        "debug" => "dev",
+        other => other,
+    }
+}
+
+fn build(cargo: &OsStr, target: &Path, profile: &str) -> Result<(), String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lives in the workspace");
+    let mut c = Command::new(cargo);
+    c.args([
+        "build",
+        "-p",
+        "probe-user",
+        "--bin",
+        "hopprobe",
+        "--profile",
+    ])
+    .arg(profile_for(profile))
+    // The directory this test was built in, whatever chose it.
+    .arg("--target-dir")
+    .arg(target)
+    .current_dir(workspace)
+    // Its progress goes to the terminal: a first build takes minutes.
+    .stdout(Stdio::null());
+    let status = c.status().map_err(|e| format!("starting {c:?}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{c:?} failed ({status})"));
+    }
+    Ok(())
+}
 
 pub struct Hopprobe {
     child: Child,
@@ -158,4 +236,23 @@ pub fn try_measure(
         records,
         _dir: dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_found_in_the_tests_target_directory_and_profile() {
+        let test = Path::new("/w/target/debug/deps/cli-0123abcd");
+        assert_eq!(
+            target_and_profile(test),
+            Some((Path::new("/w/target"), "debug"))
+        );
+        assert_eq!(profile_for("debug"), "dev");
+        let test = Path::new("/t/release/deps/cli-0123abcd");
+        assert_eq!(target_and_profile(test), Some((Path::new("/t"), "release")));
+        assert_eq!(profile_for("release"), "release");
+        assert_eq!(target_and_profile(Path::new("cli")), None);
+    }
 }

@@ -125,7 +125,7 @@ fn check_split(args: &[&str], port: u16) -> String {
 fn check_split_with(args: &[&str], port: u16, load: impl FnOnce()) -> String {
     let mut full = vec!["--no-datapath"];
     full.extend_from_slice(args);
-    let m = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &full, load);
+    let m = measure(&testkit::probe::binary(), &full, load);
     let s = &m.summary;
     let p50 = |h: &Value| h["p50_us"].as_f64().expect("p50") / 1000.0;
     let (queue, processing) = (hop(s, "app_queue", port), hop(s, "app_processing", port));

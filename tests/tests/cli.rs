@@ -11,13 +11,15 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use testkit::{leftovers, probe::Hopprobe};
+use testkit::{
+    leftovers,
+    probe::{self, Hopprobe},
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
 const UNSUPPORTED: i32 = 3;
 
 fn hopprobe(args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(probe::binary())
         .args(args)
         .env("NO_COLOR", "1")
         .output()
@@ -32,7 +34,7 @@ fn text(o: &Output) -> String {
 fn world_executable_copy(dir: &Path) -> PathBuf {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let copy = dir.join("hopprobe");
-    std::fs::copy(BIN, &copy).expect("copy binary");
+    std::fs::copy(probe::binary(), &copy).expect("copy binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     copy
 }
@@ -139,7 +141,7 @@ fn sigterm_detaches_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("s.json");
     let mut probe = Hopprobe::start(
-        Path::new(BIN),
+        &probe::binary(),
         &["run", "--json", json.to_str().expect("utf-8")],
     );
     // Positive control: while running, its programs are loaded.
@@ -167,7 +169,7 @@ fn duration_ends_the_run_and_sigkill_leaves_nothing_attached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("d.json");
     let mut probe = Hopprobe::start(
-        Path::new(BIN),
+        &probe::binary(),
         &[
             "run",
             "--duration",
@@ -186,7 +188,7 @@ fn duration_ends_the_run_and_sigkill_leaves_nothing_attached() {
 
     // A killed probe cannot clean up; the kernel must, because every attachment is a link
     // or perf event owned by the process's file descriptors.
-    let probe = Hopprobe::start(Path::new(BIN), &["run"]);
+    let probe = Hopprobe::start(&probe::binary(), &["run"]);
     assert!(!leftovers::bpf_programs().is_empty());
     probe.signal(Signal::SIGKILL);
     drop(probe);

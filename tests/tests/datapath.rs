@@ -15,7 +15,6 @@ use testkit::{
     probe::{Hopprobe, measure},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
 const REQUESTS: usize = 20;
 
 #[test]
@@ -30,7 +29,7 @@ fn datapath_hops_are_matched_across_nodeport_and_clusterip_nat() {
     )
     .expect("lab up");
     let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let summary = measure(Path::new(BIN), &["--netns", &netns], || {
+    let summary = measure(&testkit::probe::binary(), &["--netns", &netns], || {
         for _ in 0..REQUESTS {
             let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
             assert_eq!(resp.status(), Some(200));
@@ -151,7 +150,7 @@ fn new_pod_veths_are_picked_up_within_two_seconds_and_forgotten_when_gone() {
     .expect("default route");
     let netns = format!("/run/netns/{}", node.name);
     let probe = Hopprobe::start(
-        Path::new(BIN),
+        &testkit::probe::binary(),
         &["run", "--netns", &netns, "--duration", "30s"],
     );
     assert!(

@@ -7,7 +7,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
     time::Duration,
 };
 
@@ -60,7 +59,7 @@ fn a_request_that_completes_the_handshake_is_timed() {
         .expect("iptables in the client's namespace");
     let port = 20_000 + (std::process::id() % 20_000) as u16 + 7;
     let server_addr = SocketAddr::new(link.right_addr.into(), port);
-    let measured = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &[], || {
+    let measured = measure(&testkit::probe::binary(), &[], || {
         let listener = link
             .right
             .run(|| TcpListener::bind(server_addr))

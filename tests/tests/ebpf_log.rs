@@ -7,14 +7,11 @@
 
 use std::{
     net::{TcpListener, TcpStream},
-    path::Path,
     time::Duration,
 };
 
 use nix::sys::signal::Signal;
 use testkit::{emulation::slack, leftovers, probe::Hopprobe};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hopprobe-test");
 
 /// What the debug record of an untracked close says (`probe-ebpf/src/tracepoints.rs`).
 const UNTRACKED: &str = "hp_sock_set_state: socket ";
@@ -30,7 +27,7 @@ fn around_an_untracked_close(flag: Option<&str>, rust_log: &str) -> String {
     if let Some(level) = flag {
         args.extend(["--ebpf-log", level]);
     }
-    let mut probe = Hopprobe::try_start_logging(Path::new(BIN), &args, rust_log)
+    let mut probe = Hopprobe::try_start_logging(&testkit::probe::binary(), &args, rust_log)
         .unwrap_or_else(|e| panic!("{e}"));
     drop(client);
     drop(server);

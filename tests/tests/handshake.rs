@@ -5,7 +5,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsFd,
     os::unix::fs::MetadataExt,
-    path::Path,
     time::Duration,
 };
 
@@ -73,40 +72,35 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     let link = Link::new().expect("create namespaces");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let refused_port = port + 1;
-    let measured = measure(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
-        &["--interval", "1s"],
-        || {
-            let server_addr = SocketAddr::new(link.right_addr.into(), port);
-            let listener = link
-                .right
-                .run(|| TcpListener::bind(server_addr))
-                .expect("enter server namespace")
-                .expect("bind");
-            let server = std::thread::spawn(move || serve(listener, CONNECTIONS));
-            link.left
-                .run(|| {
-                    for _ in 0..CONNECTIONS {
-                        let mut s =
-                            TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
-                                .expect("connect");
-                        s.set_read_timeout(Some(Duration::from_secs(10)))
-                            .expect("timeout");
-                        let mut reply = Vec::new();
-                        s.read_to_end(&mut reply).expect("read");
-                        assert_eq!(reply, b"ok");
-                    }
-                    let refused = SocketAddr::new(link.right_addr.into(), refused_port);
-                    for _ in 0..REFUSED {
-                        let err = TcpStream::connect_timeout(&refused, Duration::from_secs(5))
-                            .expect_err("nobody listens there");
-                        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-                    }
-                })
-                .expect("enter client namespace");
-            server.join().expect("server thread");
-        },
-    );
+    let measured = measure(&testkit::probe::binary(), &["--interval", "1s"], || {
+        let server_addr = SocketAddr::new(link.right_addr.into(), port);
+        let listener = link
+            .right
+            .run(|| TcpListener::bind(server_addr))
+            .expect("enter server namespace")
+            .expect("bind");
+        let server = std::thread::spawn(move || serve(listener, CONNECTIONS));
+        link.left
+            .run(|| {
+                for _ in 0..CONNECTIONS {
+                    let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
+                        .expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).expect("read");
+                    assert_eq!(reply, b"ok");
+                }
+                let refused = SocketAddr::new(link.right_addr.into(), refused_port);
+                for _ in 0..REFUSED {
+                    let err = TcpStream::connect_timeout(&refused, Duration::from_secs(5))
+                        .expect_err("nobody listens there");
+                    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+                }
+            })
+            .expect("enter client namespace");
+        server.join().expect("server thread");
+    });
     let summary = &measured.summary;
     let context = format!("summary:\n{summary:#}\nstderr:\n{}", measured.stderr);
     assert_eq!(summary["stopped_by"], "SIGINT", "{context}");
@@ -170,7 +164,7 @@ fn a_dual_stack_listener_taking_ipv4_clients_is_timed_from_the_syn() {
     }
     let link = Link::new().expect("create namespaces");
     let port = 20_000 + (std::process::id() % 20_000) as u16 + 2;
-    let measured = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &[], || {
+    let measured = measure(&testkit::probe::binary(), &[], || {
         // `[::]` as nginx and Go servers bind by default: IPv4 clients reach a v6 socket.
         let listener = link
             .right

@@ -40,7 +40,7 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
         .map(|(p, c)| (c.cgroup_id, p.service.clone()))
         .collect();
 
-    let measured = measure(Path::new(env!("CARGO_BIN_EXE_hopprobe-test")), &[], || {
+    let measured = measure(&testkit::probe::binary(), &[], || {
         for _ in 0..REQUESTS {
             let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
             assert_eq!(resp.status(), Some(200));
@@ -138,7 +138,7 @@ fn sidecar_hops(lab: &Lab, requests: usize) -> (HashMap<(String, String), (u64, 
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
     let summary = measure(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &testkit::probe::binary(),
         &["--netns", &netns, "--metadata", &metadata],
         || {
             for _ in 0..requests {
@@ -311,7 +311,7 @@ fn a_saturated_one_worker_app_shows_queue_wait_not_processing() {
     let metadata = lab.state.metadata_file.display().to_string();
     let (ns, addr) = (lab.client_netns(), lab.nodeport());
     let summary = measure(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &testkit::probe::binary(),
         &["--netns", &netns, "--metadata", &metadata],
         || {
             let start = std::time::Instant::now();

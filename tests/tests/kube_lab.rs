@@ -76,7 +76,7 @@ fn every_name_comes_from_the_api_server() {
     let kubeconfig = api.kubeconfig(dir.path());
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let measured = measure(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &testkit::probe::binary(),
         &[
             "--netns",
             &netns,

@@ -1,7 +1,7 @@
 //! What hopprobe costs the traffic it watches: when the kernel wakes its reader, and the
 //! per-program run time `--bpf-stats` reports.
 
-use std::{os::fd::AsRawFd, path::Path, sync::mpsc, time::Duration};
+use std::{os::fd::AsRawFd, sync::mpsc, time::Duration};
 
 use probe_user::attach::{
     ebpf::{MapSizes, RingWakeup},
@@ -125,9 +125,9 @@ fn bpf_stats_reports_each_programs_runs_and_time() {
     if !testkit::root::available("bpf_stats_reports_each_programs_runs_and_time") {
         return;
     }
-    let bin = Path::new(env!("CARGO_BIN_EXE_hopprobe-test"));
+    let bin = testkit::probe::binary();
     let sysctl_before = stats_sysctl();
-    let with = measure(bin, &["--bpf-stats"], || connections(20));
+    let with = measure(&bin, &["--bpf-stats"], || connections(20));
     let programs = with.summary["programs"].as_array().expect("programs");
     let set_state = programs
         .iter()
@@ -145,7 +145,7 @@ fn bpf_stats_reports_each_programs_runs_and_time() {
     // Statistics are on only while hopprobe holds them.
     assert_eq!(stats_sysctl(), sysctl_before);
 
-    let without = measure(bin, &[], || connections(5));
+    let without = measure(&bin, &[], || connections(5));
     assert!(
         without.summary.get("programs").is_none(),
         "{}",

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use serde_json::{Value, json};
 
 fn hopprobe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hopprobe-test"))
+    Command::new(testkit::probe::binary())
 }
 
 /// Writes one environment's inputs into `dir`: `n` requests through an uplink, a front pod

@@ -68,7 +68,7 @@ fn run(tag: &str, productpage_ms: u64, link: Duration) -> Run {
     ])
     .expect("loadgen flags");
     let measured = measure(
-        Path::new(env!("CARGO_BIN_EXE_hopprobe-test")),
+        &testkit::probe::binary(),
         &["--netns", &netns, "--metadata", &metadata],
         || {
             let code = testkit::netns::run_in(&lab.client_netns(), || loadgen::app::run(&opts))

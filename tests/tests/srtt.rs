@@ -97,12 +97,12 @@ fn smoothed_rtt_matches_the_injected_delay() {
     }
     let link = Link::new().expect("create namespaces");
     let port = 21_000 + (std::process::id() % 20_000) as u16;
-    let bin = Path::new(env!("CARGO_BIN_EXE_hopprobe-test"));
+    let bin = testkit::probe::binary();
     let cgroup = own_cgroup_id();
     let p50 = |s: &Value| s["p50_us"].as_f64().expect("p50") / 1000.0;
 
     // Without a delay: a veth's round trip, well under a millisecond on an idle machine.
-    let plain = measure(bin, &["--no-datapath"], || traffic(&link, port));
+    let plain = measure(&bin, &["--no-datapath"], || traffic(&link, port));
     for direction in ["active", "passive"] {
         let s = srtt(&plain.summary, direction, port);
         assert!(
@@ -129,7 +129,7 @@ fn smoothed_rtt_matches_the_injected_delay() {
         eprintln!("SKIPPED the netem half of smoothed_rtt_matches_the_injected_delay: {e}");
     } else {
         let port = port + 1;
-        let delayed = measure(bin, &["--no-datapath"], || traffic(&link, port));
+        let delayed = measure(&bin, &["--no-datapath"], || traffic(&link, port));
         for direction in ["active", "passive"] {
             let s = srtt(&delayed.summary, direction, port);
             let (p50, min) = (p50(s), s["min_us"].as_f64().expect("min") / 1000.0);

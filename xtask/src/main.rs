@@ -148,6 +148,11 @@ fn test() -> Result<()> {
         "--",
         "--test-threads=1",
     ]);
+    // The hopprobe the tests run (testkit::probe::binary): this `cargo test` builds it for
+    // probe-user's integration tests before any test runs. Named here, the tests do not each
+    // start a cargo to build it with probe-user's features alone, which differ from the
+    // workspace's and would rebuild half the dependencies a second time.
+    test.env("HOPPROBE_BIN", demo::bin("hopprobe"));
     if root {
         // The accuracy matrix measures with the tools as users run them (see
         // `demo::measuring`); the demo below uses the same builds.
@@ -244,6 +249,34 @@ mod tests {
             }
         }
         assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
+    /// The tests run probe-user's own `hopprobe` (`testkit::probe::binary`), not a second
+    /// binary of the tests package built from a copy of its `main.rs`.
+    #[test]
+    fn the_tests_run_the_hopprobe_users_run() {
+        let root = cmd::workspace_root();
+        let copy = concat!("hopprobe", "-test");
+        // Named, not as the start of the package's name, `hopprobe-tests`.
+        let names = |text: &str| {
+            text.match_indices(copy)
+                .any(|(at, _)| !text[at + copy.len()..].starts_with('s'))
+        };
+        let manifest = std::fs::read_to_string(root.join("tests/Cargo.toml")).expect("manifest");
+        assert!(!names(&manifest), "tests/Cargo.toml builds {copy}");
+        let mut files = Vec::new();
+        for dir in ["tests/src", "tests/tests", "xtask/src"] {
+            rust_sources(&root.join(dir), &mut files);
+        }
+        let found: Vec<String> = files
+            .iter()
+            .filter(|f| {
+                f.file_stem().is_some_and(|s| s == copy)
+                    || std::fs::read_to_string(f).is_ok_and(|t| names(&t))
+            })
+            .map(|f| f.display().to_string())
+            .collect();
+        assert!(found.is_empty(), "{copy} in {found:?}");
     }
 
     #[test]

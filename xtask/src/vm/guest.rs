@@ -46,6 +46,12 @@ fn quote(s: &str) -> String {
 
 pub fn init_script(plan: &Plan) -> String {
     let lab = if plan.lab { "require" } else { "off" };
+    // The hopprobe that `check` runs below is the one the tests run (testkit::probe::binary).
+    let hopprobe_bin = plan
+        .hopprobe
+        .as_deref()
+        .map(|h| format!("export HOPPROBE_BIN={}", quote(h)))
+        .unwrap_or_default();
     let mut s = format!(
         r#"#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NO_COLOR=1
@@ -54,6 +60,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NO_COLOR=1
 export HOPPROBE_ROOT_TESTS=require HOPPROBE_LAB_TESTS={lab} {EMULATION_ENV}={EMULATION_VALUE}
 # No browser in the image: the report's rendering test runs on the host.
 export HOPPROBE_BROWSER_TESTS=off
+{hopprobe_bin}
 # A node's container runtime gives its containers far more than the kernel's default 1024
 # descriptors (containerd: 1048576); haproxy refuses to start with fewer than it needs.
 ulimit -n 1048576
@@ -407,6 +414,7 @@ test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
         };
         let s = init_script(&plan);
         assert!(s.contains("insmod /lib/vm-modules/veth.ko"));
+        assert!(s.contains("\nexport HOPPROBE_BIN='/w/target/debug/hopprobe'\n"));
         assert!(s.contains(
             "export HOPPROBE_ROOT_TESTS=require HOPPROBE_LAB_TESTS=require HOPPROBE_EMULATED_CPU=qemu-tcg\n"
         ));

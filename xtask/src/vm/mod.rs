@@ -373,10 +373,9 @@ pub fn run(args: &Args) -> Result<()> {
                     path: abs(&e.path),
                     cwd: abs(&e.cwd),
                 });
-            } else if e.name.ends_with("/bin:hopprobe") || e.name.ends_with("/bin:hopprobe-test") {
-                // The tests package builds hopprobe's entry point as `hopprobe-test` for its
-                // integration tests; `cargo test` builds probe-user's own binary only when
-                // something of probe-user needs it.
+            } else if e.name.ends_with("probe-user/bin:hopprobe") {
+                // Built for probe-user's integration tests; the tests package's run it too
+                // (HOPPROBE_BIN, see guest::init_script).
                 plan.hopprobe = Some(abs(&e.path));
             }
             let name = e.path.file_name().context("file name")?.to_owned();
