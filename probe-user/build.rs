@@ -12,9 +12,14 @@ fn main() {
     let object = env::var_os("HOPPROBE_EBPF_OBJECT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
+            // Cargo takes a relative CARGO_TARGET_DIR from the directory it was started in,
+            // the workspace root for `cargo xtask` and CI; a build script runs in its
+            // package's directory, so the same relative path is resolved against the root here (as xtask's `cmd::target_dir`).
+            let workspace = manifest.join("..");
             let target = env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| manifest.join("../target"));
+                .filter(|t| !t.is_empty())
+                .map(|t| workspace.join(t))
+                .unwrap_or_else(|| workspace.join("target"));
             target.join("bpfel-unknown-none/release/probe-ebpf")
         });
     println!("cargo::rerun-if-changed={}", object.display());
