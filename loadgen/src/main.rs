@@ -1,4 +1,4 @@
-//! `loadgen` binary: see the README's "loadgen" section.
+//! `loadgen` binary: see docs/loadgen.md.
 
 use clap::Parser;
 

@@ -82,7 +82,7 @@ pub struct RunArgs {
     pub records_ring_size: u32,
     /// When the kernel wakes hopprobe to read its ring buffers: `batched` when one is an
     /// eighth full (and every 10 ms regardless), `each` at every record as the kernel does by
-    /// default, which lengthens the traced requests (see README, Overhead).
+    /// default, which lengthens the traced requests (docs/design/ring-wakeups.md).
     #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
     pub ring_wakeup: RingWakeup,
     /// Turn on the kernel's BPF run-time statistics while hopprobe runs, and report each
@@ -117,7 +117,7 @@ pub struct RunArgs {
     /// [default: hopprobe's own].
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// Names for cgroups and interfaces: a JSON file as `hoplab` writes it (see README).
+    /// Names for cgroups and interfaces: a JSON file as `hoplab` writes it (docs/names.md).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
     /// Containers that are proxies: their exchanges pair into sidecar hops.

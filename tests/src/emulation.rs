@@ -19,7 +19,7 @@ pub const ENV: &str = "HOPPROBE_EMULATED_CPU";
 /// How much longer a test waits under TCG for something to settle. The emulated CPU ran the
 /// lab's requests about 20 times slower than the host (an end-to-end overhead of 157–169 ms
 /// where the host needs under 8 ms); closing 1400 sockets took over 5 s instead of a fraction
-/// of one. See the README's "Timing under emulation".
+/// of one. See docs/design/timing-under-emulation.md.
 pub const FACTOR: u32 = 24;
 
 /// True inside the VM matrix.

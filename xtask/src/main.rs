@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <task>`. See the README for what each one does.
+//! Project tasks: `cargo xtask <task>`. docs/xtask.md says what each one does.
 
 mod bench_loadgen;
 mod bench_probe;

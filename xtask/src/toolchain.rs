@@ -1,6 +1,6 @@
 //! Finding (and, as root, installing) a toolchain that builds Rust for `bpfel-unknown-none`.
 //!
-//! Two routes are known to work on Debian 12 (see `shared/TOOLCHAIN.md`): rustup's nightly with
+//! Two routes are known to work on Debian 12 (docs/requirements.md): rustup's nightly with
 //! `rust-src`, or Debian's `rustc-web` with its library sources and `RUSTC_BOOTSTRAP`. Either
 //! needs `bpf-linker` built against the same LLVM major version as that rustc.
 
