@@ -18,7 +18,8 @@ use crate::{
     conn::Dialer,
     record::{CsvSink, Header, HeaderTarget, Writer},
     report::{self, TargetReport},
-    run::{self, Shared},
+    run,
+    shared::Shared,
     stats::Stats,
     tls::{self, TlsConfigError},
 };

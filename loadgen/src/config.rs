@@ -7,6 +7,7 @@ use base64::Engine;
 
 use crate::{
     cli::{Opts, OutputFormat},
+    conn::Family,
     http2::H2Request,
 };
 
@@ -38,13 +39,6 @@ pub enum ConfigError {
     CaCert { path: PathBuf, reason: String },
     #[error("duplicate target name {0:?}")]
     DuplicateTarget(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Any,
-    V4,
-    V6,
 }
 
 #[derive(Debug)]

@@ -11,7 +11,15 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use crate::{clock::mono_ns, config::Family, error::ErrorKind};
+use crate::{clock::mono_ns, error::ErrorKind};
+
+/// Which address family a target's name may resolve to (`-4`, `-6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
 
 pub enum Stream {
     Tcp(TcpStream),

@@ -15,7 +15,6 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::{Pin, pin},
     rc::Rc,
-    sync::atomic::Ordering::Relaxed,
     task::{Context, Poll, Waker},
 };
 
@@ -26,8 +25,9 @@ use crate::{
     clock::mono_ns,
     conn::Dial,
     error::ErrorKind,
-    http1::{self, Progress},
-    run::{Local, Shared, Slot, deadlines, new_sample, settle_http1},
+    http1::{self, Progress, Response},
+    request::{Deadline, Transport, http1_request},
+    shared::{Local, Shared},
     timer::Elapsed,
 };
 
@@ -293,59 +293,43 @@ async fn dial(cx: &Ctx<'_>, t: usize, id: u64, dial: &mut Dial) -> Result<Conn, 
     })
 }
 
-/// `run::one_request` on this loop.
-async fn one_request(
-    cx: &Ctx<'_>,
-    t: usize,
-    conn: &mut Option<Conn>,
-    slot: Slot,
-    buf: &mut Vec<u8>,
-) -> crate::record::Sample {
-    let shared: &Shared = &cx.local.shared;
-    let cfg = &shared.cfg;
-    let target = &cfg.targets[t];
-    let tr = &shared.targets[t];
-    let start_ns = mono_ns();
-    let mut s = new_sample(t, slot, start_ns, conn.is_some());
-    let d = deadlines(shared, t, slot, start_ns);
-    let mut dial_info = Dial::default();
-    let mut progress = Progress::default();
-    let mut dial_failed = None;
-    if conn.is_none() {
-        let connect_by = start_ns.saturating_add(tr.dialer.connect_timeout().as_nanos() as u64);
-        let id = tr.conn_ids.fetch_add(1, Relaxed);
-        match timed(cx, connect_by.min(d.first), dial(cx, t, id, &mut dial_info)).await {
-            Ok(Ok(c)) => *conn = Some(c),
-            Ok(Err(e)) => dial_failed = Some(Ok(Err(e))),
-            Err(_) if connect_by < d.first => {
-                dial_failed = Some(Ok(Err(ErrorKind::ConnectTimeout)))
-            }
-            Err(elapsed) => dial_failed = Some(Err(elapsed)),
-        }
+/// The request's deadline on this loop.
+struct LoopDeadline<'a, 'b>(&'a Ctx<'b>);
+
+impl Deadline for LoopDeadline<'_, '_> {
+    async fn run<F: Future>(&mut self, deadline_ns: u64, fut: F) -> Result<F::Output, Elapsed> {
+        timed(self.0, deadline_ns, fut).await
     }
-    let result = match dial_failed {
-        Some(r) => r,
-        None => {
-            timed(cx, d.first, async {
-                let Some(c) = conn.as_ref() else {
-                    return Err(ErrorKind::Connect);
-                };
-                let mut io = Io {
-                    sock: &c.sock,
-                    w: &cx.w,
-                };
-                http1::exchange(&mut io, &target.request, target.head, buf, &mut progress).await
-            })
-            .await
-        }
-    };
-    let opened = conn.as_ref().map(|c| (c.id, c.local, c.remote));
-    if !settle_http1(
-        &mut s, cfg, target.tls, dial_info, opened, progress, result, d,
-    ) {
-        *conn = None;
+}
+
+/// Connections on this loop: plain TCP to an IP literal.
+struct LoopIo<'a, 'b>(&'a Ctx<'b>);
+
+impl Transport for LoopIo<'_, '_> {
+    type Conn = Conn;
+
+    async fn dial(&self, t: usize, id: u64, info: &mut Dial) -> Result<Conn, ErrorKind> {
+        dial(self.0, t, id, info).await
     }
-    s
+
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        t: usize,
+        buf: &mut Vec<u8>,
+        progress: &mut Progress,
+    ) -> Result<Response, ErrorKind> {
+        let target = &self.0.local.shared.cfg.targets[t];
+        let mut io = Io {
+            sock: &conn.sock,
+            w: &self.0.w,
+        };
+        http1::exchange(&mut io, &target.request, target.head, buf, progress).await
+    }
+
+    fn ends(conn: &Conn) -> (u64, SocketAddr, SocketAddr) {
+        (conn.id, conn.local, conn.remote)
+    }
 }
 
 /// Requests a connection may run back to back without waiting before it lets the others run.
@@ -359,7 +343,16 @@ async fn connection_loop(cx: Ctx<'_>, t: usize) {
     let mut unwaited = 0u32;
     while let Some(slot) = shared.claim(t) {
         cx.w.waited.set(false);
-        let s = one_request(&cx, t, &mut conn, slot, &mut buf).await;
+        let s = http1_request(
+            shared,
+            t,
+            &mut conn,
+            slot,
+            &mut buf,
+            &mut LoopDeadline(&cx),
+            &LoopIo(&cx),
+        )
+        .await;
         cx.local.finish_blocking(s);
         // A few in a row without a wait are common with keep-alive (the response was there);
         // yielding after each would cost a loop turn and an `epoll_wait` per request.
