@@ -1,6 +1,5 @@
 //! One whole run: validate, start the workers and the records writer, show progress, print the
-//! report. Exit codes: 0 the run completed; 1 it failed (I/O error on the report or records);
-//! 2 bad command line (nothing was sent); 3 interrupted (the partial report is printed).
+//! report. Exit codes: `exit`.
 
 use std::{
     fs::File,
@@ -16,6 +15,7 @@ use crate::{
     clock::{mono_ns, realtime_ns},
     config::{Config, ConfigError},
     conn::Dialer,
+    exit,
     record::{CsvSink, Header, HeaderTarget, Writer},
     report::{self, TargetReport},
     run,
@@ -23,11 +23,6 @@ use crate::{
     stats::Stats,
     tls::{self, TlsConfigError},
 };
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_INTERRUPTED: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -52,8 +47,8 @@ pub enum AppError {
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) | AppError::Tls(_) | AppError::Create { .. } => EXIT_USAGE,
-            _ => EXIT_FAILED,
+            AppError::Config(_) | AppError::Tls(_) | AppError::Create { .. } => exit::USAGE,
+            _ => exit::FAILED,
         }
     }
 }
@@ -203,9 +198,9 @@ pub fn run(opts: &Opts) -> Result<i32, AppError> {
         .map_err(AppError::Report)?;
     }
     Ok(if interrupted {
-        EXIT_INTERRUPTED
+        exit::INTERRUPTED
     } else {
-        EXIT_OK
+        exit::OK
     })
 }
 
@@ -262,7 +257,7 @@ fn supervise(shared: &Shared, finished: &AtomicUsize, threads: usize, progress: 
                         eprintln!("loadgen: interrupted; finishing in-flight requests (Ctrl-C again to quit now)");
                         tokio::spawn(async {
                             if tokio::signal::ctrl_c().await.is_ok() {
-                                std::process::exit(EXIT_INTERRUPTED);
+                                std::process::exit(exit::INTERRUPTED);
                             }
                         });
                     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod epoll;
 pub mod error;
+pub mod exit;
 pub mod head;
 pub mod http1;
 pub mod http2;

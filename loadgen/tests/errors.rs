@@ -179,3 +179,48 @@ fn errors_and_successes_mix_in_one_report() {
     assert_eq!(v["statusCodeDistribution"]["503"], 5);
     assert_eq!(v["errorDistribution"]["connection reset"], 5);
 }
+
+/// Ctrl-C stops the run, prints the partial report and exits 130 (128 + SIGINT, as a shell
+/// reports a process killed by Ctrl-C), not 3, which is hopprobe's "unsupported".
+#[test]
+fn ctrl_c_prints_the_partial_report_and_exits_130() {
+    let server = ok_server(Duration::from_millis(20), "ok");
+    let url = server.url();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            &url[..],
+            "-z",
+            "30s",
+            "-c",
+            "2",
+            "--no-tui",
+            "--output-format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loadgen starts");
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("loadgen exits");
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped late");
+    assert_eq!(
+        out.status.code(),
+        Some(loadgen::exit::INTERRUPTED),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(loadgen::exit::INTERRUPTED, 130);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the partial report is JSON");
+    let ok = report["statusCodeDistribution"]["200"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        ok > 0,
+        "the partial report counts the requests done: {report}"
+    );
+}
