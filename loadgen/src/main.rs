@@ -1,5 +1,7 @@
 //! `loadgen` binary: see docs/loadgen.md.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 fn main() {
@@ -9,6 +11,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or a test's pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let opts = loadgen::cli::Opts::parse();
     let code = match loadgen::app::run(&opts) {

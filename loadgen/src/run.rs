@@ -290,7 +290,14 @@ pub fn worker(
 ) -> std::io::Result<Vec<Stats>> {
     let n_targets = shared.targets.len();
     let local = Rc::new(Local::new(shared.clone(), tx));
-    if crate::epoll::suits(&shared) {
+    let epoll = crate::epoll::suits(&shared);
+    // Which engine ran is not in the output; tests and users debugging a run read it here.
+    tracing::debug!(
+        engine = if epoll { "epoll" } else { "tokio" },
+        thread = index,
+        "worker"
+    );
+    if epoll {
         crate::epoll::worker(&local, index, threads)?;
         return Ok(local.stats());
     }
