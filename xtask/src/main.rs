@@ -5,6 +5,8 @@ mod bench_probe;
 mod cmd;
 mod demo;
 mod ebpf;
+#[cfg(test)]
+mod module_graph;
 mod precise_server;
 mod system;
 mod toolchain;
