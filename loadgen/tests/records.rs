@@ -92,10 +92,8 @@ fn engine_independent(reqs: &[serde_json::Value]) -> serde_json::Value {
     keys.dedup();
     let mut seqs: Vec<u64> = reqs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     seqs.sort();
-    let conns: std::collections::BTreeSet<u64> = reqs
-        .iter()
-        .map(|r| r["conn"].as_u64().unwrap())
-        .collect();
+    let conns: std::collections::BTreeSet<u64> =
+        reqs.iter().map(|r| r["conn"].as_u64().unwrap()).collect();
     serde_json::json!({
         "keys": keys,
         "seqs": seqs,
