@@ -93,8 +93,9 @@ pub const PACKAGES: [system::Package; 8] = [
 ];
 
 /// Directories of the workspace that tests read at run time (through `CARGO_MANIFEST_DIR`),
-/// copied to the same absolute paths in the image: the lab's haproxy config templates.
-const TEST_DATA: [&str; 1] = ["tests/lab"];
+/// copied to the same absolute paths in the image: the lab's haproxy config templates, the
+/// file formats' schemas and golden files.
+const TEST_DATA: [&str; 3] = ["tests/lab", "formats/schemas", "formats/tests/data"];
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
 
