@@ -19,6 +19,8 @@ pub mod loadgen_output;
 pub mod loadgen_records;
 pub mod records;
 pub mod summary;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::io::Write;
 

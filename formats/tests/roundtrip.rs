@@ -7,66 +7,18 @@
 //! The schemas are strict (`additionalProperties: false`, every written key required): a field
 //! added to or taken from a type without its schema fails here.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use hopprobe_formats::{
-    ReadError, loadgen_output, loadgen_records, records, summary, to_pretty, write_line,
+    ReadError, loadgen_output, loadgen_records, records, summary,
+    testing::{Schema, golden_dir},
+    to_pretty, write_line,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 
-struct Schema {
-    name: &'static str,
-    schemas: boon::Schemas,
-    index: boon::SchemaIndex,
-}
-
-impl Schema {
-    fn load(name: &'static str) -> Self {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("schemas")
-            .join(name);
-        let mut schemas = boon::Schemas::new();
-        let mut compiler = boon::Compiler::new();
-        compiler.set_default_draft(boon::Draft::V2020_12);
-        let index = compiler
-            .compile(path.to_str().expect("utf-8 path"), &mut schemas)
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        Self {
-            name,
-            schemas,
-            index,
-        }
-    }
-
-    fn check(&self, v: &Value) -> Result<(), String> {
-        self.schemas
-            .validate(v, self.index)
-            .map_err(|e| format!("{e:#}"))
-    }
-
-    fn assert_valid(&self, v: &Value) {
-        if let Err(e) = self.check(v) {
-            panic!("{} rejects {v}:\n{e}", self.name);
-        }
-    }
-
-    /// Every non-blank line of a JSON Lines text.
-    fn assert_lines_valid(&self, text: &str) {
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            self.assert_valid(&serde_json::from_str(line).expect("a JSON line"));
-        }
-    }
-
-    fn assert_invalid(&self, v: &Value) {
-        assert!(self.check(v).is_err(), "{} accepts {v}", self.name);
-    }
-}
-
 fn data(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
+    let path = golden_dir().join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -169,18 +169,7 @@ fn write_csv(c: &mut CsvSink, s: &Sample) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Compares with a file of `formats/tests/data`, which the schema tests validate and read
-    /// back; `UPDATE_GOLDEN=1` rewrites it (for a deliberate change of the format).
-    fn golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../formats/tests/data")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).expect("write golden file");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file");
-        assert!(actual == want, "{name} changed:\n{actual}");
-    }
+    use hopprobe_formats::testing::golden;
 
     #[test]
     fn the_records_file_is_the_golden_file() {

@@ -5,30 +5,14 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use common::*;
-use hopprobe_formats::{loadgen_output, loadgen_records, to_pretty, write_line};
+use hopprobe_formats::{loadgen_output, loadgen_records, testing::Schema, to_pretty, write_line};
 use serde_json::Value;
 
-fn schema(name: &str) -> (boon::Schemas, boon::SchemaIndex) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../formats/schemas")
-        .join(name);
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    compiler.set_default_draft(boon::Draft::V2020_12);
-    let index = compiler
-        .compile(path.to_str().expect("utf-8 path"), &mut schemas)
-        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    (schemas, index)
-}
-
 fn assert_valid(name: &str, v: &Value) {
-    let (schemas, index) = schema(name);
-    if let Err(e) = schemas.validate(v, index) {
-        panic!("{name} rejects {v}:\n{e:#}");
-    }
+    Schema::load(name).assert_valid(v);
 }
 
 #[test]
@@ -54,13 +38,10 @@ fn records_and_json_of_a_run_follow_the_schemas() {
     assert_eq!(to_pretty(&read).expect("json"), stdout);
 
     let text = std::fs::read_to_string(&path).expect("records");
-    let (schemas, index) = schema("loadgen-records.schema.json");
+    let schema = Schema::load("loadgen-records.schema.json");
     let mut again = Vec::new();
     for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        if let Err(e) = schemas.validate(&v, index) {
-            panic!("loadgen-records.schema.json rejects {line}:\n{e:#}");
-        }
+        schema.assert_valid(&serde_json::from_str::<Value>(line).expect("JSON line"));
         write_line(
             &mut again,
             &loadgen_records::parse_line(line).expect("a line"),

@@ -2,7 +2,9 @@
 //! the records and the summary of fixed data are compared with files of
 //! `formats/tests/data`, which the schema tests there validate and read back.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
+
+use hopprobe_formats::testing::{golden, golden_dir};
 
 use probe_common::{
     conn::{AF_INET, AF_INET6, FlowKey},
@@ -24,18 +26,6 @@ use probe_user::{
         latency,
     },
 };
-
-/// `UPDATE_GOLDEN=1` rewrites the file (for a deliberate change of the format).
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../formats/tests/data")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("write golden file");
-    }
-    let want = std::fs::read_to_string(&path).expect("golden file");
-    assert!(actual == want, "{name} changed:\n{actual}");
-}
 
 fn exchange(role: u8, v6: bool, resp: u64, first_read: u64) -> Exchange {
     let mut flow = FlowKey {
@@ -263,7 +253,7 @@ fn the_summary_is_the_golden_file() {
 #[test]
 fn the_report_reads_the_golden_files() {
     use probe_user::report::input;
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/tests/data");
+    let data = golden_dir();
     let probe = input::load_probe(&data.join("hopprobe-records.jsonl")).expect("records");
     assert_eq!((probe.exchanges.len(), probe.datapath.len()), (3, 3));
     assert_eq!(probe.exchanges[0].role, "server");

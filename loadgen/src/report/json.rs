@@ -157,18 +157,7 @@ mod tests {
     use super::*;
     use crate::{conn::Dial, error::ErrorKind, record::Sample, stats::Stats};
 
-    /// Compares with a file of `formats/tests/data`, which the schema tests validate and read
-    /// back; `UPDATE_GOLDEN=1` rewrites it (for a deliberate change of the format).
-    fn golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../formats/tests/data")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).expect("write golden file");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file");
-        assert!(actual == want, "{name} changed:\n{actual}");
-    }
+    use hopprobe_formats::testing::golden;
 
     /// A run with every section filled: new (TLS) and reused connections, two statuses, an
     /// error, completions spread over 40 ms.
