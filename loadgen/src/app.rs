@@ -10,6 +10,8 @@ use std::{
     },
 };
 
+use hopprobe_formats::loadgen_records;
+
 use crate::{
     cli::{Opts, OutputFormat},
     clock::{mono_ns, realtime_ns},
@@ -104,9 +106,9 @@ pub fn run(opts: &Opts) -> Result<i32, AppError> {
     let progress_on = cfg.progress;
     let shared = Arc::new(Shared::new(cfg, dialers));
     let header = Header {
-        record: "header",
-        version: 1,
-        clock: "CLOCK_MONOTONIC",
+        record: loadgen_records::HEADER,
+        version: loadgen_records::VERSION,
+        clock: loadgen_records::CLOCK,
         monotonic_ns: mono_ns(),
         realtime_unix_ns: realtime_ns(),
         targets: shared
@@ -187,11 +189,9 @@ pub fn run(opts: &Opts) -> Result<i32, AppError> {
     if let Some(mut out) = output {
         match cfg.format {
             OutputFormat::Text => report::text::write_all(&mut out, &reports),
-            OutputFormat::Json => {
-                serde_json::to_writer_pretty(&mut out, &report::json::report(&reports))
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(out))
-            }
+            OutputFormat::Json => hopprobe_formats::to_pretty(&report::json::report(&reports))
+                .map_err(std::io::Error::from)
+                .and_then(|text| out.write_all(text.as_bytes())),
             OutputFormat::Csv | OutputFormat::Quiet => Ok(()),
         }
         .and_then(|()| out.flush())

@@ -83,12 +83,12 @@ pub fn print_summary(summary: &Summary) {
 
 pub fn write_json(path: &Path, summary: &Summary) -> Result<(), RunError> {
     let context = format!("writing {}", path.display());
-    let text = serde_json::to_string_pretty(summary).map_err(|e| RunError::Io {
+    let text = hopprobe_formats::to_pretty(summary).map_err(|e| RunError::Io {
         context: context.clone(),
         source: e.into(),
     })?;
     // Write beside and rename, so a reader never sees half a file.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text + "\n").map_err(io(context.clone()))?;
+    std::fs::write(&tmp, text).map_err(io(context.clone()))?;
     std::fs::rename(&tmp, path).map_err(io(context))
 }

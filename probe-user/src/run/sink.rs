@@ -9,6 +9,7 @@ use std::{
 };
 
 use probe_common::{conn::ConnEvent, exchange::Exchange, tcflow::TcExchange};
+use serde::Serialize;
 
 use super::rings::Consumer;
 use crate::{
@@ -66,9 +67,10 @@ impl<'a> ExchangeSink<'a> {
         Some(proxy)
     }
 
-    fn write_line(&mut self, line: &str) {
+    /// One line of the records file, through the format's own writer.
+    fn write_record<T: Serialize>(&mut self, record: &T) {
         if let Some(w) = self.records.as_mut()
-            && let Err(e) = writeln!(w, "{line}")
+            && let Err(e) = hopprobe_formats::write_line(w, record)
         {
             // Stop writing, keep measuring; the run reports the error at the end.
             self.write_error = Some(e);
@@ -79,7 +81,7 @@ impl<'a> ExchangeSink<'a> {
     pub fn add_datapath(&mut self, x: &TcExchange, ifnames: &BTreeMap<u32, String>) {
         if self.records.is_some() {
             let r = datapath::record(x, ifnames, self.metadata);
-            self.write_line(&serde_json::to_string(&r).unwrap_or_default());
+            self.write_record(&r);
         }
     }
 
@@ -91,8 +93,7 @@ impl<'a> ExchangeSink<'a> {
             self.kept.add(x, proxy);
         }
         if self.records.is_some() {
-            let line = serde_json::to_string(&hops::record(x)).unwrap_or_default();
-            self.write_line(&line);
+            self.write_record(&hops::record(x));
         }
     }
 
