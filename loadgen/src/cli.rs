@@ -129,9 +129,16 @@ pub struct Opts {
     #[arg(long = "disable-compression")]
     pub disable_compression: bool,
 
-    /// One connection per request, closed by the client after the response.
+    /// One connection per request. As oha does, each HTTP/1.1 request says
+    /// `connection: close`, so the server closes and keeps TIME_WAIT.
     #[arg(long = "disable-keepalive")]
     pub disable_keepalive: bool,
+
+    /// With --disable-keepalive: send no `connection: close` and close each connection from
+    /// the client after its response (the client keeps TIME_WAIT, as with loadgen before
+    /// 2026-12-04). Not in oha.
+    #[arg(long = "client-close", requires = "disable_keepalive")]
+    pub client_close: bool,
 
     /// Accepted for oha compatibility: loadgen resolves on each new connection through a cache.
     #[arg(long = "no-pre-lookup")]

@@ -151,3 +151,74 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
+
+/// A server that keeps every request head it reads, byte for byte, and answers as HTTP/1.1
+/// servers do: it closes right after the response when the request said `connection: close`,
+/// else it waits for the next request or the client's close.
+pub struct Capture {
+    pub addr: SocketAddr,
+    pub heads: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn heads(&self) -> Vec<Vec<u8>> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// The whole request: head, and as many body bytes as its content-length says.
+fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + body {
+                return Some(buf);
+            }
+        }
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+pub fn capture_server() -> Capture {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = heads.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                while let Some(req) = read_request(&mut s) {
+                    let close = String::from_utf8_lossy(&req)
+                        .to_ascii_lowercase()
+                        .contains("\r\nconnection: close\r\n");
+                    log.lock().unwrap().push(req);
+                    let r: &[u8] = if close {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(r).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Capture { addr, heads }
+}
