@@ -1,8 +1,10 @@
-//! `cargo xtask bench-loadgen`: loadgen against oha and wrk on a private loopback nginx, runs
-//! alternated, with requests/s ratios, client CPU per 100 k requests and peak RSS (from each
-//! child's wait4 rusage); then peak RSS at -n 10 k vs 1 M; then the latency each client reports
-//! against a server that answers 10 ms after each request arrived, next to that server's own
-//! lateness, so that client and server error are told apart.
+//! `cargo xtask bench-loadgen`: loadgen against oha and wrk (each in its best configuration)
+//! on a private loopback nginx, with keep-alive, without, and over HTTPS with a new TLS
+//! connection per request; runs alternated, with requests/s ratios, client CPU per 100 k
+//! requests and peak RSS (from each child's wait4 rusage); what each client does with TLS
+//! sessions; peak RSS at -n 10 k vs 10 M; then the latency each client reports against a
+//! server that answers 10 ms after each request arrived, next to that server's own lateness,
+//! so that client and server error are told apart.
 
 use std::{
     io::Read,
@@ -17,21 +19,21 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, precise_server, system};
 
-const PACKAGES: [system::Package; 3] = [
+const PACKAGES: [system::Package; 4] = [
     ("/usr/sbin/nginx", "nginx-light"),
     ("/usr/bin/wrk", "wrk"),
     ("/usr/bin/cmake", "cmake"),
+    ("/usr/bin/openssl", "openssl"),
 ];
 
-#[derive(Clone, Copy, Debug)]
+/// The clients compared. wrk runs in both of its best configurations (one thread leaves the
+/// other core to the server; two use both), oha in its default, loadgen in its default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
     Loadgen,
-    /// loadgen asking the server to close each connection (`-H "Connection: close"`), the
-    /// only way wrk has to avoid keep-alive: without keep-alive, this is the run to set
-    /// beside wrk's, as `--disable-keepalive` (the client closes, as oha does) is beside oha's.
-    LoadgenServerCloses,
     Oha,
-    Wrk,
+    Wrk1,
+    Wrk2,
     /// Another loadgen build (`BENCH_BASELINE`), in the latency runs.
     Baseline,
 }
@@ -40,10 +42,30 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Loadgen => "loadgen",
-            Tool::LoadgenServerCloses => "loadgen (server closes)",
             Tool::Oha => "oha",
-            Tool::Wrk => "wrk",
+            Tool::Wrk1 => "wrk -t1",
+            Tool::Wrk2 => "wrk -t2",
             Tool::Baseline => "baseline",
+        }
+    }
+}
+
+/// How connections are used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    KeepAlive,
+    /// One connection per request, plain TCP (the published runs inside the mesh).
+    Close,
+    /// One TLS connection per request (`--insecure`): the published external test.
+    Tls,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keep-alive",
+            Mode::Close => "close",
+            Mode::Tls => "https close",
         }
     }
 }
@@ -109,17 +131,23 @@ const LOOPBACK_ADDRESSES: u32 = 250;
 
 struct Nginx {
     _guard: Guard,
-    _dir: TempDir,
+    dir: TempDir,
     port: u16,
+    tls_port: u16,
+    /// Logs each request's TLS protocol and whether its session was resumed.
+    tls_log_port: u16,
     next: std::cell::Cell<u32>,
 }
 
 impl Nginx {
     /// The URL for the next run: the next of nginx's loopback addresses, round robin.
-    fn url(&self) -> String {
+    fn url(&self, mode: Mode) -> String {
         let i = self.next.get() % LOOPBACK_ADDRESSES + 1;
         self.next.set(i);
-        format!("http://127.0.0.{i}:{}/", self.port)
+        match mode {
+            Mode::Tls => format!("https://127.0.0.{i}:{}/", self.tls_port),
+            _ => format!("http://127.0.0.{i}:{}/", self.port),
+        }
     }
 }
 
@@ -131,21 +159,54 @@ impl Drop for TempDir {
     }
 }
 
+/// A self-signed P-256 certificate for 127.0.0.1, made with Debian's openssl.
+fn make_cert(dir: &std::path::Path) -> Result<()> {
+    let ok = Command::new("/usr/bin/openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?
+        .success();
+    if !ok {
+        bail!("openssl could not make a certificate in {}", dir.display());
+    }
+    Ok(())
+}
+
 fn start_nginx() -> Result<Nginx> {
     let dir = TempDir(std::env::temp_dir().join(format!("loadgen-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
-    let port = free_port()?;
+    make_cert(&dir.0)?;
+    let (port, tls_port, tls_log_port) = (free_port()?, free_port()?, free_port()?);
     let d = dir.0.display();
     let listens: String = (1..=LOOPBACK_ADDRESSES)
-        .map(|i| format!("listen 127.0.0.{i}:{port}; "))
+        .map(|i| format!("listen 127.0.0.{i}:{port}; listen 127.0.0.{i}:{tls_port} ssl; "))
         .collect();
+    // nginx's defaults for TLS: TLS 1.2 and 1.3, session tickets on, no session cache.
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
            fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
            keepalive_requests 1000000;\n\
-           server {{ {listens} location / {{ return 200 \"hello world\\n\"; }} }}\n}}\n"
+           ssl_certificate {d}/cert.pem;\n  ssl_certificate_key {d}/key.pem;\n\
+           log_format tls '$ssl_protocol $ssl_session_reused';\n\
+           server {{ {listens} location / {{ return 200 \"hello world\\n\"; }} }}\n\
+           server {{ listen 127.0.0.1:{tls_log_port} ssl; access_log {d}/tls.log tls; \
+             location / {{ return 200 \"hello world\\n\"; }} }}\n}}\n"
     );
     let conf_path = dir.0.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
@@ -156,8 +217,10 @@ fn start_nginx() -> Result<Nginx> {
     wait_listening(port)?;
     Ok(Nginx {
         _guard: guard,
-        _dir: dir,
+        dir,
         port,
+        tls_port,
+        tls_log_port,
         next: std::cell::Cell::new(0),
     })
 }
@@ -204,20 +267,17 @@ fn json_field(out: &str, path: &[&str]) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u32) -> Result<Run> {
+/// The command line of `tool` for `secs` seconds at `c` connections in `mode`.
+fn command(tool: Tool, bins: &Bins, url: &str, c: u32, mode: Mode, secs: u32) -> Command {
     let z = format!("{secs}s");
     let conns = c.to_string();
-    let mut cmd = match tool {
-        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline => {
-            let mut k = Command::new(bins.loadgen_of(tool));
-            k.args([url, "-c", &conns, "-z", &z, "--no-tui", "-j"]);
-            if matches!(tool, Tool::LoadgenServerCloses) {
-                k.args(["-H", "Connection: close"]);
-            }
-            k
-        }
-        Tool::Oha => {
-            let mut k = Command::new(&bins.oha);
+    let mut k;
+    match tool {
+        Tool::Loadgen | Tool::Baseline | Tool::Oha => {
+            k = Command::new(match tool {
+                Tool::Oha => &bins.oha,
+                _ => bins.loadgen_of(tool),
+            });
             k.args([
                 url,
                 "-c",
@@ -228,31 +288,43 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
                 "--output-format",
                 "json",
             ]);
-            k
+            if mode != Mode::KeepAlive {
+                // Both send `connection: close` with it, so the server closes.
+                k.arg("--disable-keepalive");
+            }
+            if mode == Mode::Tls {
+                k.arg("--insecure");
+            }
         }
-        Tool::Wrk => {
-            let mut k = Command::new("/usr/bin/wrk");
-            k.args(["-t2", "-c", &conns, "-d", &z, url]);
-            if !keepalive {
-                // wrk has no client-side close; the nearest is asking the server to close.
+        Tool::Wrk1 | Tool::Wrk2 => {
+            k = Command::new("/usr/bin/wrk");
+            let t = if tool == Tool::Wrk1 { "-t1" } else { "-t2" };
+            k.args([t, "-c", &conns, "-d", &z, url]);
+            if mode != Mode::KeepAlive {
+                // wrk's only way to a connection per request: the server closes each one,
+                // and wrk reconnects (with a new TLS handshake over HTTPS).
                 k.args(["-H", "Connection: close"]);
             }
-            k
         }
-    };
-    if !keepalive && matches!(tool, Tool::Loadgen | Tool::Oha) {
-        cmd.arg("--disable-keepalive");
     }
-    let (out, mut run) = measure(&mut cmd)?;
+    k
+}
+
+fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, mode: Mode, secs: u32) -> Result<Run> {
+    let (out, mut run) = measure(&mut command(tool, bins, url, c, mode, secs))?;
     match tool {
-        Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline | Tool::Oha => {
+        Tool::Loadgen | Tool::Baseline | Tool::Oha => {
             let rps = json_field(&out, &["summary", "requestsPerSec"])
                 .with_context(|| format!("{} printed no requestsPerSec:\n{out}", tool.name()))?;
             let total = json_field(&out, &["summary", "total"]).unwrap_or(f64::from(secs));
+            let ok = json_field(&out, &["summary", "successRate"]).unwrap_or(0.0);
+            if ok < 0.99 {
+                bail!("{} {}: success rate {ok}:\n{out}", tool.name(), mode.name());
+            }
             run.rps = rps;
             run.requests = rps * total;
         }
-        Tool::Wrk => {
+        Tool::Wrk1 | Tool::Wrk2 => {
             run.requests = out
                 .lines()
                 .find_map(|l| {
@@ -266,9 +338,38 @@ fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, keepalive: bool, secs: u
                 .find_map(|l| l.strip_prefix("Requests/sec:"))
                 .and_then(|v| v.trim().parse().ok())
                 .with_context(|| format!("wrk printed no Requests/sec:\n{out}"))?;
+            if out.contains("Socket errors") || out.contains("Non-2xx") {
+                bail!("wrk {}: errors:\n{out}", mode.name());
+            }
         }
     }
     Ok(run)
+}
+
+/// What each client does with TLS: one second at c = 4 against a server block that logs
+/// each request's protocol and whether its session was resumed.
+fn tls_sessions(bins: &Bins, nginx: &Nginx) -> Result<()> {
+    let log = nginx.dir.0.join("tls.log");
+    let url = format!("https://127.0.0.1:{}/", nginx.tls_log_port);
+    for tool in [Tool::Loadgen, Tool::Oha, Tool::Wrk1] {
+        std::fs::write(&log, "")?;
+        measure(&mut command(tool, bins, &url, 4, Mode::Tls, 1))?;
+        // nginx writes its access log line by line as requests end.
+        let text = std::fs::read_to_string(&log)?;
+        let mut protocols = std::collections::BTreeMap::<&str, (u64, u64)>::new();
+        for line in text.lines() {
+            let (proto, reused) = line.split_once(' ').unwrap_or((line, ""));
+            let e = protocols.entry(proto).or_default();
+            e.0 += 1;
+            e.1 += u64::from(reused == "r");
+        }
+        let summary: Vec<String> = protocols
+            .iter()
+            .map(|(p, (n, r))| format!("{p}: {n} requests, {r} on resumed sessions"))
+            .collect();
+        println!("TLS, {:<8} {}", tool.name(), summary.join("; "));
+    }
+    Ok(())
 }
 
 struct Bins {
@@ -371,14 +472,14 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
     if bins.baseline.is_some() {
         tools.push(Tool::Baseline);
     }
-    tools.extend([Tool::Oha, Tool::Wrk]);
+    tools.extend([Tool::Oha, Tool::Wrk2]);
     for round in 0..rounds {
         // Each round starts with the next tool, as in the throughput runs.
         tools.rotate_left(usize::from(round > 0));
         for &tool in &tools {
             lateness.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let mut cmd = match tool {
-                Tool::Loadgen | Tool::LoadgenServerCloses | Tool::Baseline => {
+                Tool::Loadgen | Tool::Baseline => {
                     let mut k = Command::new(bins.loadgen_of(tool));
                     k.args([&url, "-c", "16", "-z", "3s", "--no-tui", "-j"]);
                     k
@@ -389,15 +490,18 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
                     k.args(["--output-format", "json"]);
                     k
                 }
-                Tool::Wrk => {
+                Tool::Wrk1 | Tool::Wrk2 => {
                     let mut k = Command::new("/usr/bin/wrk");
-                    k.args(["-t2", "-c16", "-d3s", "--latency", &url]);
+                    let t = if tool == Tool::Wrk1 { "-t1" } else { "-t2" };
+                    k.args([t, "-c16", "-d3s", "--latency", &url]);
                     k
                 }
             };
             let (out, _) = measure(&mut cmd)?;
             let (p50, p99) = match tool {
-                Tool::Wrk => (wrk_percentile(&out, "50%"), wrk_percentile(&out, "99%")),
+                Tool::Wrk1 | Tool::Wrk2 => {
+                    (wrk_percentile(&out, "50%"), wrk_percentile(&out, "99%"))
+                }
                 _ => (
                     json_field(&out, &["latencyPercentiles", "p50"]),
                     json_field(&out, &["latencyPercentiles", "p99"]),
@@ -434,108 +538,88 @@ pub fn bench() -> Result<()> {
         return latency_accuracy(&bins, rounds);
     }
     let nginx = start_nginx()?;
-    let url = format!("http://127.0.0.{{1..{LOOPBACK_ADDRESSES}}}:{}/", nginx.port);
     let secs = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     println!(
-        "nginx (1 worker) on {url} (a fresh address per run); {rounds} rounds of {secs} s per \
-         tool and setting, each round starting with the next tool"
+        "nginx (1 worker) on 127.0.0.{{1..{LOOPBACK_ADDRESSES}}}, port {} (http) and {} \
+         (https), a fresh address per run; {rounds} rounds of {secs} s per tool and setting, \
+         each round starting with the next tool",
+        nginx.port, nginx.tls_port
     );
+    tls_sessions(&bins, &nginx)?;
+    const TOOLS: [Tool; 4] = [Tool::Loadgen, Tool::Oha, Tool::Wrk1, Tool::Wrk2];
     println!(
-        "{:<10} {:>4} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
-        "keepalive",
+        "{:<11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6}",
+        "mode",
         "c",
         "loadgen/s",
-        "lg(sc)/s",
         "oha/s",
-        "wrk/s",
+        "wrk-t1/s",
+        "wrk-t2/s",
         "ratio",
-        "ratio sc",
         "cpu lg",
-        "cpu sc",
         "cpu oha",
-        "cpu wrk",
+        "cpu w1",
+        "cpu w2",
+        "cpu r",
         "rss lg",
-        "rss oha",
-        "rss wrk"
+        "rss oh",
+        "rss wr"
     );
-    for keepalive in [true, false] {
+    let mut worst = f64::INFINITY;
+    for mode in [Mode::KeepAlive, Mode::Close, Mode::Tls] {
         for c in [32u32, 64, 128] {
-            let tools: &[Tool] = if keepalive {
-                &[Tool::Loadgen, Tool::Oha, Tool::Wrk]
-            } else {
-                &[
-                    Tool::Loadgen,
-                    Tool::LoadgenServerCloses,
-                    Tool::Oha,
-                    Tool::Wrk,
-                ]
-            };
             let mut sums = [Run::default(); 4];
             for round in 0..rounds {
                 // Each round starts with the next tool, so none is always first.
-                for k in 0..tools.len() {
-                    let tool = tools[(k + round) % tools.len()];
-                    let r = run_tool(tool, &bins, &nginx.url(), c, keepalive, secs)?;
-                    let i = tool as usize;
+                for k in 0..TOOLS.len() {
+                    let tool = TOOLS[(k + round) % TOOLS.len()];
+                    let r = run_tool(tool, &bins, &nginx.url(mode), c, mode, secs)?;
+                    let i = TOOLS.iter().position(|t| *t == tool).unwrap_or(0);
                     sums[i].requests += r.requests;
                     sums[i].rps += r.rps / rounds as f64;
                     sums[i].cpu_s += r.cpu_s;
                     sums[i].maxrss_kb = sums[i].maxrss_kb.max(r.maxrss_kb);
                 }
             }
-            let [lg, lg_sc, oha, wrk] = sums;
+            let [lg, oha, w1, w2] = sums;
             let cpu = |r: &Run| r.cpu_s / r.requests * 100_000.0;
-            // With keep-alive every client keeps its connections; without, each is compared
-            // with the client that closes the same way (see `Tool::LoadgenServerCloses`).
-            let (ratio, ratio_sc) = if keepalive {
-                (lg.rps / oha.rps.max(wrk.rps), None)
-            } else {
-                (lg.rps / oha.rps, Some(lg_sc.rps / wrk.rps))
-            };
+            let ratio = lg.rps / oha.rps.max(w1.rps).max(w2.rps);
+            worst = worst.min(ratio);
             println!(
-                "{:<10} {:>4} {:>11.0} {:>11} {:>11.0} {:>11.0} {:>8.2} {:>8} {:>8.2} {:>8} {:>8.2} {:>8.2} {:>6}M {:>6}M {:>6}M",
-                if keepalive { "yes" } else { "no" },
+                "{:<11} {:>4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5}M {:>5}M {:>5}M",
+                mode.name(),
                 c,
                 lg.rps,
-                if keepalive {
-                    "-".to_owned()
-                } else {
-                    format!("{:.0}", lg_sc.rps)
-                },
                 oha.rps,
-                wrk.rps,
+                w1.rps,
+                w2.rps,
                 ratio,
-                ratio_sc.map_or("-".to_owned(), |r| format!("{r:.2}")),
                 cpu(&lg),
-                if keepalive {
-                    "-".to_owned()
-                } else {
-                    format!("{:.2}", cpu(&lg_sc))
-                },
                 cpu(&oha),
-                cpu(&wrk),
+                cpu(&w1),
+                cpu(&w2),
+                cpu(&lg) / cpu(&w1).min(cpu(&w2)),
                 lg.maxrss_kb / 1024,
                 oha.maxrss_kb / 1024,
-                wrk.maxrss_kb / 1024,
+                w1.maxrss_kb.max(w2.maxrss_kb) / 1024,
             );
         }
     }
     println!(
-        "ratio = loadgen requests/s / max(oha, wrk) with keep-alive; without it, loadgen \
-         --disable-keepalive / oha --disable-keepalive (the client closes)\n\
-         ratio sc = loadgen -H 'Connection: close' / wrk -H 'Connection: close' (the server \
-         closes: wrk cannot close on its own)\n\
-         cpu = client CPU seconds per 100k requests (cpu sc: loadgen's server-closes run)"
+        "ratio = loadgen requests/s / the best of oha, wrk -t1 and wrk -t2 (lowest: {worst:.2})\n\
+         without keep-alive every client has the server close each connection (loadgen and oha \
+         send `connection: close` with --disable-keepalive, wrk gets -H 'Connection: close')\n\
+         cpu = client CPU seconds per 100k requests; cpu r = loadgen's / the lower of wrk's"
     );
 
     // Peak RSS against -n: histograms, not vectors, so it should not grow.
     let mut rss = Vec::new();
     for n in ["10000", "1000000"] {
         let (_, r) = measure(Command::new(&bins.loadgen).args([
-            &nginx.url(),
+            &nginx.url(Mode::KeepAlive),
             "-c",
             "64",
             "-n",
