@@ -220,11 +220,15 @@ impl Stats {
         }
     }
 
+    /// As oha computes it: requests cut off by the end of `-z` are the run's doing, not the
+    /// server's, and count neither way.
     pub fn success_rate(&self) -> f64 {
-        if self.requests == 0 {
+        let cut = self.errors[ErrorKind::AbortedDeadline.index()];
+        let judged = self.requests.saturating_sub(cut);
+        if judged == 0 {
             0.0
         } else {
-            self.successes as f64 / self.requests as f64
+            self.successes as f64 / judged as f64
         }
     }
 
@@ -276,6 +280,16 @@ mod tests {
         assert_eq!(s.error_list(), vec![("connection reset", 1)]);
         assert_eq!(s.success_rate(), 0.5);
         assert_eq!(s.size_per_request(), Some(10));
+        s.add(
+            &sample(0, 9_000_000, Some(ErrorKind::AbortedDeadline)),
+            0,
+            false,
+        );
+        assert_eq!(
+            s.success_rate(),
+            0.5,
+            "a cut-off request counts neither way"
+        );
     }
 
     #[test]
