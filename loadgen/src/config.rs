@@ -140,11 +140,13 @@ impl Config {
             targets.push(build_target(o, name, &url, &method, &body, http2)?);
         }
 
-        let threads = o.threads.map(|t| t as usize).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let threads = o.threads.map_or_else(
+            || {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                default_threads(cpus, targets.iter().all(|t| on_this_host(&t.host)))
+            },
+            |t| t as usize,
+        );
         let format = o.format();
         let progress = !o.no_tui && std::io::IsTerminal::is_terminal(&std::io::stderr());
         Ok(Config {
@@ -258,6 +260,58 @@ fn build_target(
     })
 }
 
+/// Worker threads when `--threads` is not given. A server on this machine needs cores too:
+/// with as many client threads as CPUs the two take turns on every core, and a client thread
+/// that is not running delays the responses it should be reading. So against a server here,
+/// half the CPUs (at least one); against a server elsewhere, all of them.
+pub fn default_threads(cpus: usize, server_here: bool) -> usize {
+    if server_here { cpus.div_ceil(2) } else { cpus }.max(1)
+}
+
+/// Whether `host` (a URL's host: an IP literal or a name) is this machine: a loopback
+/// address, `localhost`, or an address of one of this network namespace's interfaces.
+pub fn on_this_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    ip.is_loopback() || ip.is_unspecified() || local_addresses().contains(&ip)
+}
+
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below; each entry's address is read
+    // only as the family it says it is.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut at = list;
+        while let Some(ifa) = at.as_ref() {
+            if let Some(sa) = ifa.ifa_addr.as_ref() {
+                match i32::from(sa.sa_family) {
+                    libc::AF_INET => {
+                        let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        out.push(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into());
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        out.push(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into());
+                    }
+                    _ => {}
+                }
+            }
+            at = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
 /// A header list that keeps its order of first insertion, as `http::HeaderMap` does: setting
 /// a name already present replaces its value in place.
 #[derive(Default)]
@@ -338,6 +392,46 @@ mod tests {
         let mut full = vec!["loadgen"];
         full.extend_from_slice(args);
         Config::from_opts(&Opts::try_parse_from(full).unwrap())
+    }
+
+    #[test]
+    fn threads_leave_cores_to_a_server_on_this_machine() {
+        assert_eq!(default_threads(2, true), 1);
+        assert_eq!(default_threads(2, false), 2);
+        assert_eq!(default_threads(1, true), 1);
+        assert_eq!(default_threads(8, true), 4);
+        assert_eq!(default_threads(3, true), 2);
+        for here in [
+            "127.0.0.1",
+            "127.0.0.9",
+            "::1",
+            "[::1]",
+            "localhost",
+            "0.0.0.0",
+        ] {
+            assert!(on_this_host(here), "{here}");
+        }
+        for mine in local_addresses() {
+            assert!(
+                on_this_host(&mine.to_string()),
+                "{mine}: an interface's own address"
+            );
+        }
+        for away in ["192.0.2.1", "2001:db8::1", "example.test"] {
+            assert!(!on_this_host(away), "{away}");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            config(&["http://127.0.0.1:1/"]).unwrap().threads,
+            cpus.div_ceil(2)
+        );
+        assert_eq!(config(&["http://192.0.2.1:1/"]).unwrap().threads, cpus);
+        assert_eq!(
+            config(&["http://127.0.0.1:1/", "--threads", "3"])
+                .unwrap()
+                .threads,
+            3
+        );
     }
 
     #[test]
