@@ -8,6 +8,9 @@
 //! | loadgen's records (JSON Lines) | [`loadgen_records`] | `loadgen --records` | `hopprobe report --requests` | `schemas/loadgen-records.schema.json` |
 //! | loadgen's JSON output (oha's) | [`loadgen_output`] | `loadgen --output-format json` | `hopprobe report --loadgen` | `schemas/loadgen-output.schema.json` |
 //!
+//! A writer of loadgen's records compresses a file named `*.zst` and every reader reads both
+//! ([`compressed`]).
+//!
 //! String fields that a writer holds borrowed are a type parameter `S`: the writers use
 //! `&str` (no allocation per line on loadgen's hot path), the readers the default `String`.
 //!
@@ -15,6 +18,7 @@
 //! or that the reader does not need is optional when read (`#[serde(default)]`), so files that
 //! `hopprobe report` read before still read. The schemas say what the writers write.
 
+pub mod compressed;
 pub mod loadgen_output;
 pub mod loadgen_records;
 pub mod records;

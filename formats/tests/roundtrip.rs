@@ -439,6 +439,78 @@ mod loadgen_requests {
         assert_eq!(read.requests.len(), 5);
     }
 
+    /// `loadgen --records FILE.zst`: the writer's file compressed by the shared writer reads
+    /// back (by the shared reader, which tells zstd by its bytes) as the same text, valid
+    /// against the schema and parsed to the same records; cut short, it reads up to its last
+    /// complete line and says so.
+    #[test]
+    fn the_writers_file_compressed_reads_back_the_same() {
+        use hopprobe_formats::compressed::{TextWriter, read_text};
+        use std::io::Write;
+
+        let schema = Schema::load("loadgen-records.schema.json");
+        let golden = data("loadgen-records.jsonl");
+        let lines: Vec<Line> = golden
+            .lines()
+            .map(|l| loadgen_records::parse_line(l).expect("a line"))
+            .collect();
+        // The golden requests again and again with other numbers and times, so that the file
+        // spans many zstd blocks.
+        let copies = 20_000u64;
+        let mut text = jsonl(&lines[..1]);
+        for k in 0..copies {
+            for line in &lines[1..] {
+                let Line::Request(r) = line else {
+                    panic!("one header")
+                };
+                let r = Request {
+                    seq: r.seq + 5 * k,
+                    start_ns: r.start_ns + 7_919 * k,
+                    end_ns: r.end_ns + 7_919 * k + k % 1_000,
+                    ..r.clone()
+                };
+                text.push_str(&jsonl(&[Line::Request(r)]));
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("formats-roundtrip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("loadgen-records.jsonl.zst");
+        let mut w = TextWriter::create(&path, 256 * 1024).expect("create");
+        w.write_all(text.as_bytes()).expect("write");
+        w.finish().expect("finish");
+        let raw = std::fs::read(&path).expect("raw");
+        assert!(
+            raw.len() * 5 < text.len(),
+            "compressed to {} bytes",
+            raw.len()
+        );
+        let read = read_text(&path).expect("read");
+        assert!(!read.cut_short);
+        assert!(read.text == text, "the same text");
+        schema.assert_lines_valid(&read.text);
+        let records = loadgen_records::read(&read.text).expect("records");
+        assert_eq!(records.requests.len() as u64, 5 * copies);
+        assert_eq!(
+            records.header,
+            loadgen_records::read(&golden).expect("golden").header
+        );
+
+        let cut = dir.join("cut.jsonl.zst");
+        std::fs::write(&cut, &raw[..raw.len() / 2]).expect("write");
+        let read = read_text(&cut).expect("a cut-short file reads");
+        assert!(read.cut_short);
+        assert!(text.starts_with(&read.text) && read.text.ends_with('\n'));
+        assert!(
+            read.text.len() > text.len() / 4,
+            "{} bytes",
+            read.text.len()
+        );
+        schema.assert_lines_valid(&read.text);
+        let records = loadgen_records::read(&read.text).expect("the complete lines read");
+        assert!(records.requests.len() < 5 * copies as usize);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// What `hopprobe report` read before the format had a type: a request needs only its
     /// start and end; a header written with other spacing is still the header.
     #[test]

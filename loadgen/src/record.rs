@@ -1,22 +1,20 @@
 //! Per-request records: what one request did, streamed as JSON Lines to `--records` (and as
 //! oha's CSV rows for `--output-format csv`) by a dedicated writer thread behind a bounded
-//! channel, so a slow disk slows the run down instead of filling memory.
+//! channel, so a slow disk slows the run down instead of filling memory. A records file named
+//! `*.zst` is zstd-compressed on that thread too.
 
-use std::{
-    fs::File,
-    io::{BufWriter, Write},
-    net::SocketAddr,
-    path::Path,
-    thread::JoinHandle,
-};
+use std::{io::Write, net::SocketAddr, path::Path, thread::JoinHandle};
 
-use hopprobe_formats::{loadgen_records, write_line};
+use hopprobe_formats::{compressed::TextWriter, loadgen_records, write_line};
 use tokio::sync::mpsc;
 
 use crate::{conn::Dial, error::ErrorKind};
 
-/// Records in flight between the workers and the writer thread.
-pub const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Records in flight between the workers and the writer thread: at most 1024 × 304 bytes.
+/// The queue's memory is allocated as it fills, so a long run (whose writer falls behind now
+/// and then) reached more of it than a short one: with 16 Ki records, up to 5 MB, and 10 M
+/// requests peaked 12 % above 10 k (docs/results/bench-loadgen.md, 2026-12-04).
+pub const CHANNEL_CAPACITY: usize = 1024;
 
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
@@ -93,7 +91,7 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let mut records = match records {
             Some(p) => {
-                let mut w = BufWriter::with_capacity(256 * 1024, File::create(p)?);
+                let mut w = TextWriter::create(p, 256 * 1024)?;
                 write_line(&mut w, header)?;
                 Some(w)
             }
@@ -123,8 +121,8 @@ impl Writer {
                     }
                     n += 1;
                 }
-                if let Some(w) = records.as_mut() {
-                    w.flush()?;
+                if let Some(w) = records {
+                    w.finish()?;
                 }
                 if let Some(c) = csv.as_mut() {
                     c.out.flush()?;
@@ -170,6 +168,13 @@ mod tests {
     use super::*;
 
     use hopprobe_formats::testing::golden;
+
+    /// Memory flat in `-n`: what the records queue can hold is a fixed, small amount.
+    #[test]
+    fn the_records_queue_holds_at_most_half_a_megabyte() {
+        let bytes = CHANNEL_CAPACITY * std::mem::size_of::<Sample>();
+        assert!(bytes <= 512 * 1024, "{bytes} bytes");
+    }
 
     #[test]
     fn the_records_file_is_the_golden_file() {

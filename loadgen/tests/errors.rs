@@ -224,3 +224,51 @@ fn ctrl_c_prints_the_partial_report_and_exits_130() {
         "the partial report counts the requests done: {report}"
     );
 }
+
+/// Ctrl-C with `--records FILE.zst`: loadgen ends the zstd stream before it exits, so the file
+/// is complete (not cut short) and holds one line per request the partial report counts.
+#[test]
+fn ctrl_c_leaves_complete_compressed_records() {
+    let server = ok_server(Duration::from_millis(5), "ok");
+    let url = server.url();
+    let path = temp_path("ctrl-c.jsonl.zst");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            &url[..],
+            "-z",
+            "30s",
+            "-c",
+            "4",
+            "--no-tui",
+            "-j",
+            "--records",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loadgen starts");
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("loadgen exits");
+    assert_eq!(
+        out.status.code(),
+        Some(loadgen::exit::INTERRUPTED),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let sum = |k: &str| {
+        report[k]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
+    };
+    let counted = sum("statusCodeDistribution") + sum("errorDistribution");
+    assert!(counted > 0, "{report}");
+    let read = hopprobe_formats::compressed::read_text(&path).expect("records");
+    assert!(!read.cut_short, "the zstd stream is ended before exit");
+    let records = hopprobe_formats::loadgen_records::read(&read.text).expect("every line");
+    assert!(records.header.is_some());
+    assert_eq!(records.requests.len() as u64, counted, "{report}");
+}

@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hopprobe_formats::{loadgen_output, loadgen_records, testing::Schema, to_pretty, write_line};
+use hopprobe_formats::{
+    compressed, loadgen_output, loadgen_records, testing::Schema, to_pretty, write_line,
+};
 use serde_json::Value;
 
 fn assert_valid(name: &str, v: &Value) {
@@ -93,4 +95,54 @@ fn several_targets_and_failures_follow_the_schemas() {
     }
     let read = loadgen_records::read(&text).expect("read");
     assert!(read.requests.iter().any(|r| r.error.is_some()));
+}
+
+/// `--records FILE.zst`: the file is zstd (its first bytes say so), several times smaller than
+/// the same run's plain records, and decompressed by the shared reader it is lines valid against
+/// the schema that read back into the same bytes.
+#[test]
+fn compressed_records_follow_the_schema() {
+    let s = ok_server(Duration::ZERO, "hello");
+    let mut sizes = Vec::new();
+    for name in ["schemas-zst.jsonl", "schemas-zst.jsonl.zst"] {
+        let path = temp_path(name);
+        let out = loadgen(&[
+            &s.url(),
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "--warmup",
+            "10",
+            "--no-tui",
+            "-j",
+            "--records",
+            path.to_str().expect("utf-8 path"),
+        ]);
+        json_of(&out);
+        let raw = std::fs::read(&path).expect("records");
+        assert_eq!(
+            raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+            name.ends_with(".zst")
+        );
+        sizes.push(raw.len());
+        let read = compressed::read_text(&path).expect("read");
+        assert!(!read.cut_short);
+        let text = read.text;
+        let schema = Schema::load("loadgen-records.schema.json");
+        let mut again = Vec::new();
+        for line in text.lines() {
+            schema.assert_valid(&serde_json::from_str::<Value>(line).expect("JSON line"));
+            write_line(
+                &mut again,
+                &loadgen_records::parse_line(line).expect("a line"),
+            )
+            .expect("write");
+        }
+        assert_eq!(String::from_utf8(again).expect("utf-8"), text);
+        let read = loadgen_records::read(&text).expect("read");
+        assert_eq!(read.requests.len(), 2010, "{name}");
+        assert_eq!(read.header.and_then(|h| h.concurrency()), Some(4));
+    }
+    assert!(sizes[1] * 5 < sizes[0], "plain, zstd: {sizes:?}");
 }

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use hopprobe_formats::{ReadError, loadgen_output, loadgen_records, records, summary};
+use hopprobe_formats::{ReadError, compressed, loadgen_output, loadgen_records, records, summary};
 
 use crate::series::cpu::CpuSeries;
 
@@ -24,12 +24,22 @@ pub enum InputError {
     Parse { path: PathBuf, source: ReadError },
 }
 
+/// Reads a file, plain or zstd-compressed (`loadgen --records FILE.zst`; told by its first
+/// bytes), and parses it. A compressed file cut short (loadgen killed) reads up to its last
+/// complete line, with a warning.
 fn read<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T, ReadError>) -> Result<T, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+    let file = compressed::read_text(path).map_err(|source| InputError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text).map_err(|source| InputError::Parse {
+    if file.cut_short {
+        eprintln!(
+            "hopprobe report: warning: {}: the compressed stream is cut short (its writer was \
+             killed?); reading it up to its last complete line",
+            path.display()
+        );
+    }
+    parse(&file.text).map_err(|source| InputError::Parse {
         path: path.to_path_buf(),
         source,
     })
