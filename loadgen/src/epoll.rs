@@ -41,6 +41,11 @@ struct Wait {
     events: Cell<u32>,
     /// The future waited for its socket during the current request.
     waited: Cell<bool>,
+    /// A request was written and no epoll event has come since: its response cannot be there
+    /// yet (a server answers only after the request; the bytes' arrival is an edge epoll will
+    /// report), so the first read waits for that event instead of a `recv` that would return
+    /// `EAGAIN`, which it did for nearly every keep-alive request (2 `recvfrom` per request).
+    written_unseen: Cell<bool>,
 }
 
 impl Wait {
@@ -50,6 +55,7 @@ impl Wait {
             fired: Cell::new(false),
             events: Cell::new(0),
             waited: Cell::new(false),
+            written_unseen: Cell::new(false),
         }
     }
 }
@@ -143,6 +149,13 @@ impl AsyncRead for Io<'_> {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Bytes or a close that came before the write were in an earlier event's mask, and a
+        // hang-up or error is not an edge that comes again: once seen, every read is tried.
+        let gone = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if self.w.written_unseen.get() && self.w.events.get() & gone == 0 {
+            self.w.waited.set(true);
+            return Poll::Pending;
+        }
         loop {
             let r = (&*self.sock).read(buf.initialize_unfilled());
             if let Some(p) = self.ready(r) {
@@ -158,6 +171,9 @@ impl AsyncWrite for Io<'_> {
             // socket2 sends with MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
             let r = (&*self.sock).write(b);
             if let Some(p) = self.ready(r) {
+                if matches!(p, Poll::Ready(Ok(_))) {
+                    self.w.written_unseen.set(true);
+                }
                 return p;
             }
         }
@@ -258,6 +274,7 @@ async fn dial(cx: &Ctx<'_>, t: usize, id: u64, dial: &mut Dial) -> Result<Conn, 
         Err(e) => return Err(refused(e)),
     };
     cx.w.events.set(0);
+    cx.w.written_unseen.set(false);
     cx.poller
         .add(sock.as_raw_fd(), cx.index)
         .map_err(|_| ErrorKind::Connect)?;
@@ -480,6 +497,7 @@ pub(crate) fn worker(local: &Local, index: usize, threads: usize) -> io::Result<
             sched.unread.set(n - i - 1);
             let task = &mut tasks[ev.u64 as usize];
             task.w.events.set(task.w.events.get() | ev.events);
+            task.w.written_unseen.set(false);
             poll(task, &mut live);
         }
         sched.unread.set(0);

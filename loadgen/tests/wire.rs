@@ -212,8 +212,11 @@ fn without_keepalive_the_server_closes_unless_asked_otherwise() {
                 said_close, n,
                 "{flags:?}: every request says connection: close"
             );
+            // Most, not all: the client closes as soon as it has read the response, as oha
+            // (hyper) does, and on a busy machine that sometimes comes before the server's
+            // close (oha here: up to 40 of 200 on the client's side).
             assert!(
-                on_server >= n * 9 / 10 && on_client <= n / 10,
+                on_server > n / 2 && on_client < n / 2,
                 "{} {flags:?}: TIME_WAIT on the server {on_server}, on the client {on_client}",
                 bin.display()
             );
