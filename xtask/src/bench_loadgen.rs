@@ -564,6 +564,56 @@ fn latency_accuracy(bins: &Bins, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Peak RSS at -n 10 k and -n `BENCH_RSS_N` (default 10 M), c = 64 with keep-alive, with no
+/// records, plain records and zstd records; and the records' bytes per request.
+fn memory_and_records(bins: &Bins, nginx: &Nginx) -> Result<()> {
+    let big = std::env::var("BENCH_RSS_N").unwrap_or_else(|_| "10m".to_owned());
+    let records_dir = nginx.dir.0.join("records");
+    std::fs::create_dir_all(&records_dir)?;
+    let mut worst: f64 = 0.0;
+    for records in [None, Some("r.jsonl"), Some("r.jsonl.zst")] {
+        let mut rss = Vec::new();
+        for n in ["10k", &big] {
+            let mut k = Command::new(&bins.loadgen);
+            k.args([
+                &nginx.url(Mode::KeepAlive),
+                "-c",
+                "64",
+                "-n",
+                n,
+                "--no-tui",
+                "-j",
+            ]);
+            let path = records.map(|f| records_dir.join(f));
+            if let Some(p) = &path {
+                k.arg("--records").arg(p);
+            }
+            let (_, r) = measure(&mut k)?;
+            rss.push(r.maxrss_kb);
+            let size = match &path {
+                Some(p) => {
+                    let bytes = std::fs::metadata(p)?.len();
+                    std::fs::remove_file(p)?;
+                    let requests = n.trim_end_matches(['k', 'm']).parse::<f64>().unwrap_or(0.0)
+                        * if n.ends_with('m') { 1e6 } else { 1e3 };
+                    format!(", {:.1} bytes per request", bytes as f64 / requests)
+                }
+                None => String::new(),
+            };
+            println!(
+                "loadgen -n {n:>4} -c 64, records {:<11}: peak RSS {} KiB{size}",
+                records.unwrap_or("none"),
+                r.maxrss_kb
+            );
+        }
+        let ratio = rss[1] as f64 / rss[0].max(1) as f64;
+        worst = worst.max(ratio);
+        println!("  peak RSS {big} / 10k = {ratio:.3}");
+    }
+    println!("peak RSS, worst {big} / 10k: {worst:.3} (goal: within 10 %)");
+    Ok(())
+}
+
 pub fn bench() -> Result<()> {
     let bins = ensure_tools()?;
     let rounds: usize = std::env::var("BENCH_ROUNDS")
@@ -675,25 +725,7 @@ pub fn bench() -> Result<()> {
          cpu = client CPU seconds per 100k requests; cpu r = loadgen's / the lower of wrk's"
     );
 
-    // Peak RSS against -n: histograms, not vectors, so it should not grow.
-    let mut rss = Vec::new();
-    for n in ["10000", "1000000"] {
-        let (_, r) = measure(Command::new(&bins.loadgen).args([
-            &nginx.url(Mode::KeepAlive),
-            "-c",
-            "64",
-            "-n",
-            n,
-            "--no-tui",
-            "-j",
-        ]))?;
-        rss.push(r.maxrss_kb);
-        println!("loadgen -n {n:>7} -c 64: peak RSS {} KiB", r.maxrss_kb);
-    }
-    println!(
-        "peak RSS 1M / 10k = {:.3}",
-        rss[1] as f64 / rss[0].max(1) as f64
-    );
+    memory_and_records(&bins, &nginx)?;
     drop(nginx);
 
     latency_accuracy(&bins, rounds)?;
