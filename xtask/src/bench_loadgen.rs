@@ -616,6 +616,10 @@ fn memory_and_records(bins: &Bins, nginx: &Nginx) -> Result<()> {
 
 pub fn bench() -> Result<()> {
     let bins = ensure_tools()?;
+    // Same bytes on the wire as this oha, or the comparison is not like for like.
+    let mut wire = cmd::cargo_command(&["test", "--release", "-p", "loadgen", "--test", "wire"]);
+    wire.env("OHA_BIN", &bins.oha);
+    cmd::run(&mut wire).context("loadgen's requests differ from oha's (loadgen/tests/wire.rs)")?;
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
