@@ -78,7 +78,18 @@ pub struct EnvReport {
     pub join_rate: f64,
     pub reached_pod: usize,
     pub clamped: usize,
+    /// node clock + offset = load generator's clock; `None` when it could not be estimated
+    /// (a note says why).
     pub clock_offset_ms: Option<f64>,
+    /// The hard bounds on the offset that the requests it rests on agree on.
+    pub clock_offset_bounds_ms: Option<(f64, f64)>,
+    /// Requests it rests on (joined by exchange number, warm-up included).
+    pub clock_offset_requests: usize,
+    /// Requests joined by their exchange number on the connection, and by time.
+    pub joined_by_exchange: usize,
+    pub joined_by_time: usize,
+    /// Connections whose exchange numbers did not line up with the load generator's requests.
+    pub mismatched_connections: usize,
     pub littles_law: Option<LittlesLaw>,
     pub hops: Vec<String>,
     pub percentiles: Vec<PercentileRow>,
@@ -221,6 +232,11 @@ pub fn env_report(
         reached_pod: 0,
         clamped: 0,
         clock_offset_ms: None,
+        clock_offset_bounds_ms: None,
+        clock_offset_requests: 0,
+        joined_by_exchange: 0,
+        joined_by_time: 0,
+        mismatched_connections: 0,
         littles_law: None,
         hops: Vec::new(),
         percentiles: Vec::new(),
@@ -228,15 +244,29 @@ pub fn env_report(
         cdf: Vec::new(),
         cpu: cpu_use(cpu),
     };
+    if let Some(j) = joined {
+        report.clock_offset_ms = j.offset.ns.map(|ns| ms(ns as f64));
+        report.clock_offset_bounds_ms = j
+            .offset
+            .lo_ns
+            .zip(j.offset.hi_ns)
+            .map(|(lo, hi)| (ms(lo as f64), ms(hi as f64)));
+        report.clock_offset_requests = j.offset.requests;
+        report.mismatched_connections = j.counts.mismatched_connections;
+        if let Some(why) = &j.offset.note {
+            notes.push(format!("clock offset not estimated: {why}"));
+        }
+    }
     match (requests, joined) {
-        (Some(reqs), Some(j)) => {
+        (Some(reqs), Some(j)) if !j.fallback => {
             let ok: Vec<&Request> = reqs.requests.iter().filter(|r| r.ok()).collect();
             report.requests = j.requests;
             report.joined = j.breakdowns.len();
             report.join_rate = j.join_rate();
             report.reached_pod = j.breakdowns.iter().filter(|b| b.reached_pod).count();
             report.clamped = j.clamped;
-            report.clock_offset_ms = Some(ms(j.offset_ns as f64));
+            report.joined_by_exchange = j.counts.by_exchange;
+            report.joined_by_time = j.counts.by_time;
             report.hops = hop_order(&j.breakdowns);
             report.percentiles = decompose(&j.breakdowns, &report.hops);
             report.cdf = cdf(ok
@@ -263,8 +293,16 @@ pub fn env_report(
             }
             if j.unjoined > 0 {
                 notes.push(format!(
-                    "{} of {} requests had no record at the node's uplink",
+                    "{} of {} requests were not joined with an exchange at the node's uplink",
                     j.unjoined, j.requests
+                ));
+            }
+            if j.counts.mismatched_connections > 0 {
+                notes.push(format!(
+                    "{} connections' exchange numbers did not line up with the load generator's \
+                     requests: their requests were placed by time ({} joined so), {} of them \
+                     ambiguous",
+                    j.counts.mismatched_connections, j.counts.by_time, j.counts.ambiguous
                 ));
             }
             if j.clamped > 0 {
@@ -276,11 +314,15 @@ pub fn env_report(
         }
         _ => {
             report.mode = "distributions".into();
-            notes.push(
+            notes.push(if joined.is_some_and(|j| j.fallback) {
+                "requests not joined (see the clock offset): end-to-end and node percentiles \
+                 are compared as distributions"
+                    .into()
+            } else {
                 "no per-request records from the load generator: end-to-end and node \
                  percentiles are compared as distributions, not joined per request"
-                    .into(),
-            );
+                    .into()
+            });
             let mut node: Vec<u64> = probe
                 .datapath
                 .iter()
@@ -288,27 +330,50 @@ pub fn env_report(
                 .filter_map(|d| Some(d.resp_last_ns?.saturating_sub(d.req_first_ns)))
                 .collect();
             node.sort_unstable();
-            if let Some(lg) = loadgen {
+            // End-to-end percentiles: the load generator's own records when there are
+            // some (exact), else its report's.
+            let mut e2e_ns: Vec<u64> = requests
+                .map(|r| {
+                    r.requests
+                        .iter()
+                        .filter(|r| r.ok())
+                        .map(|r| r.end_ns.saturating_sub(r.start_ns))
+                        .collect()
+                })
+                .unwrap_or_default();
+            e2e_ns.sort_unstable();
+            let e2e_at = |name: &str, q: f64| -> Option<f64> {
+                if !e2e_ns.is_empty() {
+                    return quantile(&e2e_ns, q).map(|v| ms(v as f64));
+                }
+                loadgen?
+                    .percentiles
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, s)| s * 1e3)
+            };
+            if loadgen.is_some() || !e2e_ns.is_empty() {
                 report.distributions = PERCENTILES
                     .iter()
                     .map(|(name, q)| {
-                        let e2e = lg
-                            .percentiles
-                            .iter()
-                            .find(|(k, _)| k == name)
-                            .map(|(_, s)| s * 1e3);
                         let node_ms = quantile(&node, *q).map(|v| ms(v as f64));
-                        PercentileRow::distribution(name, e2e, node_ms)
+                        PercentileRow::distribution(name, e2e_at(name, *q), node_ms)
                     })
                     .collect();
-                if let (Some(rps), Some(avg)) = (lg.requests_per_sec, lg.average_s) {
-                    report.littles_law = Some(LittlesLaw {
-                        throughput_rps: rps,
-                        mean_latency_ms: avg * 1e3,
-                        in_flight: rps * avg,
-                        concurrency: requests.and_then(|r| r.concurrency),
-                    });
-                }
+            }
+            if let Some(lg) = loadgen
+                && let (Some(rps), Some(avg)) = (lg.requests_per_sec, lg.average_s)
+            {
+                report.littles_law = Some(LittlesLaw {
+                    throughput_rps: rps,
+                    mean_latency_ms: avg * 1e3,
+                    in_flight: rps * avg,
+                    concurrency: requests.and_then(|r| r.concurrency),
+                });
+            }
+            if !e2e_ns.is_empty() {
+                report.cdf = cdf(e2e_ns);
+            } else if let Some(lg) = loadgen {
                 report.cdf = lg
                     .percentiles
                     .iter()

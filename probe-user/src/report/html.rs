@@ -241,16 +241,20 @@ fn env_section(e: &EnvReport) -> String {
     if e.mode == "per-request" {
         let _ = write!(
             s,
-            "<li>requests {}, joined {} (<b>{:.2} %</b>), followed into a pod {}, clamped {}, estimated clock offset {:.3} ms</li>",
+            "<li>requests {}, joined {} (<b>{:.2} %</b>), followed into a pod {}, clamped {}, estimated clock offset {}</li>",
             e.requests,
             e.joined,
             e.join_rate * 100.0,
             e.reached_pod,
             e.clamped,
-            e.clock_offset_ms.unwrap_or(0.0)
+            esc(&super::text::clock_offset(e))
         );
     } else {
-        s.push_str("<li><b>distributions only</b>: no per-request join</li>");
+        let _ = write!(
+            s,
+            "<li><b>distributions only</b>: no per-request join; clock offset {}</li>",
+            esc(&super::text::clock_offset(e))
+        );
     }
     if let Some(l) = &e.littles_law {
         let _ = write!(

@@ -45,17 +45,22 @@ fn read<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T, ReadError>) -> Res
     })
 }
 
-/// loadgen's records file: the measured requests (warm-up left out) and the `-c` it ran with.
+/// loadgen's records file: the measured requests, the warm-up ones apart, and the `-c` it ran
+/// with.
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
     pub requests: Vec<loadgen_records::Request>,
+    /// Not reported, but they took exchange numbers on the connections they opened.
+    pub warmups: Vec<loadgen_records::Request>,
     pub concurrency: Option<u32>,
 }
 
 pub fn load_requests(path: &Path) -> Result<Requests, InputError> {
     let file = read(path, loadgen_records::read)?;
+    let (warmups, requests) = file.requests.into_iter().partition(|r| r.warmup);
     Ok(Requests {
-        requests: file.requests.into_iter().filter(|r| !r.warmup).collect(),
+        requests,
+        warmups,
         concurrency: file.header.and_then(|h| h.concurrency()),
     })
 }
@@ -145,6 +150,7 @@ mod tests {
         assert_eq!(r.concurrency, Some(32));
         assert_eq!(r.requests.len(), 1);
         assert!(r.requests[0].ok());
+        assert_eq!(r.warmups.len(), 1);
     }
 
     #[test]

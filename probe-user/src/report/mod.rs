@@ -163,7 +163,7 @@ pub fn build_env(e: &EnvArgs, proxies: &[String]) -> Result<EnvReport, input::In
     let joined = requests
         .as_ref()
         .filter(|r| !r.requests.is_empty())
-        .map(|r| join::join(&r.requests, &probe, &names));
+        .map(|r| join::join(&r.requests, &r.warmups, &probe, &names));
     let label = e.label.clone().unwrap_or_default();
     let requests_for_report = requests.as_ref().filter(|r| !r.requests.is_empty());
     let mut report = aggregate::env_report(

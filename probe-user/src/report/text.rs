@@ -33,20 +33,36 @@ fn rows(e: &EnvReport) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// The clock offset as the summary line gives it: the estimate and what it rests on, or that
+/// there is none (a note says why).
+pub fn clock_offset(e: &EnvReport) -> String {
+    match (e.clock_offset_ms, e.clock_offset_bounds_ms) {
+        (Some(o), Some((lo, hi))) => format!(
+            "{o:.3} ms (within [{lo:.3}, {hi:.3}] from {} requests)",
+            e.clock_offset_requests
+        ),
+        (Some(o), None) => format!("{o:.3} ms"),
+        (None, _) => "not estimated".into(),
+    }
+}
+
 fn summary_lines(e: &EnvReport) -> Vec<String> {
     let mut out = Vec::new();
     if e.mode == "per-request" {
         out.push(format!(
-            "requests {}  joined {} ({:.2} %)  followed into a pod {}  clamped {}  clock offset {:.3} ms",
+            "requests {}  joined {} ({:.2} %)  followed into a pod {}  clamped {}  clock offset {}",
             e.requests,
             e.joined,
             e.join_rate * 100.0,
             e.reached_pod,
             e.clamped,
-            e.clock_offset_ms.unwrap_or(0.0)
+            clock_offset(e)
         ));
     } else {
-        out.push("mode: distributions (no per-request join)".into());
+        out.push(format!(
+            "mode: distributions (no per-request join)  clock offset {}",
+            clock_offset(e)
+        ));
     }
     if let Some(l) = &e.littles_law {
         out.push(format!(
