@@ -7,6 +7,7 @@
 //! | hopprobe's summary (JSON) | [`summary`] | `hopprobe run --json` | `hopprobe report --summary` | `schemas/summary.schema.json` |
 //! | loadgen's records (JSON Lines) | [`loadgen_records`] | `loadgen --records` | `hopprobe report --requests` | `schemas/loadgen-records.schema.json` |
 //! | loadgen's JSON output (oha's) | [`loadgen_output`] | `loadgen --output-format json` | `hopprobe report --loadgen` | `schemas/loadgen-output.schema.json` |
+//! | oha's text output | [`oha_text`] | `oha URL` (text, the default) | `hopprobe report --loadgen` | none (text; read only) |
 //!
 //! A writer of loadgen's records compresses a file named `*.zst` and every reader reads both
 //! ([`compressed`]).
@@ -21,6 +22,7 @@
 pub mod compressed;
 pub mod loadgen_output;
 pub mod loadgen_records;
+pub mod oha_text;
 pub mod records;
 pub mod summary;
 #[cfg(feature = "testing")]
@@ -55,6 +57,9 @@ pub enum ReadError {
         what: &'static str,
         source: serde_json::Error,
     },
+    /// A line of a text report does not read (oha's text output).
+    #[error("line {line}: {what}")]
+    Text { line: usize, what: String },
     /// A JSON document lacks the key that tells its format.
     #[error("no `{key}`: not {what}")]
     Missing {
