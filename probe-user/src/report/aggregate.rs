@@ -399,3 +399,39 @@ impl PercentileRow {
         }
     }
 }
+
+/// What the report took from the `--loadgen` file: the load generator's concurrency where the
+/// records' header did not state it (from the file, or its name), and where it came from; the
+/// file's format when it is oha's text output.
+pub fn loadgen_file_notes(report: &mut EnvReport, lg: &LoadgenSummary, path: &std::path::Path) {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    if lg.format == super::input::OHA_TEXT {
+        report.notes.push(format!(
+            "end-to-end from oha's text output `{name}`{}: its percentiles, mean and throughput",
+            lg.requests
+                .map_or(String::new(), |n| format!(" ({n} requests)"))
+        ));
+    }
+    let Some(l) = report.littles_law.as_mut() else {
+        return;
+    };
+    if l.concurrency.is_some() {
+        return;
+    }
+    match (lg.concurrency, &lg.concurrency_from) {
+        (Some(c), from) => {
+            l.concurrency = Some(c);
+            report.notes.push(format!(
+                "load generator concurrency {c}: from {}",
+                from.as_deref().unwrap_or("the --loadgen file")
+            ));
+        }
+        (None, _) => report.notes.push(format!(
+            "load generator concurrency unknown: `{name}` does not state it, nor does its name \
+             (a `c<N>` token, e.g. `istio-c32.txt`)"
+        )),
+    }
+}

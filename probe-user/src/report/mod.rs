@@ -2,6 +2,7 @@
 //! where each request's time went, per environment; terminal, JSON, Markdown and HTML.
 
 pub mod aggregate;
+pub mod compare;
 pub mod html;
 pub mod input;
 pub mod join;
@@ -134,6 +135,8 @@ pub fn parse_args(args: &[String]) -> Result<ReportArgs, String> {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub environments: Vec<EnvReport>,
+    /// Each environment against its baseline (the first one at the same concurrency).
+    pub against_baseline: Vec<compare::Versus>,
 }
 
 /// Reads one environment's files and builds its report.
@@ -174,6 +177,9 @@ pub fn build_env(e: &EnvArgs, proxies: &[String]) -> Result<EnvReport, input::In
         joined.as_ref(),
         &summary.cpu,
     );
+    if let (Some(lg), Some(path)) = (&loadgen, &e.loadgen) {
+        aggregate::loadgen_file_notes(&mut report, lg, path);
+    }
     if e.probe.is_none() {
         report
             .notes
@@ -214,7 +220,10 @@ pub fn main(args: &[String]) -> i32 {
     } else {
         print!("{}", text::terminal(&envs));
     }
-    let report = Report { environments: envs };
+    let report = Report {
+        against_baseline: compare::against_baselines(&envs),
+        environments: envs,
+    };
     let mut outputs: Vec<(&PathBuf, String)> = Vec::new();
     if let Some(p) = &parsed.json {
         outputs.push((

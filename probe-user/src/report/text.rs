@@ -203,6 +203,14 @@ pub fn terminal(envs: &[EnvReport]) -> String {
     );
     out.push_str(&overview(envs));
     out.push('\n');
+    if let Some((h, r)) = against_baseline(envs) {
+        out.push_str(
+            "=== hopprobe report: against the baseline (the first environment at the same \
+             concurrency; × = environment / baseline) ===\n",
+        );
+        out.push_str(&aligned(&h, &r));
+        out.push('\n');
+    }
     for e in envs {
         let _ = writeln!(out, "=== hopprobe report: {} ===", e.label);
         for l in summary_lines(e) {
@@ -252,6 +260,14 @@ pub fn markdown(envs: &[EnvReport]) -> String {
             out.push('\n');
         }
     }
+    if let Some((h, r)) = against_baseline(envs) {
+        out.push_str(
+            "Against the baseline (the first environment at the same concurrency; \
+             × = environment / baseline):\n\n",
+        );
+        out.push_str(&md_table(&h, &r));
+        out.push('\n');
+    }
     for e in envs {
         let _ = writeln!(out, "## {}\n", e.label);
         for l in summary_lines(e) {
@@ -267,4 +283,35 @@ pub fn markdown(envs: &[EnvReport]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Each environment's end-to-end percentiles, mean latency and throughput against its
+/// baseline ([`super::compare`]), as ratios; `None` when no environment has one.
+fn against_baseline(envs: &[EnvReport]) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let versus = super::compare::against_baselines(envs);
+    if versus.is_empty() {
+        return None;
+    }
+    let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    let mut header: Vec<String> = ["environment", "baseline", "c"].map(String::from).to_vec();
+    header.extend(
+        super::aggregate::PERCENTILES
+            .iter()
+            .map(|(p, _)| format!("{p} ×")),
+    );
+    header.extend(["mean ×", "req/s ×"].map(String::from));
+    let rows = versus
+        .iter()
+        .map(|v| {
+            let mut r = vec![
+                v.label.clone(),
+                v.baseline.clone(),
+                v.concurrency.map_or("-".into(), |c| c.to_string()),
+            ];
+            r.extend(v.percentiles.iter().map(|p| x(p.ratio)));
+            r.extend([x(v.mean_latency_ratio), x(v.throughput_ratio)]);
+            r
+        })
+        .collect();
+    Some((header, rows))
 }
