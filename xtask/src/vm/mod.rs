@@ -95,7 +95,12 @@ pub const PACKAGES: [system::Package; 8] = [
 /// Directories of the workspace that tests read at run time (through `CARGO_MANIFEST_DIR`),
 /// copied to the same absolute paths in the image: the lab's haproxy config templates, the
 /// file formats' schemas and golden files.
-const TEST_DATA: [&str; 3] = ["tests/lab", "formats/schemas", "formats/tests/data"];
+const TEST_DATA: [&str; 4] = [
+    "tests/lab",
+    "formats/schemas",
+    "formats/tests/data",
+    "loadgen/tests/data",
+];
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
 
@@ -220,11 +225,18 @@ fn initramfs(
     for t in &plan.tests {
         image.dir(&t.cwd, 0o755)?;
     }
-    for dir in TEST_DATA {
-        let dir = cmd::workspace_root().join(dir);
+    // Folders and all below them: test data is grouped in sub-folders (oha's reports by
+    // version, say), which a test reads at run time from where its source found them.
+    let mut dirs: Vec<PathBuf> = TEST_DATA
+        .iter()
+        .map(|d| cmd::workspace_root().join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
-            if path.is_file() {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.is_file() {
                 image.file(&abs(&path), &path, 0o644)?;
             }
         }
