@@ -250,11 +250,11 @@ fn env_section(e: &EnvReport) -> String {
             esc(&super::text::clock_offset(e))
         );
     } else {
-        let _ = write!(
-            s,
-            "<li><b>distributions only</b>: no per-request join; clock offset {}</li>",
-            esc(&super::text::clock_offset(e))
-        );
+        s.push_str("<li><b>distributions only</b>: no per-request join");
+        if e.clock_offset_requests > 0 {
+            let _ = write!(s, "; clock offset {}", esc(&super::text::clock_offset(e)));
+        }
+        s.push_str("</li>");
     }
     if let Some(l) = &e.littles_law {
         let _ = write!(

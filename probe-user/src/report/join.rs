@@ -1422,6 +1422,23 @@ mod tests {
         assert_eq!(j.offset.ns, None);
         let note = j.offset.note.as_deref().expect("why");
         assert!(note.contains("cannot be estimated"), "{note}");
+        let reqs = super::super::input::Requests {
+            requests: k.requests.clone(),
+            warmups: Vec::new(),
+            concurrency: None,
+        };
+        let e =
+            super::super::aggregate::env_report("env", None, Some(&reqs), &k.probe, Some(&j), &[]);
+        assert_eq!(e.mode, "per-request");
+        let text = super::super::text::terminal(&[e]);
+        assert!(
+            text.contains("clamped 0  clock offset not estimated\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("note: clock offset not estimated: no request"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1442,6 +1459,32 @@ mod tests {
             j.offset.note.as_deref().expect("why").contains("disagree"),
             "{:?}",
             j.offset
+        );
+        // The report compares distributions instead, and says why.
+        let reqs = super::super::input::Requests {
+            requests: k.requests.clone(),
+            warmups: Vec::new(),
+            concurrency: None,
+        };
+        let e =
+            super::super::aggregate::env_report("env", None, Some(&reqs), &k.probe, Some(&j), &[]);
+        assert_eq!(e.mode, "distributions");
+        assert_eq!(e.clock_offset_ms, None);
+        assert!(
+            e.distributions
+                .iter()
+                .all(|d| d.e2e_ms.is_some() && d.node_ms.is_some())
+        );
+        let text = super::super::text::terminal(&[e]);
+        assert!(
+            text.contains("mode: distributions (no per-request join)  clock offset not estimated"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "note: clock offset not estimated: the requests joined by exchange number disagree"
+            ),
+            "{text}"
         );
     }
 }

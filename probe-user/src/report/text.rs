@@ -59,10 +59,16 @@ fn summary_lines(e: &EnvReport) -> Vec<String> {
             clock_offset(e)
         ));
     } else {
-        out.push(format!(
-            "mode: distributions (no per-request join)  clock offset {}",
-            clock_offset(e)
-        ));
+        // A join was tried and fell back (its note says why): the offset it could not
+        // estimate.
+        out.push(if e.clock_offset_requests > 0 {
+            format!(
+                "mode: distributions (no per-request join)  clock offset {}",
+                clock_offset(e)
+            )
+        } else {
+            "mode: distributions (no per-request join)".into()
+        });
     }
     if let Some(l) = &e.littles_law {
         out.push(format!(
