@@ -188,8 +188,8 @@ pub struct Opts {
     #[arg(long = "target", value_parser = parse_target)]
     pub targets: Vec<(String, String)>,
 
-    /// Worker threads (default: half the CPUs when every target is on this machine, which
-    /// leaves the server cores of its own; else all of them).
+    /// Worker threads (default: half the CPUs with keep-alive when every target is on this
+    /// machine, which leaves the server cores of its own; else all of them).
     #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 }

@@ -143,7 +143,8 @@ impl Config {
         let threads = o.threads.map_or_else(
             || {
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                default_threads(cpus, targets.iter().all(|t| on_this_host(&t.host)))
+                let here = targets.iter().all(|t| on_this_host(&t.host));
+                default_threads(cpus, here && !o.disable_keepalive)
             },
             |t| t as usize,
         );
@@ -260,12 +261,17 @@ fn build_target(
     })
 }
 
-/// Worker threads when `--threads` is not given. A server on this machine needs cores too:
-/// with as many client threads as CPUs the two take turns on every core, and a client thread
-/// that is not running delays the responses it should be reading. So against a server here,
-/// half the CPUs (at least one); against a server elsewhere, all of them.
-pub fn default_threads(cpus: usize, server_here: bool) -> usize {
-    if server_here { cpus.div_ceil(2) } else { cpus }.max(1)
+/// Worker threads when `--threads` is not given. `leave_cores`: the server runs on this
+/// machine and requests are cheap for the client (keep-alive), so the server, not the client,
+/// needs the cores: with a thread per CPU the two take turns on every core, and a client
+/// thread that is not running delays the responses it should be reading. Then half the CPUs
+/// (at least one); else all of them. Without keep-alive the client's kernel work per request
+/// (connect, close, and TLS) is as large as the server's, and one thread was the limit. On the
+/// 2-core development VM against a loopback nginx (2026-12-04, `cargo xtask bench-loadgen`):
+/// keep-alive 127-134 k req/s with one thread, 106-125 k with two; one connection per request
+/// 20-22 k with one (its thread at 98 % of a core), 25-27 k with two.
+pub fn default_threads(cpus: usize, leave_cores: bool) -> usize {
+    if leave_cores { cpus.div_ceil(2) } else { cpus }.max(1)
 }
 
 /// Whether `host` (a URL's host: an IP literal or a name) is this machine: a loopback
@@ -395,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_leave_cores_to_a_server_on_this_machine() {
+    fn threads_leave_cores_to_a_server_on_this_machine_with_keepalive() {
         assert_eq!(default_threads(2, true), 1);
         assert_eq!(default_threads(2, false), 2);
         assert_eq!(default_threads(1, true), 1);

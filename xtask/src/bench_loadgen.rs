@@ -81,6 +81,9 @@ struct Run {
     rps: f64,
     cpu_s: f64,
     maxrss_kb: i64,
+    /// nginx's worker: CPU seconds per second of the run (1.0: its one core was full, so no
+    /// client could have gone faster).
+    server_busy: f64,
 }
 
 /// A process stopped (SIGTERM, then SIGKILL) when dropped, on every exit path; it also gets
@@ -143,7 +146,27 @@ struct Nginx {
     next: std::cell::Cell<u32>,
 }
 
+/// CPU seconds `pid` has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
 impl Nginx {
+    /// The one worker process (the master's child).
+    fn worker(&self) -> Option<u32> {
+        let master = self._guard.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+
     /// The URL for the next run: the next of nginx's loopback addresses, round robin.
     fn url(&self, mode: Mode) -> String {
         let i = self.next.get() % LOOPBACK_ADDRESSES + 1;
@@ -319,8 +342,16 @@ fn command(tool: Tool, bins: &Bins, url: &str, c: u32, mode: Mode, secs: u32) ->
     k
 }
 
-fn run_tool(tool: Tool, bins: &Bins, url: &str, c: u32, mode: Mode, secs: u32) -> Result<Run> {
-    let (out, mut run) = measure(&mut command(tool, bins, url, c, mode, secs))?;
+fn run_tool(tool: Tool, bins: &Bins, nginx: &Nginx, c: u32, mode: Mode, secs: u32) -> Result<Run> {
+    let url = nginx.url(mode);
+    let worker = nginx.worker();
+    let before = worker.and_then(cpu_seconds);
+    let started = std::time::Instant::now();
+    let (out, mut run) = measure(&mut command(tool, bins, &url, c, mode, secs))?;
+    if let (Some(w), Some(b)) = (worker, before) {
+        let after = cpu_seconds(w).unwrap_or(b);
+        run.server_busy = (after - b) / started.elapsed().as_secs_f64();
+    }
     match tool {
         Tool::Loadgen | Tool::Baseline | Tool::Oha | Tool::LoadgenThreads(_) => {
             let rps = json_field(&out, &["summary", "requestsPerSec"])
@@ -653,7 +684,7 @@ pub fn bench() -> Result<()> {
         tools.push(Tool::LoadgenThreads(t));
     }
     println!(
-        "{:<11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6}",
+        "{:<11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>15}",
         "mode",
         "c",
         "loadgen/s",
@@ -668,7 +699,8 @@ pub fn bench() -> Result<()> {
         "cpu r",
         "rss lg",
         "rss oh",
-        "rss wr"
+        "rss wr",
+        "nginx lg/oh/w1/w2"
     );
     let mut worst = f64::INFINITY;
     for mode in [Mode::KeepAlive, Mode::Close, Mode::Tls] {
@@ -678,12 +710,13 @@ pub fn bench() -> Result<()> {
                 // Each round starts with the next tool, so none is always first.
                 for k in 0..tools.len() {
                     let tool = tools[(k + round) % tools.len()];
-                    let r = run_tool(tool, &bins, &nginx.url(mode), c, mode, secs)?;
+                    let r = run_tool(tool, &bins, &nginx, c, mode, secs)?;
                     let i = tools.iter().position(|t| *t == tool).unwrap_or(0);
                     sums[i].requests += r.requests;
                     sums[i].rps += r.rps / rounds as f64;
                     sums[i].cpu_s += r.cpu_s;
                     sums[i].maxrss_kb = sums[i].maxrss_kb.max(r.maxrss_kb);
+                    sums[i].server_busy += r.server_busy / rounds as f64;
                 }
             }
             let [lg, oha, w1, w2] = [sums[0], sums[1], sums[2], sums[3]];
@@ -691,7 +724,7 @@ pub fn bench() -> Result<()> {
             let ratio = lg.rps / oha.rps.max(w1.rps).max(w2.rps);
             worst = worst.min(ratio);
             println!(
-                "{:<11} {:>4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5}M {:>5}M {:>5}M",
+                "{:<11} {:>4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>5}M {:>5}M {:>5}M {:>4.0}/{:.0}/{:.0}/{:.0}%",
                 mode.name(),
                 c,
                 lg.rps,
@@ -707,16 +740,22 @@ pub fn bench() -> Result<()> {
                 lg.maxrss_kb / 1024,
                 oha.maxrss_kb / 1024,
                 w1.maxrss_kb.max(w2.maxrss_kb) / 1024,
+                lg.server_busy * 100.0,
+                oha.server_busy * 100.0,
+                w1.server_busy * 100.0,
+                w2.server_busy * 100.0,
             );
             for (tool, r) in tools.iter().zip(&sums).skip(4) {
                 if let Tool::LoadgenThreads(t) = tool {
                     println!(
-                        "{:<11} {:>4} {:>10.0}   loadgen --threads {t}: ratio {:.2}, cpu {:.2}",
+                        "{:<11} {:>4} {:>10.0}   loadgen --threads {t}: ratio {:.2}, cpu {:.2}, \
+                         nginx {:.0}%",
                         "",
                         "",
                         r.rps,
                         r.rps / oha.rps.max(w1.rps).max(w2.rps),
-                        cpu(r)
+                        cpu(r),
+                        r.server_busy * 100.0
                     );
                 }
             }
@@ -726,7 +765,8 @@ pub fn bench() -> Result<()> {
         "ratio = loadgen requests/s / the best of oha, wrk -t1 and wrk -t2 (lowest: {worst:.2})\n\
          without keep-alive every client has the server close each connection (loadgen and oha \
          send `connection: close` with --disable-keepalive, wrk gets -H 'Connection: close')\n\
-         cpu = client CPU seconds per 100k requests; cpu r = loadgen's / the lower of wrk's"
+         cpu = client CPU seconds per 100k requests; cpu r = loadgen's / the lower of wrk's\n\
+         nginx = its one worker's CPU during each client's runs (100 %: the server was the limit)"
     );
 
     memory_and_records(&bins, &nginx)?;
