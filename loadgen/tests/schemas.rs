@@ -17,6 +17,23 @@ fn assert_valid(name: &str, v: &Value) {
     Schema::load(name).assert_valid(v);
 }
 
+/// Records text whose every line is valid against the schema and writes back to the same
+/// bytes, read by the shared reader.
+fn valid_records(text: &str) -> loadgen_records::Records {
+    let schema = Schema::load("loadgen-records.schema.json");
+    let mut again = Vec::new();
+    for line in text.lines() {
+        schema.assert_valid(&serde_json::from_str::<Value>(line).expect("JSON line"));
+        write_line(
+            &mut again,
+            &loadgen_records::parse_line(line).expect("a line"),
+        )
+        .expect("write");
+    }
+    assert_eq!(String::from_utf8(again).expect("utf-8"), text);
+    loadgen_records::read(text).expect("read")
+}
+
 #[test]
 fn records_and_json_of_a_run_follow_the_schemas() {
     let s = ok_server(Duration::ZERO, "hello");
@@ -40,18 +57,7 @@ fn records_and_json_of_a_run_follow_the_schemas() {
     assert_eq!(to_pretty(&read).expect("json"), stdout);
 
     let text = std::fs::read_to_string(&path).expect("records");
-    let schema = Schema::load("loadgen-records.schema.json");
-    let mut again = Vec::new();
-    for line in text.lines() {
-        schema.assert_valid(&serde_json::from_str::<Value>(line).expect("JSON line"));
-        write_line(
-            &mut again,
-            &loadgen_records::parse_line(line).expect("a line"),
-        )
-        .expect("write");
-    }
-    assert_eq!(String::from_utf8(again).expect("utf-8"), text);
-    let read = loadgen_records::read(&text).expect("read");
+    let read = valid_records(&text);
     assert_eq!(read.header.and_then(|h| h.concurrency()), Some(3));
     assert_eq!(read.requests.iter().filter(|r| r.warmup).count(), 2);
 }
@@ -128,19 +134,7 @@ fn compressed_records_follow_the_schema() {
         sizes.push(raw.len());
         let read = compressed::read_text(&path).expect("read");
         assert!(!read.cut_short);
-        let text = read.text;
-        let schema = Schema::load("loadgen-records.schema.json");
-        let mut again = Vec::new();
-        for line in text.lines() {
-            schema.assert_valid(&serde_json::from_str::<Value>(line).expect("JSON line"));
-            write_line(
-                &mut again,
-                &loadgen_records::parse_line(line).expect("a line"),
-            )
-            .expect("write");
-        }
-        assert_eq!(String::from_utf8(again).expect("utf-8"), text);
-        let read = loadgen_records::read(&text).expect("read");
+        let read = valid_records(&read.text);
         assert_eq!(read.requests.len(), 2010, "{name}");
         assert_eq!(read.header.and_then(|h| h.concurrency()), Some(4));
     }

@@ -228,6 +228,23 @@ impl<'a> Index<'a> {
             .copied()
     }
 
+    /// Where the connection `d` saw (at the uplink or leaving a pod's veth) went into a pod:
+    /// that pod's `pod_in` record, the server exchange its socket saw, and the pod's name.
+    fn pod_entered(&self, d: &DatapathRecord) -> Option<(&'a DatapathRecord, usize, String)> {
+        let vin = self.pod_in(d.isn, d.index, d.syn_ns, d.ifindex)?;
+        let s = self.server_from(
+            vin.client,
+            Some(vin.server.ip()),
+            vin.req_first_ns,
+            vin.resp_first_ns,
+        )?;
+        let pod = vin
+            .pod
+            .clone()
+            .unwrap_or_else(|| self.names.of(self.ex[s].cgroup_id).0);
+        Some((vin, s, pod))
+    }
+
     fn label(&self, pod: &str, hop: &str) -> String {
         format!("{pod} {hop}")
     }
@@ -286,18 +303,8 @@ impl<'a> Index<'a> {
                     .min_by_key(|d| d.req_first_ns)
             });
             if let Some(vout) = vout
-                && let Some(vin) = self.pod_in(vout.isn, vout.index, vout.syn_ns, vout.ifindex)
-                && let Some(s) = self.server_from(
-                    vin.client,
-                    Some(vin.server.ip()),
-                    vin.req_first_ns,
-                    vin.resp_first_ns,
-                )
+                && let Some((vin, s, callee)) = self.pod_entered(vout)
             {
-                let callee = vin
-                    .pod
-                    .clone()
-                    .unwrap_or_else(|| self.names.of(self.ex[s].cgroup_id).0);
                 out.push((self.label(pod, "pod_send"), vout.req_first_ns));
                 out.push((self.label(&callee, "datapath_in"), vin.req_first_ns));
                 out.push((self.label(&callee, "pod_delivery"), self.ex[s].req_first_ns));
@@ -744,7 +751,7 @@ pub fn join(
     for r in ok.iter().copied() {
         match assigned.get(&(r as *const _)) {
             Some(u) if u.resp_last_ns.is_some() => {
-                let b = breakdown(r, u, offset.ns, &index, names, probe);
+                let b = breakdown(r, u, offset.ns, &index, probe);
                 clamped_count += usize::from(b.clamped);
                 breakdowns.push(b);
             }
@@ -769,24 +776,12 @@ fn breakdown(
     u: &DatapathRecord,
     offset: Option<i64>,
     index: &Index,
-    names: &Names,
     probe: &ProbeRecords,
 ) -> Breakdown {
     let mut points = Vec::new();
     let mut reached = false;
     let u_end = u.resp_last_ns.unwrap_or(u.req_last_ns);
-    if let Some(vin) = index.pod_in(u.isn, u.index, u.syn_ns, u.ifindex)
-        && let Some(s) = index.server_from(
-            vin.client,
-            Some(vin.server.ip()),
-            vin.req_first_ns,
-            vin.resp_first_ns,
-        )
-    {
-        let pod = vin
-            .pod
-            .clone()
-            .unwrap_or_else(|| names.of(probe.exchanges[s].cgroup_id).0);
+    if let Some((vin, s, pod)) = index.pod_entered(u) {
         points.push((format!("{pod} datapath_in"), vin.req_first_ns));
         points.push((
             format!("{pod} pod_delivery"),
