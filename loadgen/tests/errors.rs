@@ -180,23 +180,10 @@ fn errors_and_successes_mix_in_one_report() {
     assert_eq!(v["errorDistribution"]["connection reset"], 5);
 }
 
-/// Ctrl-C stops the run, prints the partial report and exits 130 (128 + SIGINT, as a shell
-/// reports a process killed by Ctrl-C), not 3, which is hopprobe's "unsupported".
-#[test]
-fn ctrl_c_prints_the_partial_report_and_exits_130() {
-    let server = ok_server(Duration::from_millis(20), "ok");
-    let url = server.url();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            &url[..],
-            "-z",
-            "30s",
-            "-c",
-            "2",
-            "--no-tui",
-            "--output-format",
-            "json",
-        ])
+/// Runs `cmd`, sends it Ctrl-C (SIGINT) 0.7 s in, and returns what it printed; it must stop
+/// within 10 s of the signal.
+fn interrupted(cmd: &mut std::process::Command) -> std::process::Output {
+    let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -207,6 +194,27 @@ fn ctrl_c_prints_the_partial_report_and_exits_130() {
     let started = std::time::Instant::now();
     let out = child.wait_with_output().expect("loadgen exits");
     assert!(started.elapsed() < Duration::from_secs(10), "stopped late");
+    out
+}
+
+/// Ctrl-C stops the run, prints the partial report and exits 130 (128 + SIGINT, as a shell
+/// reports a process killed by Ctrl-C), not 3, which is hopprobe's "unsupported".
+#[test]
+fn ctrl_c_prints_the_partial_report_and_exits_130() {
+    let server = ok_server(Duration::from_millis(20), "ok");
+    let url = server.url();
+    let out = interrupted(
+        std::process::Command::new(env!("CARGO_BIN_EXE_loadgen")).args([
+            &url[..],
+            "-z",
+            "30s",
+            "-c",
+            "2",
+            "--no-tui",
+            "--output-format",
+            "json",
+        ]),
+    );
     assert_eq!(
         out.status.code(),
         Some(loadgen::exit::INTERRUPTED),
@@ -232,26 +240,20 @@ fn ctrl_c_leaves_complete_compressed_records() {
     let server = ok_server(Duration::from_millis(5), "ok");
     let url = server.url();
     let path = temp_path("ctrl-c.jsonl.zst");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            &url[..],
-            "-z",
-            "30s",
-            "-c",
-            "4",
-            "--no-tui",
-            "-j",
-            "--records",
-        ])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("loadgen starts");
-    std::thread::sleep(Duration::from_millis(700));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("loadgen exits");
+    let out = interrupted(
+        std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                &url[..],
+                "-z",
+                "30s",
+                "-c",
+                "4",
+                "--no-tui",
+                "-j",
+                "--records",
+            ])
+            .arg(&path),
+    );
     assert_eq!(
         out.status.code(),
         Some(loadgen::exit::INTERRUPTED),
