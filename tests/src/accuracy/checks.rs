@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::series::{EndToEnd, Hops, Latency, Quantile};
+use super::series::{EndToEnd, Hops, Joined, Latency, Quantile};
 use crate::lab::config::SERVICES;
 
 /// The ingress pod, its container's name in the lab's metadata and its port: where requests
@@ -433,6 +433,180 @@ pub fn saturation(
     rows
 }
 
+/// Every server socket of the lab's pods (apps, sidecars, the ingress) counted as many
+/// exchanges as requests went through it: `sent` each, since every request of the page
+/// crosses every one of them once. On kept-alive connections an exchange split in two (a
+/// response that paused) or two merged (a request read before the last response was seen
+/// out) would show as a count off `sent`.
+pub fn exchange_counts(scenario: &str, hops: &Hops, sent: u64) -> Row {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    // Only the lab's pods, as in `app_split`.
+    for app in hops.of("app", None).filter(|a| a["pod"].is_string()) {
+        let name = format!(
+            "{}/{}:{}",
+            app["pod"].as_str().unwrap_or("?"),
+            app["container"].as_str().unwrap_or("?"),
+            app["local_port"]
+        );
+        *counts.entry(name).or_default() += app["count"].as_u64().unwrap_or(0);
+    }
+    let off = |n: u64| n.abs_diff(sent);
+    let Some((name, worst)) = counts.iter().max_by_key(|(_, n)| off(**n)) else {
+        return Row::missing(scenario, "app".into());
+    };
+    let wrong = counts.values().filter(|n| **n != sent).count();
+    Row::range(
+        scenario,
+        format!(
+            "app exchanges / requests, {wrong} of {} off, worst {name} {worst} of {sent}",
+            counts.len()
+        ),
+        "1".into(),
+        *worst as f64 / sent as f64,
+        1.0,
+        1.0,
+    )
+}
+
+/// The report's join of loadgen's requests: ≥ 99 % of them joined, ≤ 1 % of those clamped
+/// (a timestamp out of order: the wrong exchange), and every one joined by its exchange
+/// number on the connection, none placed by time (a connection whose numbers did not line up
+/// with loadgen's requests has an exchange split, merged or missing).
+pub fn report_join(scenario: &str, j: &Joined) -> Vec<Row> {
+    let (requests, joined) = (j.count("requests"), j.count("joined"));
+    let share = |n: u64, of: u64| {
+        if of == 0 {
+            f64::NAN
+        } else {
+            n as f64 * 100.0 / of as f64
+        }
+    };
+    let clamped = j.count("clamped");
+    let by_exchange = j.count("joined_by_exchange");
+    vec![
+        Row::range(
+            scenario,
+            format!("report: requests joined (%, {joined} of {requests})"),
+            "≥ 99 %".into(),
+            share(joined, requests),
+            99.0,
+            100.0,
+        ),
+        Row::range(
+            scenario,
+            format!("report: joined requests clamped (%, {clamped})"),
+            "≤ 1 %".into(),
+            share(clamped, joined),
+            0.0,
+            1.0,
+        ),
+        Row::range(
+            scenario,
+            format!(
+                "report: joined by exchange number (%, {} conns off)",
+                j.count("mismatched_connections")
+            ),
+            "100 %".into(),
+            share(by_exchange, joined),
+            100.0,
+            100.0,
+        ),
+    ]
+}
+
+/// The report's clock offset between loadgen and the node: estimated from the requests
+/// (never 0 by a fallback, never "not estimated"), resting on (nearly) every request sent,
+/// warm-up included, and — the lab having one clock — with 0 inside its bounds and the
+/// estimate within a millisecond of it, as `report_lab` asks.
+pub fn clock_offset(scenario: &str, j: &Joined, sent: u64) -> Vec<Row> {
+    let offset = j.clock_offset_ms().unwrap_or(f64::NAN);
+    // How far the truth, 0, lies outside the bounds.
+    let outside = j
+        .clock_offset_bounds_ms()
+        .map_or(f64::NAN, |(lo, hi)| lo.max(0.0) - hi.min(0.0));
+    let (lo, hi) = j.clock_offset_bounds_ms().unwrap_or((f64::NAN, f64::NAN));
+    let resting = j.count("clock_offset_requests");
+    vec![
+        Row::range(
+            scenario,
+            "report: clock offset estimated (ms, truth 0)".into(),
+            "within ±1 ms".into(),
+            offset,
+            -1.0,
+            1.0,
+        ),
+        Row::range(
+            scenario,
+            format!("report: 0 outside offset bounds [{lo:.3}, {hi:.3}] (ms)"),
+            "0".into(),
+            outside,
+            0.0,
+            0.0,
+        ),
+        Row::range(
+            scenario,
+            format!("report: offset rests on requests (%, {resting} of {sent})"),
+            "≥ 99 %".into(),
+            resting as f64 * 100.0 / sent as f64,
+            99.0,
+            100.0,
+        ),
+    ]
+}
+
+/// The report's packet hops (its p50 column): every pod's datapath, delivery and send above
+/// zero and below a millisecond, as hopprobe's own series must be (`packet_hops`). The wrong
+/// exchange of a kept-alive connection put milliseconds into the ingress's `pod_delivery`.
+pub fn report_packet_hops(scenario: &str, j: &Joined) -> Vec<Row> {
+    let p50 = j.p50_hops_ms();
+    ["datapath_in", "pod_delivery", "pod_send", "datapath_out"]
+        .into_iter()
+        .map(|hop| {
+            let of_kind: Vec<&(String, f64)> = p50
+                .iter()
+                .filter(|(h, _)| h.rsplit(' ').next() == Some(hop))
+                .collect();
+            let Some((name, worst)) = of_kind
+                .iter()
+                .map(|(h, v)| (h, *v))
+                .max_by(|a, b| distance_out(a.1).total_cmp(&distance_out(b.1)))
+            else {
+                return Row::missing(scenario, format!("report {hop}"));
+            };
+            Row::range(
+                scenario,
+                format!("report p50 {hop}, worst of {} ({name})", of_kind.len()),
+                "> 0 and < 1 ms".into(),
+                worst,
+                f64::MIN_POSITIVE,
+                1.0 - f64::EPSILON,
+            )
+        })
+        .collect()
+}
+
+/// The injected service time of each leaf (an app that calls nothing) in its `app` series'
+/// p50, within the matrix's tolerance: a per-socket figure that needs no call attributed to
+/// its request. (Callers' own time and the sidecars' do need that, and under concurrency it is
+/// a guess: see docs/accuracy.md.)
+pub fn leaf_service_times(scenario: &str, hops: &Hops, app_ms: &[(&str, f64)]) -> Vec<Row> {
+    app_ms
+        .iter()
+        .filter(|(service, _)| crate::lab::config::calls(service).is_empty())
+        .map(
+            |&(service, a)| match hops.one("app", &pod_of(service), Some(service)) {
+                Some(l) => Row::within(
+                    scenario,
+                    format!("app {service} p50, a leaf (ms)"),
+                    a,
+                    l.p50_us / 1000.0,
+                ),
+                None => Row::missing(scenario, format!("app {service}")),
+            },
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -557,5 +731,149 @@ mod tests {
             packet_hops("s", &zero).iter().filter(|r| !r.pass()).count(),
             4
         );
+    }
+
+    fn app_count(pod: &str, container: &str, port: u16, count: u64) -> serde_json::Value {
+        json!({"hop": "app", "pod": pod, "container": container, "cgroup_id": 7,
+               "local_port": port, "count": count})
+    }
+
+    #[test]
+    fn exchange_counts_need_every_server_socket_to_count_every_request() {
+        let whole = Hops(json!({"hops": [
+            app_count("a-v1", "a", 9080, 32), app_count("a-v1", "istio-proxy", 15006, 32),
+            // Someone else's server, outside the lab: not counted.
+            json!({"hop": "app", "cgroup_id": 9, "local_port": 45019, "count": 3}),
+        ]}));
+        let row = exchange_counts("s", &whole, 32);
+        assert!(row.pass(), "{row}");
+        // A response that paused split one exchange in two on the proxy's port.
+        let split = Hops(json!({"hops": [
+            app_count("a-v1", "a", 9080, 32), app_count("a-v1", "istio-proxy", 15006, 33),
+        ]}));
+        let row = exchange_counts("s", &split, 32);
+        assert!(!row.pass());
+        assert!(
+            row.check.contains("a-v1/istio-proxy:15006 33 of 32"),
+            "{row}"
+        );
+        // Two merged: one fewer.
+        let merged = Hops(json!({"hops": [app_count("a-v1", "a", 9080, 31)]}));
+        assert!(!exchange_counts("s", &merged, 32).pass());
+        assert!(!exchange_counts("s", &Hops(json!({"hops": []})), 32).pass());
+    }
+
+    fn env(fields: serde_json::Value) -> Joined {
+        let mut e = json!({"requests": 400, "joined": 400, "clamped": 0,
+                           "joined_by_exchange": 400, "mismatched_connections": 0,
+                           "clock_offset_ms": 0.01, "clock_offset_bounds_ms": [-0.003, 0.012],
+                           "clock_offset_requests": 432});
+        for (k, v) in fields.as_object().expect("object") {
+            e[k] = v.clone();
+        }
+        Joined::of(&json!({"environments": [e]})).expect("one environment")
+    }
+
+    #[test]
+    fn the_report_must_join_by_exchange_number_with_few_clamped() {
+        assert!(report_join("s", &env(json!({}))).iter().all(Row::pass));
+        let rows = report_join("s", &env(json!({"joined": 395})));
+        // 98.75 % joined: out; the 395 joined by number are all of them.
+        assert!(
+            !rows[0].pass() && rows[1].pass() && !rows[2].pass(),
+            "{rows:?}"
+        );
+        let rows = report_join("s", &env(json!({"clamped": 5})));
+        assert!(!rows[1].pass(), "{rows:?}");
+        let rows = report_join(
+            "s",
+            &env(json!({"joined_by_exchange": 384, "mismatched_connections": 1})),
+        );
+        assert!(
+            !rows[2].pass() && rows[2].check.contains("1 conns off"),
+            "{rows:?}"
+        );
+        // A report that joined nothing (distribution mode) passes none.
+        let rows = report_join("s", &env(json!({"requests": 0, "joined": 0})));
+        assert!(!rows[0].pass() && !rows[1].pass(), "{rows:?}");
+    }
+
+    #[test]
+    fn the_clock_offset_must_be_estimated_around_the_one_clock() {
+        assert!(
+            clock_offset("s", &env(json!({})), 432)
+                .iter()
+                .all(Row::pass)
+        );
+        // Not estimated: null offset and bounds.
+        let none = env(
+            json!({"clock_offset_ms": null, "clock_offset_bounds_ms": null,
+                               "clock_offset_requests": 0}),
+        );
+        assert!(clock_offset("s", &none, 432).iter().all(|r| !r.pass()));
+        // Bounds that exclude the truth.
+        let rows = clock_offset(
+            "s",
+            &env(json!({"clock_offset_ms": 0.4, "clock_offset_bounds_ms": [0.2, 0.5]})),
+            432,
+        );
+        assert!(rows[0].pass() && !rows[1].pass(), "{rows:?}");
+        assert!((rows[1].measured - 0.2).abs() < 1e-9);
+        let rows = clock_offset("s", &env(json!({"clock_offset_ms": -1.5})), 432);
+        assert!(!rows[0].pass());
+        // Resting on too few of the requests sent.
+        let rows = clock_offset("s", &env(json!({"clock_offset_requests": 400})), 432);
+        assert!(!rows[2].pass());
+    }
+
+    #[test]
+    fn the_reports_packet_hops_must_be_microseconds() {
+        let report = |delivery_ms: f64| {
+            env(json!({
+                "hops": ["a datapath_in", "a pod_delivery", "a app_queue", "a pod_send",
+                         "a datapath_out", "b pod_delivery"],
+                "percentiles": [
+                    {"percentile": "p50", "hops_ms": [0.004, 0.003, 5.0, 0.002, 0.004, delivery_ms]},
+                    {"percentile": "p90", "hops_ms": [9.0, 9.0, 9.0, 9.0, 9.0, 9.0]},
+                ],
+            }))
+        };
+        assert!(
+            report_packet_hops("s", &report(0.006))
+                .iter()
+                .all(Row::pass)
+        );
+        // The wrong exchange: milliseconds of delivery.
+        let rows = report_packet_hops("s", &report(6.9));
+        assert!(
+            !rows[1].pass() && rows[1].check.contains("b pod_delivery"),
+            "{rows:?}"
+        );
+        assert!(rows.iter().filter(|r| !r.pass()).count() == 1, "{rows:?}");
+        // No p50 column at all.
+        assert!(
+            report_packet_hops("s", &env(json!({})))
+                .iter()
+                .all(|r| !r.pass())
+        );
+    }
+
+    #[test]
+    fn leaf_service_times_are_the_injected_ones() {
+        let hops = |details_p50: f64| {
+            Hops(json!({"hops": [
+                series("app", "details-v1", None, details_p50, 2900.0),
+                series("app", "ratings-v1", None, 2090.0, 2600.0),
+                // A caller's `app` holds its calls: not a leaf's row.
+                series("app", "productpage-v1", None, 19000.0, 22000.0),
+            ]}))
+        };
+        let app_ms = [("productpage", 2.0), ("details", 2.0), ("ratings", 2.0)];
+        let rows = leaf_service_times("s", &hops(2100.0), &app_ms);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(Row::pass), "{rows:?}");
+        assert!(!leaf_service_times("s", &hops(2300.0), &app_ms)[0].pass());
+        let rows = leaf_service_times("s", &Hops(json!({"hops": []})), &app_ms);
+        assert!(rows.iter().all(|r| !r.pass()));
     }
 }

@@ -4,6 +4,7 @@
 //! (`hopaccuracy`); the `accuracy` integration test asserts every row.
 
 pub mod checks;
+pub mod keepalive;
 pub mod series;
 
 use std::{
@@ -50,12 +51,17 @@ pub struct Options {
     pub app_delays: Vec<Duration>,
     /// Connections of the saturation run.
     pub connections: u32,
+    /// Kept-alive connections of the keep-alive run (0: no keep-alive run).
+    pub keepalive_connections: u32,
+    /// Leave out everything but the keep-alive run (`hopaccuracy --only-keepalive`).
+    pub only_keepalive: bool,
     /// Where to keep each run's hopprobe summary and loadgen report, if anywhere.
     pub keep: Option<PathBuf>,
 }
 
 impl Options {
-    /// The full matrix: D ∈ {0, 1, 5 ms}, A ∈ {0, 2, 10 ms}, then c = 32.
+    /// The full matrix: D ∈ {0, 1, 5 ms}, A ∈ {0, 2, 10 ms}, then c = 32, then c = 16 on
+    /// kept-alive connections.
     pub fn full(name: &str) -> Self {
         let ms = Duration::from_millis;
         Self {
@@ -64,6 +70,8 @@ impl Options {
             sidecar_delays: vec![ms(0), ms(1), ms(5)],
             app_delays: vec![ms(0), ms(2), ms(10)],
             connections: 32,
+            keepalive_connections: 16,
+            only_keepalive: false,
             keep: None,
         }
     }
@@ -130,6 +138,21 @@ pub fn run(
         n += 1;
         format!("{}{n}", opts.name)
     };
+    let keepalive = |name: &str| {
+        keepalive::scenario(
+            programs,
+            opts,
+            &format!("c={} keep-alive", opts.keepalive_connections),
+            keepalive::plain_config(name),
+            keepalive::Entry::PLAIN,
+        )
+    };
+    if opts.only_keepalive {
+        if opts.keepalive_connections > 0 {
+            push(keepalive(&next_name())?, &mut report);
+        }
+        return Ok(report);
+    }
     // c = 1 over the D × A grid.
     let mut grid: Vec<(Duration, Duration, Run)> = Vec::new();
     for &d in &opts.sidecar_delays {
@@ -229,14 +252,20 @@ pub fn run(
     rows.push(checks::match_rate(scenario, &run.hops));
     rows.push(checks::app_split(scenario, &run.hops));
     push(rows, &mut report);
+
+    // Kept-alive connections (loadgen's and oha's default): the report's join by exchange
+    // number, and exchanges neither split nor merged on a connection that carries many.
+    if opts.keepalive_connections > 0 {
+        push(keepalive(&next_name())?, &mut report);
+    }
     Ok(report)
 }
 
-fn ms_delay(d: Duration) -> Delay {
+pub(crate) fn ms_delay(d: Duration) -> Delay {
     Delay::Fixed(d)
 }
 
-fn both_ways(d: Duration) -> SidecarDelay {
+pub(crate) fn both_ways(d: Duration) -> SidecarDelay {
     SidecarDelay {
         inbound: Delay::Fixed(d),
         outbound: Delay::Fixed(d),

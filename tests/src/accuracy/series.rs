@@ -143,3 +143,50 @@ impl EndToEnd {
         })
     }
 }
+
+/// One environment of `hopprobe report --json`: loadgen's requests joined with hopprobe's
+/// records.
+#[derive(Debug, Clone)]
+pub struct Joined(pub Value);
+
+impl Joined {
+    /// The first (in the matrix: the only) environment of a report.
+    pub fn of(report: &Value) -> Option<Self> {
+        Some(Self(report["environments"].as_array()?.first()?.clone()))
+    }
+
+    /// A count of the report's (`requests`, `joined`, `clamped`, …); 0 when absent.
+    pub fn count(&self, key: &str) -> u64 {
+        self.0[key].as_u64().unwrap_or(0)
+    }
+
+    /// node clock + offset = load generator's clock, in ms; `None` when not estimated.
+    pub fn clock_offset_ms(&self) -> Option<f64> {
+        self.0["clock_offset_ms"].as_f64()
+    }
+
+    /// The hard bounds on the offset, in ms.
+    pub fn clock_offset_bounds_ms(&self) -> Option<(f64, f64)> {
+        let b = &self.0["clock_offset_bounds_ms"];
+        Some((b[0].as_f64()?, b[1].as_f64()?))
+    }
+
+    /// Each hop with its mean over the requests around the end-to-end p50, in ms: the
+    /// report's p50 column.
+    pub fn p50_hops_ms(&self) -> Vec<(String, f64)> {
+        let Some(row) = self.0["percentiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["percentile"] == "p50")
+        else {
+            return Vec::new();
+        };
+        let names = self.0["hops"].as_array().into_iter().flatten();
+        let values = row["hops_ms"].as_array().into_iter().flatten();
+        names
+            .zip(values)
+            .filter_map(|(n, v)| Some((n.as_str()?.to_owned(), v.as_f64()?)))
+            .collect()
+    }
+}

@@ -28,6 +28,9 @@ struct Cli {
     /// The loadgen to load the lab with [default: the one built next to this program].
     #[arg(long, value_name = "PATH")]
     loadgen: Option<PathBuf>,
+    /// Only the keep-alive run (c = 16 kept-alive connections, joined by `hopprobe report`).
+    #[arg(long)]
+    only_keepalive: bool,
     /// Keep each run's hopprobe summary and loadgen report (JSON) in this directory.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
@@ -55,13 +58,19 @@ fn main() -> ExitCode {
     let mut opts = Options::full(&cli.name);
     opts.requests = cli.requests;
     opts.keep = cli.keep;
+    opts.only_keepalive = cli.only_keepalive;
     if cli.quick {
         opts.sidecar_delays.truncate(2);
         opts.app_delays.truncate(2);
     }
     eprintln!(
-        "D ∈ {:?} × A ∈ {:?}, {} requests each at c=1, then c={} against a one-worker app",
-        opts.sidecar_delays, opts.app_delays, opts.requests, opts.connections
+        "D ∈ {:?} × A ∈ {:?}, {} requests each at c=1, then c={} against a one-worker app, \
+         then c={} kept alive",
+        opts.sidecar_delays,
+        opts.app_delays,
+        opts.requests,
+        opts.connections,
+        opts.keepalive_connections
     );
     let started = std::time::Instant::now();
     let report = accuracy::run(&programs, &opts, |rows| {
