@@ -1,6 +1,7 @@
 //! The per-hop ground-truth matrix: sidecar delay D ∈ {0, 1, 5 ms} × app service
-//! time A ∈ {0, 2, 10 ms} at concurrency 1, a one-worker app at concurrency 32, and a lab
-//! without a mesh; every row of `cargo xtask accuracy` must be inside its tolerance.
+//! time A ∈ {0, 2, 10 ms} at concurrency 1, a one-worker app at concurrency 32, a lab
+//! without a mesh, and 16 kept-alive connections joined by `hopprobe report`; every row of
+//! `cargo xtask accuracy` must be inside its tolerance.
 
 use std::path::PathBuf;
 
