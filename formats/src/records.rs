@@ -1,7 +1,8 @@
 //! hopprobe's records (`hopprobe run --records FILE`, read by `hopprobe report --probe`):
-//! JSON Lines, one line per exchange seen at a socket ([`SockExchange`]) or at a TC point
-//! ([`DatapathRecord`], told apart by `"record":"datapath"`). Times are the node's
-//! CLOCK_MONOTONIC in nanoseconds.
+//! JSON Lines, one line per exchange seen at a socket ([`SockExchange`]), at a TC point
+//! ([`DatapathRecord`], told apart by `"record":"datapath"`), or per TLS handshake seen at a
+//! socket ([`TlsHandshake`], `"record":"tls_handshake"`). Times are the node's CLOCK_MONOTONIC
+//! in nanoseconds.
 
 use std::net::SocketAddr;
 
@@ -11,6 +12,8 @@ use crate::ReadError;
 
 /// `record` of a datapath line; socket exchange lines have no `record`.
 pub const DATAPATH: &str = "datapath";
+/// `record` of a TLS handshake line.
+pub const TLS_HANDSHAKE: &str = "tls_handshake";
 /// `role` of an exchange on a socket that accepted its connection.
 pub const SERVER: &str = "server";
 /// `role` of an exchange on a socket that connected.
@@ -39,6 +42,53 @@ pub struct SockExchange<S = String> {
     pub req_bytes: u64,
     #[serde(default)]
     pub resp_bytes: u64,
+    /// The exchange travelled in TLS application data records (bytes count the records).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A TLS handshake as one socket saw it, from the records' plaintext headers: the client's
+/// handshake records (ClientHello to its Finished) and the server's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsHandshake<S = String> {
+    /// Always [`TLS_HANDSHAKE`].
+    pub record: S,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// [`SERVER`]: this socket accepted the connection (it received the ClientHello).
+    pub role: S,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// `1.2` or `1.3`.
+    pub version: S,
+    /// A resumed session (TLS 1.3 pre-shared key, TLS 1.2 abbreviated handshake).
+    pub resumed: bool,
+    /// TLS 1.3: the client sent a certificate (mutual TLS).
+    pub client_auth: bool,
+    pub client_first_ns: u64,
+    pub client_last_ns: u64,
+    pub server_first_ns: u64,
+    pub server_last_ns: u64,
+    pub client_bytes: u64,
+    pub server_bytes: u64,
+}
+
+impl<S: AsRef<str>> TlsHandshake<S> {
+    /// ClientHello → the server's last handshake record, as this socket saw them.
+    pub fn server_ns(&self) -> u64 {
+        self.server_last_ns.saturating_sub(self.client_first_ns)
+    }
+
+    /// The server's last handshake record → the client's Finished, when the client finishes
+    /// last (TLS 1.3, resumed TLS 1.2).
+    pub fn client_finish_ns(&self) -> Option<u64> {
+        (self.client_last_ns > self.server_last_ns)
+            .then(|| self.client_last_ns - self.server_last_ns)
+    }
 }
 
 impl<S: AsRef<str>> SockExchange<S> {
@@ -86,10 +136,11 @@ pub struct DatapathRecord<S = String> {
 pub enum Record<S = String> {
     Exchange(SockExchange<S>),
     Datapath(DatapathRecord<S>),
+    TlsHandshake(TlsHandshake<S>),
 }
 
 impl<'de> Deserialize<'de> for Record {
-    /// By `record`: [`DATAPATH`] or none. ([`parse_line`] takes a shortcut for the lines as
+    /// By `record`: [`DATAPATH`], [`TLS_HANDSHAKE`] or none. ([`parse_line`] takes a shortcut for the lines as
     /// hopprobe writes them.)
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
@@ -97,6 +148,7 @@ impl<'de> Deserialize<'de> for Record {
         match v.get("record") {
             None => SockExchange::deserialize(v).map(Record::Exchange),
             Some(k) if k == DATAPATH => DatapathRecord::deserialize(v).map(Record::Datapath),
+            Some(k) if k == TLS_HANDSHAKE => TlsHandshake::deserialize(v).map(Record::TlsHandshake),
             Some(k) => return Err(D::Error::custom(format!("unknown record kind {k}"))),
         }
         .map_err(D::Error::custom)
@@ -121,6 +173,7 @@ pub fn parse_line(line: &str) -> Result<Record, serde_json::Error> {
 pub struct Records {
     pub exchanges: Vec<SockExchange>,
     pub datapath: Vec<DatapathRecord>,
+    pub tls_handshakes: Vec<TlsHandshake>,
 }
 
 /// Reads a records file's text. Blank lines are skipped.
@@ -130,6 +183,7 @@ pub fn read(text: &str) -> Result<Records, ReadError> {
         match parse_line(line).map_err(|e| ReadError::line(n, "a hopprobe record", e))? {
             Record::Exchange(x) => out.exchanges.push(x),
             Record::Datapath(d) => out.datapath.push(d),
+            Record::TlsHandshake(h) => out.tls_handshakes.push(h),
         }
     }
     Ok(out)

@@ -128,6 +128,12 @@ pub enum Hop {
     PodSend,
     /// The pod's veth → the node's uplink.
     DatapathOut,
+    /// A TLS handshake at a socket: the ClientHello → the server's last handshake record (the
+    /// server's work, and on the client's side the round trip too). Never a request.
+    TlsHandshake,
+    /// The server's last handshake record → the client's Finished, where the client finishes
+    /// last (TLS 1.3, resumed TLS 1.2).
+    TlsClientFinish,
 }
 
 impl Hop {
@@ -146,6 +152,8 @@ impl Hop {
                 Some(HopDirection::Outbound)
             }
             Hop::Sidecar | Hop::SidecarQueue | Hop::SidecarProcessing => None,
+            // Per series: the side that accepted the connection, or the side that made it.
+            Hop::TlsHandshake | Hop::TlsClientFinish => None,
         }
     }
 
@@ -165,6 +173,8 @@ impl Hop {
             Hop::AppSelf => "app_self",
             Hop::Upstream => "upstream",
             Hop::UpstreamReadWait => "upstream_read_wait",
+            Hop::TlsHandshake => "tls_handshake",
+            Hop::TlsClientFinish => "tls_client_finish",
         }
     }
 }

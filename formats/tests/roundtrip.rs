@@ -36,7 +36,7 @@ fn value(x: &impl Serialize) -> Value {
 
 mod hopprobe_records {
     use super::*;
-    use records::{DatapathRecord, Record, Records, SockExchange};
+    use records::{DatapathRecord, Record, Records, SockExchange, TlsHandshake};
 
     fn exchange(role: &str, local: &str, answered: bool) -> SockExchange {
         SockExchange {
@@ -52,6 +52,27 @@ mod hopprobe_records {
             first_read_ns: answered.then_some(5_000_300_000),
             req_bytes: 120,
             resp_bytes: if answered { 4_096 } else { 0 },
+            tls: !answered,
+        }
+    }
+
+    fn handshake(role: &str, resumed: bool) -> TlsHandshake {
+        TlsHandshake {
+            record: records::TLS_HANDSHAKE.into(),
+            cookie: 77,
+            cgroup_id: 4_243,
+            role: role.into(),
+            local: "10.78.0.5:8443".parse().expect("addr"),
+            remote: "10.77.0.2:40001".parse().expect("addr"),
+            version: if resumed { "1.2" } else { "1.3" }.into(),
+            resumed,
+            client_auth: !resumed,
+            client_first_ns: 5_000_000_000,
+            client_last_ns: 5_000_900_000,
+            server_first_ns: 5_000_100_000,
+            server_last_ns: 5_000_500_000,
+            client_bytes: 600,
+            server_bytes: 2_400,
         }
     }
 
@@ -83,6 +104,8 @@ mod hopprobe_records {
             Record::Datapath(datapath("node_in", true)),
             Record::Exchange(exchange(records::CLIENT, "[fd00::10]:51000", false)),
             Record::Datapath(datapath("pod_out", false)),
+            Record::TlsHandshake(handshake(records::SERVER, false)),
+            Record::TlsHandshake(handshake(records::CLIENT, true)),
         ]
     }
 
@@ -97,9 +120,15 @@ mod hopprobe_records {
             match r {
                 Record::Exchange(x) => want.exchanges.push(x),
                 Record::Datapath(d) => want.datapath.push(d),
+                Record::TlsHandshake(h) => want.tls_handshakes.push(h),
             }
         }
         assert_eq!(read, want);
+        let h = &read.tls_handshakes[0];
+        assert_eq!(
+            (h.server_ns(), h.client_finish_ns()),
+            (500_000, Some(400_000))
+        );
     }
 
     #[test]
@@ -346,6 +375,8 @@ mod hopprobe_summary {
             Hop::UpstreamReadWait,
             Hop::PodSend,
             Hop::DatapathOut,
+            Hop::TlsHandshake,
+            Hop::TlsClientFinish,
         ] {
             assert_eq!(value(&hop), json!(hop.name()));
         }

@@ -2,7 +2,9 @@
 //!
 //! On each TCP socket, bytes arriving after bytes were sent open a new request (server side);
 //! bytes sent after bytes arrived open its response. A client socket is the mirror image. This
-//! works for any protocol that alternates, HTTP/1.1 and TLS included, and captures no payload.
+//! works for any protocol that alternates, and captures no payload. TLS alternates too, with its
+//! handshake flights: on a TLS connection only application data records count (see `tls`), and
+//! the handshake is reported as an exchange of its own kind.
 
 use core::mem::size_of;
 
@@ -13,8 +15,16 @@ pub const ROLE_SERVER: u8 = 1;
 /// The socket sent the first payload: it makes requests.
 pub const ROLE_CLIENT: u8 = 2;
 
+/// A tracked socket with no request yet (a TLS connection during its handshake).
+pub const PHASE_NONE: u8 = 0;
 pub const PHASE_REQUEST: u8 = 1;
 pub const PHASE_RESPONSE: u8 = 2;
+
+/// A request and its response.
+pub const KIND_REQUEST: u8 = 0;
+/// A TLS handshake: `req_first_ns`..`req_last_ns` are the client's handshake records (the
+/// ClientHello to its Finished), `resp_first_ns`..`resp_last_ns` the server's.
+pub const KIND_TLS_HANDSHAKE: u8 = 1;
 
 /// Which hook times the reads of the sockets it can name (`READ_HOOK` map, written by
 /// userspace once the hooks are attached); `tcp:tcp_rcv_space_adjust` times the rest.
@@ -47,8 +57,12 @@ pub struct Exchange {
     pub flow: FlowKey,
     pub role: u8,
     pub phase: u8,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// `tls::TLS_*` bits: 0 on a plaintext connection.
+    pub tls: u8,
     /// Explicit so the struct has no implicit padding.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<Exchange>() == 120);
 

@@ -13,3 +13,4 @@ pub mod ratelimit;
 pub mod sockops;
 pub mod stats;
 pub mod tcflow;
+pub mod tls;

@@ -70,7 +70,13 @@ pub const fn lru_deleted(map: u32) -> u32 {
     LRU_FIRST + 2 * map + 1
 }
 
-pub const COUNT: u32 = LRU_FIRST + 2 * LRU_MAPS.len() as u32;
+/// Connections whose first payload was a TLS ClientHello (or, seen mid-stream, a TLS record).
+pub const TLS_CONNECTIONS: u32 = LRU_FIRST + 2 * LRU_MAPS.len() as u32;
+/// TLS connections whose records could not be followed (see `tls`): none of their exchanges
+/// are reported.
+pub const TLS_LOST: u32 = TLS_CONNECTIONS + 1;
+
+pub const COUNT: u32 = TLS_LOST + 1;
 
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_drops",
@@ -105,6 +111,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "lru_fd_flow_deleted",
     "lru_early_requests_inserted",
     "lru_early_requests_deleted",
+    "tls_connections",
+    "tls_lost",
 ];
 
 #[cfg(test)]

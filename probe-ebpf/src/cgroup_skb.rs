@@ -15,9 +15,13 @@ use aya_ebpf::{
 };
 use probe_common::{
     conn::{FlowKey, SynSeen},
-    exchange::{Exchange, PHASE_REQUEST, PHASE_RESPONSE, ROLE_CLIENT, ROLE_SERVER},
+    exchange::{
+        Exchange, KIND_REQUEST, KIND_TLS_HANDSHAKE, PHASE_NONE, PHASE_REQUEST, PHASE_RESPONSE,
+        ROLE_CLIENT, ROLE_SERVER,
+    },
     hist::{POINT_SOCKET_IN, POINT_SOCKET_OUT},
     stats::{self, LRU_EARLY_REQUESTS, LRU_EXCHANGES, LRU_FLOW_COOKIE, LRU_SYNS},
+    tls::{TLS_LOST, TlsConn},
 };
 
 use crate::{
@@ -25,9 +29,10 @@ use crate::{
     headers::{self, Tcp},
     maps::{
         EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert,
-        lru_remove, wake_flags,
+        lru_remove, scratch, wake_flags,
     },
     ratelimit,
+    tls::{self, TLS, TLS_EARLY},
 };
 
 const TCP_FLAG_FIN: u8 = 0x01;
@@ -76,8 +81,12 @@ pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
         let seg = Segment::of(&tcp, Dir::In);
         if seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             stamp_syn(&ctx, &seg, t);
+        } else if seg.payload > 0 && at_listener(&ctx) {
+            // Called from here, not from `track`: the stack holds this, `track` or the
+            // listener's path, not both with the record walk.
+            park_early_request(&ctx, &tcp, &seg, t);
         } else {
-            track(&ctx, &seg, Dir::In, t);
+            track(&ctx, &tcp, &seg, Dir::In, t);
         }
     }
     // Observe only: always let the packet through.
@@ -91,7 +100,7 @@ pub fn hp_skb_out(ctx: SkBuffContext) -> i32 {
         if ifindex(&ctx) != LOOPBACK_IFINDEX {
             datapath::pass(&tcp.pkt_key(), POINT_SOCKET_OUT, 0, cgroup_of(&ctx), t);
         }
-        track(&ctx, &Segment::of(&tcp, Dir::Out), Dir::Out, t);
+        track(&ctx, &tcp, &Segment::of(&tcp, Dir::Out), Dir::Out, t);
     }
     1
 }
@@ -190,19 +199,35 @@ fn at_listener(ctx: &SkBuffContext) -> bool {
 }
 
 /// A request that arrived at a listener waits here, by flow, for the new connection's first
-/// packet, which carries it on under the connection's own cookie.
-fn park_early_request(ctx: &SkBuffContext, seg: &Segment, t: u64) {
+/// packet, which carries it on under the connection's own cookie. A ClientHello waits the same
+/// way, its TLS state beside it in `TLS_EARLY`.
+#[inline(never)]
+fn park_early_request(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, t: u64) {
+    let Some(sc) = scratch() else {
+        return;
+    };
+    let x = &mut sc.x;
     // SAFETY: the value is copied out before the map changes.
-    let x = match unsafe { EARLY_REQUESTS.get(&seg.flow) } {
-        Some(x) => {
-            let mut x = *x;
+    if let Some(parked) = unsafe { EARLY_REQUESTS.get(&seg.flow) } {
+        *x = *parked;
+        if x.tls != 0 {
+            x.tls = follow_early(ctx, tcp, &seg.flow, None, t);
+        } else {
             x.req_last_ns = t;
             x.req_bytes += seg.payload as u64;
-            x
         }
-        None => new_exchange(ctx, seg, 0, ROLE_SERVER, t),
-    };
-    if let Err(e) = lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, &x) {
+    } else {
+        fill_exchange(x, ctx, seg, 0, ROLE_SERVER);
+        if tls::detect(&ctx.skb, tcp, &mut sc.conn) {
+            x.tls = follow_early(ctx, tcp, &seg.flow, Some(&mut sc.conn), t);
+        } else {
+            x.phase = PHASE_REQUEST;
+            x.req_first_ns = t;
+            x.req_last_ns = t;
+            x.req_bytes = seg.payload as u64;
+        }
+    }
+    if let Err(e) = lru_insert(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow, x) {
         count(stats::EXCHANGE_INSERT_FAILED);
         crate::log::warning!(
             "hp_skb_in",
@@ -213,15 +238,57 @@ fn park_early_request(ctx: &SkBuffContext, seg: &Segment, t: u64) {
     }
 }
 
+/// Follows a parked ClientHello's records (a new one's in `fresh`); returns the connection's
+/// TLS bits, with `TLS_LOST` when its state is gone.
+fn follow_early(
+    ctx: &SkBuffContext,
+    tcp: &Tcp,
+    flow: &FlowKey,
+    fresh: Option<&mut TlsConn>,
+    t: u64,
+) -> u8 {
+    let conn = match fresh {
+        Some(c) => {
+            tls::walk(&ctx.skb, tcp, tls::index(true), c, t);
+            if TLS_EARLY.insert(flow, &*c, 0).is_err() {
+                tls::lose(c);
+            }
+            return c.flags;
+        }
+        None => match TLS_EARLY.get_ptr_mut(flow) {
+            // SAFETY: points into the map value, valid for this run.
+            Some(c) => unsafe { &mut *c },
+            None => return TLS_LOST,
+        },
+    };
+    tls::walk(&ctx.skb, tcp, tls::index(true), conn, t);
+    conn.flags
+}
+
 /// The request a listener saw for this flow, now under the connection's cookie: taken on by
 /// the connection's first packet of any kind (usually its ACK of that request, sent before the
 /// process can read it), so that the read hooks find the exchange.
+#[inline(never)]
 fn adopt_early_request(seg: &Segment, cookie: u64, dir: Dir) -> Option<*mut Exchange> {
+    let sc = scratch()?;
+    let x = &mut sc.x;
     // SAFETY: the value is copied out before the map changes.
-    let mut x = unsafe { EARLY_REQUESTS.get(&seg.flow) }.copied()?;
+    *x = *unsafe { EARLY_REQUESTS.get(&seg.flow) }?;
     lru_remove(&EARLY_REQUESTS, LRU_EARLY_REQUESTS, &seg.flow);
     x.cookie = cookie;
-    if !start_exchange(&x, dir) {
+    if x.tls != 0 && x.tls & TLS_LOST == 0 {
+        let moved = match TLS_EARLY.get_ptr_mut(&seg.flow) {
+            // SAFETY: a map value handed straight back to the kernel to copy.
+            Some(conn) => TLS.insert(&cookie, unsafe { &*conn }, 0).is_ok(),
+            None => false,
+        };
+        if !moved {
+            x.tls |= TLS_LOST;
+            count(stats::TLS_LOST);
+        }
+        let _ = TLS_EARLY.remove(&seg.flow);
+    }
+    if !start_exchange(x, dir) {
         return None;
     }
     EXCHANGES.get_ptr_mut(&cookie)
@@ -248,32 +315,111 @@ fn start_exchange(x: &Exchange, dir: Dir) -> bool {
     true
 }
 
-/// A request's first segment, as an exchange in its request phase.
-fn new_exchange(ctx: &SkBuffContext, seg: &Segment, cookie: u64, role: u8, t: u64) -> Exchange {
-    Exchange {
-        req_first_ns: t,
-        req_last_ns: t,
-        resp_first_ns: 0,
-        resp_last_ns: 0,
-        req_bytes: seg.payload as u64,
-        resp_bytes: 0,
-        first_read_ns: 0,
-        // SAFETY: the skb pointer is the program's context.
-        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
-        cookie,
-        flow: seg.flow,
-        role,
-        phase: PHASE_REQUEST,
-        _pad: [0; 6],
-    }
+/// A socket's exchange before its first request, written into `x`: `role` from the direction
+/// of its first payload.
+fn fill_exchange(x: &mut Exchange, ctx: &SkBuffContext, seg: &Segment, cookie: u64, role: u8) {
+    x.req_first_ns = 0;
+    x.req_last_ns = 0;
+    x.resp_first_ns = 0;
+    x.resp_last_ns = 0;
+    x.req_bytes = 0;
+    x.resp_bytes = 0;
+    x.first_read_ns = 0;
+    // SAFETY: the skb pointer is the program's context.
+    x.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    x.cookie = cookie;
+    x.flow = seg.flow;
+    x.role = role;
+    x.phase = PHASE_NONE;
+    x.kind = KIND_REQUEST;
+    x.tls = 0;
+    x._pad = [0; 4];
 }
 
-fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
-    let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
-    if dir == Dir::In && seg.payload > 0 && at_listener(ctx) {
-        park_early_request(ctx, seg, t);
-        return;
+/// Starts tracking a socket at its first payload (which the caller then counts): a TLS one
+/// also gets its record state. Out of line, as the other rare paths, which build their structs
+/// in `SCRATCH`: inlined, they would take the stack the record walk needs. Returns null when
+/// the map refused the socket (counted): a raw pointer, as BPF functions take five registers
+/// and an `Option` would be returned through a sixth.
+#[inline(never)]
+fn begin(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, cookie: u64, dir: Dir) -> *mut Exchange {
+    let Some(sc) = scratch() else {
+        return core::ptr::null_mut();
+    };
+    let role = if dir == Dir::In {
+        ROLE_SERVER
+    } else {
+        ROLE_CLIENT
+    };
+    let x = &mut sc.x;
+    fill_exchange(x, ctx, seg, cookie, role);
+    if tls::detect(&ctx.skb, tcp, &mut sc.conn) {
+        x.tls = sc.conn.flags;
+        if TLS.insert(&cookie, &sc.conn, 0).is_err() {
+            x.tls |= TLS_LOST;
+            count(stats::TLS_LOST);
+        }
     }
+    if !start_exchange(x, dir) {
+        return core::ptr::null_mut();
+    }
+    EXCHANGES
+        .get_ptr_mut(&cookie)
+        .unwrap_or(core::ptr::null_mut())
+}
+
+/// Reports a completed handshake as an exchange of its own kind. Out of line: its copy of the
+/// exchange would not fit the caller's stack beside the record walk's.
+#[inline(never)]
+fn emit_handshake(x: &Exchange, conn: &TlsConn, dir: Dir) {
+    let mut hs = *x;
+    hs.kind = KIND_TLS_HANDSHAKE;
+    hs.phase = PHASE_RESPONSE;
+    hs.req_first_ns = conn.client_first_ns;
+    hs.req_last_ns = conn.client_last_ns;
+    hs.resp_first_ns = conn.server_first_ns;
+    hs.resp_last_ns = conn.server_last_ns;
+    hs.req_bytes = conn.client_bytes as u64;
+    hs.resp_bytes = conn.server_bytes as u64;
+    hs.first_read_ns = 0;
+    emit(&hs, dir);
+}
+
+/// The bytes of this segment the exchange rule counts: on a TLS connection, its application
+/// data records only. A completed handshake is reported here, as an exchange of its own kind.
+fn counted_payload(
+    ctx: &SkBuffContext,
+    tcp: &Tcp,
+    x: &mut Exchange,
+    request_dir: bool,
+    dir: Dir,
+    t: u64,
+) -> u32 {
+    if x.tls == 0 {
+        return tcp.payload;
+    }
+    if x.tls & TLS_LOST != 0 {
+        return 0;
+    }
+    let Some(conn) = TLS.get_ptr_mut(&x.cookie) else {
+        // Evicted: what follows cannot be told apart any more.
+        x.tls |= TLS_LOST;
+        count(stats::TLS_LOST);
+        return 0;
+    };
+    // SAFETY: points into the map value, valid for this run.
+    let conn = unsafe { &mut *conn };
+    let app = tls::walk(&ctx.skb, tcp, tls::index(request_dir), conn, t);
+    x.tls = conn.flags;
+    if conn.complete != 0 {
+        conn.complete = 0;
+        emit_handshake(x, conn, dir);
+    }
+    app
+}
+
+fn track(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, dir: Dir, t: u64) {
+    let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
     // SAFETY: the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let found = match EXCHANGES.get_ptr_mut(&cookie) {
@@ -283,68 +429,78 @@ fn track(ctx: &SkBuffContext, seg: &Segment, dir: Dir, t: u64) {
         None if !at_listener(ctx) => adopt_early_request(seg, cookie, dir),
         None => None,
     };
-    match found {
-        Some(x) => {
-            // SAFETY: points into the map value, valid for this run. Ingress and egress of one
-            // socket can race on two CPUs; a lost update costs one timestamp, never memory.
-            let x = unsafe { &mut *x };
-            if seg.payload > 0 {
-                let request_dir = if x.role == ROLE_SERVER {
-                    Dir::In
-                } else {
-                    Dir::Out
-                };
-                if dir == request_dir {
+    let found = match found {
+        Some(x) => Some(x),
+        None if seg.payload > 0 && !closing => {
+            Some(begin(ctx, tcp, seg, cookie, dir)).filter(|x| !x.is_null())
+        }
+        None => None,
+    };
+    if let Some(x) = found {
+        // SAFETY: points into the map value, valid for this run. Ingress and egress of one
+        // socket can race on two CPUs; a lost update costs one timestamp, never memory.
+        let x = unsafe { &mut *x };
+        if seg.payload > 0 {
+            let request_dir = if x.role == ROLE_SERVER {
+                Dir::In
+            } else {
+                Dir::Out
+            };
+            let payload = counted_payload(ctx, tcp, x, dir == request_dir, dir, t);
+            if payload == 0 {
+                // Handshake records, tickets, alerts, a retransmission: no request, no response.
+            } else if dir == request_dir {
+                if x.phase != PHASE_REQUEST {
                     if x.phase == PHASE_RESPONSE {
                         // A new request: the previous exchange is complete.
                         emit(x, dir);
-                        x.req_first_ns = t;
-                        x.req_bytes = 0;
-                        x.resp_first_ns = 0;
-                        x.resp_last_ns = 0;
-                        x.resp_bytes = 0;
-                        x.first_read_ns = 0;
-                        x.phase = PHASE_REQUEST;
                     }
-                    x.req_last_ns = t;
-                    x.req_bytes += seg.payload as u64;
-                } else {
-                    if x.phase == PHASE_REQUEST {
-                        x.resp_first_ns = t;
-                        x.phase = PHASE_RESPONSE;
-                    }
-                    x.resp_last_ns = t;
-                    x.resp_bytes += seg.payload as u64;
+                    x.req_first_ns = t;
+                    x.req_bytes = 0;
+                    x.resp_first_ns = 0;
+                    x.resp_last_ns = 0;
+                    x.resp_bytes = 0;
+                    x.first_read_ns = 0;
+                    x.phase = PHASE_REQUEST;
                 }
-            }
-            // The server answered and closed (HTTP/1.1 `Connection: close`) before the caller
-            // read the answer: the exchange stays until the caller's own FIN (or a RST), so the
-            // read hooks can still time the caller's wake-up to it (`first_read_ns`).
-            let answered_unread = x.role == ROLE_CLIENT
-                && x.phase == PHASE_RESPONSE
-                && x.first_read_ns == 0
-                && dir == Dir::In
-                && seg.flags & TCP_FLAG_RST == 0;
-            if closing && !answered_unread {
-                // Ingress and egress may both see the close (a FIN each way) at once: only the
-                // one whose delete succeeds reports the exchange.
-                let done = *x;
-                if lru_remove(&EXCHANGES, LRU_EXCHANGES, &cookie) && done.phase == PHASE_RESPONSE {
-                    emit(&done, dir);
+                x.req_last_ns = t;
+                x.req_bytes += payload as u64;
+            } else if x.phase != PHASE_NONE {
+                if x.phase == PHASE_REQUEST {
+                    x.resp_first_ns = t;
+                    x.phase = PHASE_RESPONSE;
                 }
-                if done.role == ROLE_SERVER {
-                    lru_remove(&FLOW_COOKIE, LRU_FLOW_COOKIE, &done.flow);
-                }
+                x.resp_last_ns = t;
+                x.resp_bytes += payload as u64;
             }
         }
-        None if seg.payload > 0 && !closing => {
-            let role = if dir == Dir::In {
-                ROLE_SERVER
-            } else {
-                ROLE_CLIENT
+        // The server answered and closed (HTTP/1.1 `Connection: close`) before the caller
+        // read the answer: the exchange stays until the caller's own FIN (or a RST), so the
+        // read hooks can still time the caller's wake-up to it (`first_read_ns`).
+        let answered_unread = x.role == ROLE_CLIENT
+            && x.phase == PHASE_RESPONSE
+            && x.first_read_ns == 0
+            && dir == Dir::In
+            && seg.flags & TCP_FLAG_RST == 0;
+        if closing && !answered_unread {
+            // Ingress and egress may both see the close (a FIN each way) at once: only the
+            // one whose delete succeeds reports the exchange.
+            let Some(sc) = scratch() else {
+                return;
             };
-            start_exchange(&new_exchange(ctx, seg, cookie, role, t), dir);
+            let done = &mut sc.x;
+            *done = *x;
+            if lru_remove(&EXCHANGES, LRU_EXCHANGES, &cookie) {
+                if done.phase == PHASE_RESPONSE && done.tls & TLS_LOST == 0 {
+                    emit(done, dir);
+                }
+                if done.tls != 0 {
+                    let _ = TLS.remove(&cookie);
+                }
+            }
+            if done.role == ROLE_SERVER {
+                lru_remove(&FLOW_COOKIE, LRU_FLOW_COOKIE, &done.flow);
+            }
         }
-        None => {}
     }
 }

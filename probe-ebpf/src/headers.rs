@@ -30,6 +30,9 @@ pub struct Tcp {
     pub flags: u8,
     /// Payload bytes: the IP length less the headers (a TSO super-segment's whole payload).
     pub payload: u32,
+    /// Where the payload starts in the skb, for the programs that read its first bytes (TLS
+    /// record headers).
+    pub payload_off: u32,
 }
 
 impl Tcp {
@@ -89,7 +92,14 @@ struct Ipv4Tcp {
     tcp: TcpHeader,
 }
 
-fn tcp_fields(t: &TcpHeader, family: u16, src: [u8; 16], dst: [u8; 16], ip_payload: u32) -> Tcp {
+fn tcp_fields(
+    t: &TcpHeader,
+    l4: usize,
+    family: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    ip_payload: u32,
+) -> Tcp {
     let doff = (t.data_offset >> 4) as u32 * 4;
     Tcp {
         family,
@@ -101,6 +111,7 @@ fn tcp_fields(t: &TcpHeader, family: u16, src: [u8; 16], dst: [u8; 16], ip_paylo
         ack_be: t.ack,
         flags: t.flags,
         payload: ip_payload.saturating_sub(doff),
+        payload_off: l4 as u32 + doff,
     }
 }
 
@@ -123,11 +134,18 @@ fn at(skb: &SkBuff, l3: usize) -> Result<Tcp, i64> {
             dst[..4].copy_from_slice(&both.ip.dst);
             let ip_payload = (u16::from_be(both.ip.total_len) as u32).saturating_sub(ihl as u32);
             if ihl == 20 {
-                Ok(tcp_fields(&both.tcp, AF_INET, src, dst, ip_payload))
+                Ok(tcp_fields(
+                    &both.tcp,
+                    l3 + ihl,
+                    AF_INET,
+                    src,
+                    dst,
+                    ip_payload,
+                ))
             } else {
                 // Options push the TCP header past the bytes loaded.
                 let tcp = skb.load::<TcpHeader>(l3 + ihl)?;
-                Ok(tcp_fields(&tcp, AF_INET, src, dst, ip_payload))
+                Ok(tcp_fields(&tcp, l3 + ihl, AF_INET, src, dst, ip_payload))
             }
         }
         ETH_P_IPV6 => {
@@ -138,7 +156,7 @@ fn at(skb: &SkBuff, l3: usize) -> Result<Tcp, i64> {
             }
             let tcp = skb.load::<TcpHeader>(l3 + 40)?;
             let payload = u16::from_be(ip.payload_len) as u32;
-            Ok(tcp_fields(&tcp, AF_INET6, ip.src, ip.dst, payload))
+            Ok(tcp_fields(&tcp, l3 + 40, AF_INET6, ip.src, ip.dst, payload))
         }
         _ => Err(0),
     }

@@ -27,6 +27,8 @@ mod tc;
 #[cfg(target_arch = "bpf")]
 mod tcflow;
 #[cfg(target_arch = "bpf")]
+mod tls;
+#[cfg(target_arch = "bpf")]
 mod tracepoints;
 
 #[cfg(target_arch = "bpf")]

@@ -107,6 +107,25 @@ pub static HIST_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static TCP_COUNTERS: PerCpuHashMap<u64, TcpCounters> = PerCpuHashMap::with_max_entries(4096, 0);
 
+/// Room for the structs the socket programs' rarer paths build (a new exchange, its TLS state,
+/// a closing exchange's copy): the 512-byte stack cannot hold them beside the TLS record walk.
+#[repr(C)]
+pub struct Scratch {
+    pub x: Exchange,
+    pub conn: probe_common::tls::TlsConn,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch; programs do not migrate CPU while they run, so nothing else uses it
+/// meanwhile.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU slot, valid for the program's run, used by one program at a time.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 

@@ -62,7 +62,9 @@ fn exchange(role: u8, v6: bool, resp: u64, first_read: u64) -> Exchange {
         flow,
         role,
         phase: PHASE_RESPONSE,
-        _pad: [0; 6],
+        kind: 0,
+        tls: 0,
+        _pad: [0; 4],
     }
 }
 

@@ -183,7 +183,9 @@ mod tests {
             },
             role,
             phase: PHASE_RESPONSE,
-            _pad: [0; 6],
+            kind: 0,
+            tls: 0,
+            _pad: [0; 4],
         }
     }
 

@@ -18,6 +18,7 @@ pub mod calls;
 pub mod datapath;
 pub mod kept;
 pub mod sidecar;
+pub mod tls;
 
 use calls::AppSelf;
 use sidecar::{Direction, SidecarHop};
@@ -72,6 +73,7 @@ pub struct HopAggregator {
     pub exchanges: u64,
     /// Exchanges that ended (FIN, RST) before any response byte.
     pub unanswered: u64,
+    pub tls: tls::Counts,
 }
 
 impl HopAggregator {
@@ -106,6 +108,22 @@ impl HopAggregator {
             .entry(key)
             .or_default()
             .record(x.resp_first_ns.saturating_sub(x.req_first_ns));
+    }
+
+    /// A TLS handshake (`KIND_TLS_HANDSHAKE`): its own series, not an exchange.
+    pub fn record_tls(&mut self, x: &Exchange) {
+        self.tls.add(x);
+        let [handshake, finish] = tls::keys(x);
+        self.series
+            .entry(handshake)
+            .or_default()
+            .record(x.resp_last_ns.saturating_sub(x.req_first_ns));
+        if x.req_last_ns > x.resp_last_ns {
+            self.series
+                .entry(finish)
+                .or_default()
+                .record(x.req_last_ns - x.resp_last_ns);
+        }
     }
 
     /// A paired sidecar hop (see `sidecar::pair`).
@@ -250,6 +268,7 @@ pub fn record(x: &Exchange) -> Record {
         first_read_ns: (x.first_read_ns != 0).then_some(x.first_read_ns),
         req_bytes: x.req_bytes,
         resp_bytes: x.resp_bytes,
+        tls: x.tls != 0,
     }
 }
 
@@ -286,7 +305,9 @@ mod tests {
             flow,
             role,
             phase: PHASE_RESPONSE,
-            _pad: [0; 6],
+            kind: 0,
+            tls: 0,
+            _pad: [0; 4],
         }
     }
 

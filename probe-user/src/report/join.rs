@@ -921,6 +921,7 @@ mod tests {
             first_read_ns: read,
             req_bytes: 0,
             resp_bytes: 0,
+            tls: false,
         }
     }
 

@@ -289,7 +289,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     }
     // Exchanges still open (kept-alive connections) have answered requests too.
     for (_, x) in maps.lru.exchanges.iter().flatten() {
-        if x.resp_first_ns != 0 {
+        if x.resp_first_ns != 0 && x.tls & probe_common::tls::TLS_LOST == 0 {
             c.sink.add(&x, &mut c.resolver);
         }
     }
@@ -346,6 +346,11 @@ fn final_counters(
     counters.insert("unknown_events", c.agg.unknown);
     counters.insert("missed_runs", missed_runs.unwrap_or(0));
     counters.insert("unanswered_exchanges", c.sink.hops.unanswered);
+    let tls = c.sink.hops.tls;
+    counters.insert("tls_handshakes", tls.handshakes);
+    counters.insert("tls_resumed", tls.resumed);
+    counters.insert("tls13_handshakes", tls.tls13);
+    counters.insert("tls_client_auth", tls.client_auth);
     let kept = std::mem::take(&mut c.sink.kept);
     counters.insert("pairing_overflow", kept.overflow);
     let paired = kept.finish();

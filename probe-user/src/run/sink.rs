@@ -8,7 +8,11 @@ use std::{
     io::{BufWriter, Write},
 };
 
-use probe_common::{conn::ConnEvent, exchange::Exchange, tcflow::TcExchange};
+use probe_common::{
+    conn::ConnEvent,
+    exchange::{Exchange, KIND_TLS_HANDSHAKE},
+    tcflow::TcExchange,
+};
 use serde::Serialize;
 
 use super::rings::Consumer;
@@ -86,6 +90,13 @@ impl<'a> ExchangeSink<'a> {
     }
 
     pub fn add(&mut self, x: &Exchange, resolver: &mut Resolver) {
+        if x.kind == KIND_TLS_HANDSHAKE {
+            self.hops.record_tls(x);
+            if self.records.is_some() {
+                self.write_record(&hops::tls::record(x));
+            }
+            return;
+        }
         self.hops.record(x);
         // An exchange of a cgroup not known yet pairs with nothing: taken as an app's, a
         // proxy's request would make an `app_self` of its own.
