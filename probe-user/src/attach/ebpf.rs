@@ -119,6 +119,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .map_max_entries("FLOW_COOKIE", sizes.max_sockets)
         .map_max_entries("PKT_SEEN", sizes.max_packets)
         .map_max_entries("TC_FLOWS", sizes.max_sockets)
+        .map_max_entries("TLS", sizes.max_sockets)
         .load(OBJECT)?)
 }
 
