@@ -128,6 +128,38 @@ pub struct DatapathRecord<S = String> {
     pub resp_last_ns: Option<u64>,
     pub req_bytes: u64,
     pub resp_bytes: u64,
+    /// The connection is TLS: only application data records make its exchanges (and count
+    /// in the bytes).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+    /// Exchange 0 of a TLS connection: its handshake as this point saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake: Option<HandshakeTimes>,
+}
+
+/// A TLS handshake's times at one point: the ClientHello's first byte and the client's last
+/// handshake byte; the server's first and last handshake bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeTimes {
+    pub client_first_ns: u64,
+    pub client_last_ns: u64,
+    pub server_first_ns: u64,
+    pub server_last_ns: u64,
+}
+
+impl HandshakeTimes {
+    /// The time the handshake spent on the server's side of this point: ClientHello in → the
+    /// server's last handshake byte out, less the client's own round trip when the client
+    /// sent a second flight before the server's last one (TLS 1.2's full handshake, whose
+    /// second server flight answers it; its first is then timed to its first byte).
+    pub fn server_side_ns(&self) -> u64 {
+        if self.client_last_ns >= self.server_last_ns {
+            self.server_last_ns.saturating_sub(self.client_first_ns)
+        } else {
+            self.server_first_ns.saturating_sub(self.client_first_ns)
+                + self.server_last_ns.saturating_sub(self.client_last_ns)
+        }
+    }
 }
 
 /// One line of the records file.

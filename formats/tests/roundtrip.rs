@@ -95,6 +95,13 @@ mod hopprobe_records {
             resp_last_ns: seen.then_some(5_003_000_000),
             req_bytes: 80,
             resp_bytes: 100,
+            tls: seen,
+            tls_handshake: seen.then_some(records::HandshakeTimes {
+                client_first_ns: 4_999_200_000,
+                client_last_ns: 4_999_900_000,
+                server_first_ns: 4_999_300_000,
+                server_last_ns: 4_999_500_000,
+            }),
         }
     }
 

@@ -49,8 +49,19 @@ pub struct TcExchange {
     pub resp_last_ns: u64,
     pub req_bytes: u64,
     pub resp_bytes: u64,
+    /// `tls::TLS_*` bits: 0 on a plaintext connection. On a TLS one only application data
+    /// records make exchanges, and exchange 0 carries the handshake's times at this point.
+    pub tls: u32,
+    /// Explicit so the struct has no implicit padding.
+    pub _pad: u32,
+    /// The ClientHello's first byte, the client's last handshake byte, the server's first and
+    /// last handshake bytes; 0 when not TLS or not complete.
+    pub tls_client_first_ns: u64,
+    pub tls_client_last_ns: u64,
+    pub tls_server_first_ns: u64,
+    pub tls_server_last_ns: u64,
 }
-const _: () = assert!(size_of::<TcExchange>() == 128);
+const _: () = assert!(size_of::<TcExchange>() == 168);
 
 /// Counters of the per-connection TC tracking (own map, `TC_FLOW_STATS`).
 pub const TC_STAT_SENT: u32 = 0;

@@ -28,8 +28,8 @@ use crate::{
     datapath,
     headers::{self, Tcp},
     maps::{
-        EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SYNS, count, lru_insert,
-        lru_remove, scratch, wake_flags,
+        EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS,
+        count, lru_insert, lru_remove, scratch, wake_flags,
     },
     ratelimit,
     tls::{self, TLS, TLS_EARLY},
@@ -55,6 +55,15 @@ struct Segment {
 enum Dir {
     In,
     Out,
+}
+
+impl Dir {
+    fn slot(self) -> u32 {
+        match self {
+            Dir::In => SCRATCH_IN,
+            Dir::Out => SCRATCH_OUT,
+        }
+    }
 }
 
 fn cgroup_of(ctx: &SkBuffContext) -> u64 {
@@ -203,7 +212,7 @@ fn at_listener(ctx: &SkBuffContext) -> bool {
 /// way, its TLS state beside it in `TLS_EARLY`.
 #[inline(never)]
 fn park_early_request(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, t: u64) {
-    let Some(sc) = scratch() else {
+    let Some(sc) = scratch(SCRATCH_IN) else {
         return;
     };
     let x = &mut sc.x;
@@ -270,7 +279,7 @@ fn follow_early(
 /// process can read it), so that the read hooks find the exchange.
 #[inline(never)]
 fn adopt_early_request(seg: &Segment, cookie: u64, dir: Dir) -> Option<*mut Exchange> {
-    let sc = scratch()?;
+    let sc = scratch(dir.slot())?;
     let x = &mut sc.x;
     // SAFETY: the value is copied out before the map changes.
     *x = *unsafe { EARLY_REQUESTS.get(&seg.flow) }?;
@@ -343,7 +352,7 @@ fn fill_exchange(x: &mut Exchange, ctx: &SkBuffContext, seg: &Segment, cookie: u
 /// and an `Option` would be returned through a sixth.
 #[inline(never)]
 fn begin(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, cookie: u64, dir: Dir) -> *mut Exchange {
-    let Some(sc) = scratch() else {
+    let Some(sc) = scratch(dir.slot()) else {
         return core::ptr::null_mut();
     };
     let role = if dir == Dir::In {
@@ -485,7 +494,7 @@ fn track(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, dir: Dir, t: u64) {
         if closing && !answered_unread {
             // Ingress and egress may both see the close (a FIN each way) at once: only the
             // one whose delete succeeds reports the exchange.
-            let Some(sc) = scratch() else {
+            let Some(sc) = scratch(dir.slot()) else {
                 return;
             };
             let done = &mut sc.x;

@@ -113,17 +113,23 @@ pub static TCP_COUNTERS: PerCpuHashMap<u64, TcpCounters> = PerCpuHashMap::with_m
 pub struct Scratch {
     pub x: Exchange,
     pub conn: probe_common::tls::TlsConn,
+    pub tc: probe_common::tcflow::TcExchange,
 }
 
+/// One slot per context a program can run in on a CPU: the socket egress program runs in its
+/// sender's context, which receive softirqs (the ingress and TC programs) can interrupt.
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(3, 0);
+pub const SCRATCH_IN: u32 = 0;
+pub const SCRATCH_OUT: u32 = 1;
+pub const SCRATCH_TC: u32 = 2;
 
-/// This CPU's scratch; programs do not migrate CPU while they run, so nothing else uses it
-/// meanwhile.
+/// This CPU's scratch `slot`; programs do not migrate CPU while they run, and each context has
+/// its own slot.
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: per-CPU slot, valid for the program's run, used by one program at a time.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+pub fn scratch(slot: u32) -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU slot, valid for the program's run, used by one context at a time.
+    SCRATCH.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
 #[map]

@@ -20,7 +20,7 @@ fn at(ctx: &TcContext, point: u32) -> i32 {
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         pass(&tcp.pkt_key(), point, ifx, 0, now);
-        tcflow::track(&tcp, point, ifx, now);
+        tcflow::track(&ctx.skb, &tcp, point, ifx, now);
     }
     // UNSPEC: let the next program (Cilium's, say) or the default action decide.
     TC_ACT_UNSPEC

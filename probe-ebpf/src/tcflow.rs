@@ -11,13 +11,23 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::sk_buff::SkBuff,
 };
 use probe_common::{
     conn::AF_INET6,
     tcflow::{TC_STAT_COUNT, TC_STAT_DROPS, TC_STAT_SENT, TcExchange, TcFlowKey},
+    tls::{C2S, S2C, TLS_LOST, TlsConn},
 };
 
-use crate::{headers::Tcp, maps::wake_flags};
+use crate::{
+    headers::Tcp,
+    maps::{SCRATCH_TC, scratch, wake_flags},
+    tls,
+};
+
+/// TLS state of the connections in `TC_FLOWS` whose first payload was TLS.
+#[map]
+pub static TC_TLS: LruHashMap<TcFlowKey, TlsConn> = LruHashMap::with_max_entries(65536, 0);
 
 /// Connections in progress per interface; sized by `--max-sockets`.
 #[map]
@@ -70,9 +80,49 @@ fn advances(seq: u32, len: u32, end: u32) -> bool {
     (seq.wrapping_add(len).wrapping_sub(end) as i32) > 0
 }
 
+/// The bytes of this segment the exchange rule counts: on a TLS connection, its application
+/// data records only (see `tls`). The first payload of a connection decides whether it is TLS.
+/// Out of line: the TC programs' stack holds the headers, this and the record walk, not more.
+#[inline(never)]
+fn counted(skb: &SkBuff, tcp: &Tcp, x: &mut TcExchange, dir: usize, now: u64) -> u32 {
+    let key = &x.key;
+    if dir == C2S && x.index == 0 && x.req_bytes == 0 && x.tls == 0 && x.resp_bytes == 0 {
+        if let Some(sc) = scratch(SCRATCH_TC)
+            && tls::detect(skb, tcp, &mut sc.conn)
+        {
+            x.tls = sc.conn.flags as u32;
+            if TC_TLS.insert(key, &sc.conn, 0).is_err() {
+                x.tls |= TLS_LOST as u32;
+            }
+        }
+    }
+    if x.tls == 0 {
+        return tcp.payload;
+    }
+    if x.tls & TLS_LOST as u32 != 0 {
+        return 0;
+    }
+    let Some(conn) = TC_TLS.get_ptr_mut(key) else {
+        x.tls |= TLS_LOST as u32;
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let conn = unsafe { &mut *conn };
+    let app = tls::walk(skb, tcp, dir, conn, now);
+    x.tls = conn.flags as u32;
+    if conn.complete != 0 {
+        conn.complete = 0;
+        x.tls_client_first_ns = conn.client_first_ns;
+        x.tls_client_last_ns = conn.client_last_ns;
+        x.tls_server_first_ns = conn.server_first_ns;
+        x.tls_server_last_ns = conn.server_last_ns;
+    }
+    app
+}
+
 /// Follows the connection of the packet `tcp` at interface `ifindex`, TC point `point`, seen
 /// at `now`.
-pub fn track(tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
+pub fn track(skb: &SkBuff, tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
     let seq = u32::from_be(tcp.seq_be);
     let forward = TcFlowKey {
         client_addr: tcp.src,
@@ -82,32 +132,47 @@ pub fn track(tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
         server_port: tcp.dport,
     };
     if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let fresh = TcExchange {
-            key: forward,
-            point,
-            isn: seq,
-            index: 0,
-            req_seq_end: seq.wrapping_add(1),
-            resp_seq_end: 0,
-            ip_version: if tcp.family == AF_INET6 { 6 } else { 4 },
-            syn_ns: now,
-            synack_ns: 0,
-            req_first_ns: 0,
-            req_last_ns: 0,
-            resp_first_ns: 0,
-            resp_last_ns: 0,
-            req_bytes: 0,
-            resp_bytes: 0,
+        // Built in the scratch: on the stack it would not leave room for the record walk.
+        let Some(sc) = scratch(SCRATCH_TC) else {
+            return;
         };
+        let fresh = &mut sc.tc;
+        fresh.key = forward;
+        fresh.point = point;
+        fresh.isn = seq;
+        fresh.index = 0;
+        fresh.req_seq_end = seq.wrapping_add(1);
+        fresh.resp_seq_end = 0;
+        fresh.ip_version = if tcp.family == AF_INET6 { 6 } else { 4 };
+        fresh.syn_ns = now;
+        fresh.synack_ns = 0;
+        fresh.req_first_ns = 0;
+        fresh.req_last_ns = 0;
+        fresh.resp_first_ns = 0;
+        fresh.resp_last_ns = 0;
+        fresh.req_bytes = 0;
+        fresh.resp_bytes = 0;
+        fresh.tls = 0;
+        fresh._pad = 0;
+        fresh.tls_client_first_ns = 0;
+        fresh.tls_client_last_ns = 0;
+        fresh.tls_server_first_ns = 0;
+        fresh.tls_server_last_ns = 0;
         // A retransmitted SYN keeps the first one's time.
-        let _ = TC_FLOWS.insert(&forward, &fresh, BPF_NOEXIST as u64);
+        let _ = TC_FLOWS.insert(&forward, fresh, BPF_NOEXIST as u64);
         return;
     }
     let closing = tcp.flags & (TCP_FIN | TCP_RST) != 0;
     if let Some(x) = TC_FLOWS.get_ptr_mut(&forward) {
         // SAFETY: map value pointer, valid for this run.
         let x = unsafe { &mut *x };
-        if tcp.payload > 0 && advances(seq, tcp.payload, x.req_seq_end) {
+        let payload = if tcp.payload > 0 && advances(seq, tcp.payload, x.req_seq_end) {
+            x.req_seq_end = seq.wrapping_add(tcp.payload);
+            counted(skb, tcp, x, C2S, now)
+        } else {
+            0
+        };
+        if payload > 0 {
             if x.resp_first_ns != 0 {
                 // Request bytes after a response: the previous exchange is complete.
                 emit(x);
@@ -122,12 +187,11 @@ pub fn track(tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
                 x.req_first_ns = now;
             }
             x.req_last_ns = now;
-            x.req_bytes += u64::from(tcp.payload);
-            x.req_seq_end = seq.wrapping_add(tcp.payload);
+            x.req_bytes += u64::from(payload);
         }
         if closing {
             emit(x);
-            let _ = TC_FLOWS.remove(&forward);
+            forget(x, &forward);
         }
         return;
     }
@@ -150,16 +214,32 @@ pub fn track(tcp: &Tcp, point: u32, ifindex: u32, now: u64) {
         }
         return;
     }
-    if tcp.payload > 0 && x.req_first_ns != 0 && advances(seq, tcp.payload, x.resp_seq_end) {
+    // A TLS server's handshake flight comes before any request: it is followed all the same.
+    let payload = if tcp.payload > 0
+        && (x.req_first_ns != 0 || x.tls != 0)
+        && advances(seq, tcp.payload, x.resp_seq_end)
+    {
+        x.resp_seq_end = seq.wrapping_add(tcp.payload);
+        counted(skb, tcp, x, S2C, now)
+    } else {
+        0
+    };
+    if payload > 0 && x.req_first_ns != 0 {
         if x.resp_first_ns == 0 {
             x.resp_first_ns = now;
         }
         x.resp_last_ns = now;
-        x.resp_bytes += u64::from(tcp.payload);
-        x.resp_seq_end = seq.wrapping_add(tcp.payload);
+        x.resp_bytes += u64::from(payload);
     }
     if closing {
         emit(x);
-        let _ = TC_FLOWS.remove(&reverse);
+        forget(x, &reverse);
     }
+}
+
+fn forget(x: &TcExchange, key: &TcFlowKey) {
+    if x.tls != 0 {
+        let _ = TC_TLS.remove(key);
+    }
+    let _ = TC_FLOWS.remove(key);
 }

@@ -95,6 +95,12 @@ fn tc(point: u32, ifindex: u32, synack: u64, resp: u64) -> TcExchange {
         resp_last_ns: resp,
         req_bytes: 80,
         resp_bytes: 100,
+        tls: 0,
+        _pad: 0,
+        tls_client_first_ns: 0,
+        tls_client_last_ns: 0,
+        tls_server_first_ns: 0,
+        tls_server_last_ns: 0,
     }
 }
 

@@ -13,7 +13,7 @@ use probe_common::{
 use crate::{hops::addr, names::Metadata};
 
 /// One exchange at one TC point, as written to the records file and read by the report.
-pub use hopprobe_formats::records::{DATAPATH as RECORD_KIND, DatapathRecord};
+pub use hopprobe_formats::records::{DATAPATH as RECORD_KIND, DatapathRecord, HandshakeTimes};
 
 pub fn point_name(point: u32) -> &'static str {
     match point {
@@ -55,6 +55,13 @@ pub fn record(
         resp_last_ns: answered.then_some(x.resp_last_ns),
         req_bytes: x.req_bytes,
         resp_bytes: x.resp_bytes,
+        tls: x.tls != 0,
+        tls_handshake: (x.tls_client_first_ns != 0).then_some(HandshakeTimes {
+            client_first_ns: x.tls_client_first_ns,
+            client_last_ns: x.tls_client_last_ns,
+            server_first_ns: x.tls_server_first_ns,
+            server_last_ns: x.tls_server_last_ns,
+        }),
     }
 }
 
@@ -96,6 +103,12 @@ mod tests {
             resp_last_ns: 0,
             req_bytes: 10,
             resp_bytes: 0,
+            tls: 0,
+            _pad: 0,
+            tls_client_first_ns: 0,
+            tls_client_last_ns: 0,
+            tls_server_first_ns: 0,
+            tls_server_last_ns: 0,
         };
         let names = BTreeMap::from([(3, "eth0".to_string())]);
         let r = record(&x, &names, &Metadata::default());

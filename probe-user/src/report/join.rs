@@ -781,7 +781,9 @@ fn breakdown(
     let mut points = Vec::new();
     let mut reached = false;
     let u_end = u.resp_last_ns.unwrap_or(u.req_last_ns);
-    if let Some((vin, s, pod)) = index.pod_entered(u) {
+    let entered = index.pod_entered(u);
+    if let Some((vin, s, pod)) = &entered {
+        let (vin, s) = (*vin, *s);
         points.push((format!("{pod} datapath_in"), vin.req_first_ns));
         points.push((
             format!("{pod} pod_delivery"),
@@ -817,6 +819,23 @@ fn breakdown(
             },
         );
         inside += handshake;
+    }
+    // A TLS connection's handshake: the server's side of it at the uplink (ClientHello in →
+    // the server's last handshake record out) happened inside the node, in the pod that
+    // terminates TLS; the client's side of it is outside.
+    if let Some(h) = u.tls_handshake.filter(|_| u.index == 0) {
+        let at = entered
+            .as_ref()
+            .map_or_else(|| "node".to_owned(), |(_, _, pod)| pod.clone());
+        let ns = h.server_side_ns();
+        segs.insert(
+            usize::from(segs.first().is_some_and(|s| s.hop == "node handshake")),
+            Segment {
+                hop: format!("{at} tls_handshake"),
+                ns,
+            },
+        );
+        inside += ns;
     }
     let e2e = r.end_ns.saturating_sub(r.start_ns);
     let unaccounted = match e2e.checked_sub(inside) {
@@ -897,6 +916,8 @@ mod tests {
             resp_last_ns: Some(t[2]),
             req_bytes: 100,
             resp_bytes: 100,
+            tls: false,
+            tls_handshake: None,
         }
     }
 
@@ -1076,6 +1097,34 @@ mod tests {
             assert_eq!(b.segments[0].hop, "node handshake");
             assert_eq!(b.segments[0].ns, 50_000);
             assert_eq!(b.unaccounted_ns, 950_000);
+            assert_eq!(b.unaccounted_ns + b.hops_ns(), b.e2e_ns);
+        }
+    }
+
+    #[test]
+    fn a_tls_handshake_on_the_server_side_is_the_terminating_pods_time() {
+        let (reqs, mut probe) = scenario(10);
+        for d in probe.datapath.iter_mut().filter(|d| d.point == "node_in") {
+            d.syn_ns = d.req_first_ns - 500_000;
+            d.synack_ns = Some(d.syn_ns + 20_000);
+            // ClientHello in, the server's flight out 80 µs later; the client's Finished
+            // comes back after a 300 µs round trip outside.
+            let ch = d.syn_ns + 100_000;
+            d.tls = true;
+            d.tls_handshake = Some(hopprobe_formats::records::HandshakeTimes {
+                client_first_ns: ch,
+                server_first_ns: ch + 70_000,
+                server_last_ns: ch + 80_000,
+                client_last_ns: ch + 380_000,
+            });
+        }
+        let j = join(&reqs, &[], &probe, &names());
+        assert_eq!(j.clamped, 0);
+        for b in &j.breakdowns {
+            assert_eq!(b.segments[0].hop, "node handshake");
+            assert_eq!(b.segments[1].hop, "front tls_handshake");
+            assert_eq!(b.segments[1].ns, 80_000);
+            assert_eq!(b.unaccounted_ns, 1_000_000 - 20_000 - 80_000);
             assert_eq!(b.unaccounted_ns + b.hops_ns(), b.e2e_ns);
         }
     }
