@@ -120,6 +120,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .map_max_entries("PKT_SEEN", sizes.max_packets)
         .map_max_entries("TC_FLOWS", sizes.max_sockets)
         .map_max_entries("TLS", sizes.max_sockets)
+        .map_max_entries("TC_TLS", sizes.max_sockets)
         .load(OBJECT)?)
 }
 
