@@ -117,7 +117,7 @@ impl HopAggregator {
         self.series
             .entry(handshake)
             .or_default()
-            .record(x.resp_last_ns.saturating_sub(x.req_first_ns));
+            .record(tls::times(x).server_side_ns());
         if x.req_last_ns > x.resp_last_ns {
             self.series
                 .entry(finish)
