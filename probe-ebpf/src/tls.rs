@@ -28,8 +28,21 @@ pub static TLS: LruHashMap<u64, TlsConn> = LruHashMap::with_max_entries(65536, 0
 pub static TLS_EARLY: LruHashMap<FlowKey, TlsConn> = LruHashMap::with_max_entries(4096, 0);
 
 /// Records followed in one segment at most: a 64 KiB TSO segment of full records holds four,
-/// a handshake flight a dozen.
+/// a TLS 1.3 server's first flight six.
 const MAX_RECORDS: u32 = 8;
+
+/// Non-zero: follow TLS connections (`hopprobe run --tls`). A read-only global the verifier
+/// reads as a constant: when off it never walks the TLS code, whose bounded loops it would
+/// otherwise unroll (see docs/tls.md, "Cost").
+#[unsafe(no_mangle)]
+pub static TLS_FOLLOW: u8 = 0;
+
+/// Whether TLS connections are followed in this run.
+#[inline(always)]
+pub fn enabled() -> bool {
+    // SAFETY: a plain read of a global.
+    unsafe { core::ptr::read_volatile(&TLS_FOLLOW) != 0 }
+}
 /// ServerHello extensions read at most (TLS 1.3 sends two or three).
 const MAX_EXTENSIONS: u32 = 8;
 const EXT_PRE_SHARED_KEY: u16 = 41;
@@ -41,7 +54,7 @@ const HRR_RANDOM: u64 = 0xcf21_ad74_e59a_6111;
 /// Whether a new connection's first payload (in the requests' direction) is TLS; if so its
 /// state is written to `out`.
 pub fn detect(skb: &SkBuff, tcp: &Tcp, out: &mut TlsConn) -> bool {
-    if tcp.payload < 6 {
+    if !enabled() || tcp.payload < 6 {
         return false;
     }
     let Ok(b) = skb.load::<[u8; 6]>(tcp.payload_off as usize) else {
@@ -70,7 +83,7 @@ pub fn lose(c: &mut TlsConn) {
 /// rule counts. A stream that cannot be followed is marked lost and counts nothing more.
 #[inline(never)]
 pub fn walk(skb: &SkBuff, tcp: &Tcp, dir: usize, c: &mut TlsConn, t: u64) -> u32 {
-    if c.is_lost() || tcp.payload == 0 {
+    if !enabled() || c.is_lost() || tcp.payload == 0 {
         return 0;
     }
     let dir = dir & 1;

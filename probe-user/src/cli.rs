@@ -85,6 +85,12 @@ pub struct RunArgs {
     /// default, which lengthens the traced requests (docs/design/ring-wakeups.md).
     #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
     pub ring_wakeup: RingWakeup,
+    /// Follow TLS connections by their plaintext record headers: handshakes become
+    /// `tls_handshake` series instead of being taken for requests, and HTTPS and mTLS
+    /// exchanges count only their application data (docs/tls.md). Off by default for now: the
+    /// verifier unrolls the record walk's loop, which lengthens loading by seconds.
+    #[arg(long)]
+    pub tls: bool,
     /// Turn on the kernel's BPF run-time statistics while hopprobe runs, and report each
     /// program's runs and time (in the summary and `--json`'s `programs`). The statistics
     /// cover every BPF program on the machine and add two clock reads to each run.
@@ -258,6 +264,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             max_packets: args.max_packets,
             wakeup: args.ring_wakeup,
             ebpf_log: EbpfLog::from_env(args.ebpf_log),
+            tls: args.tls,
         },
         records: args.records,
         datapath,

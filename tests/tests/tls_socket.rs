@@ -122,7 +122,7 @@ fn check(version: &'static SupportedProtocolVersion, keepalive: bool) {
     const REQUESTS: u32 = 40;
     let what = format!("{version:?}, keep-alive {keepalive}");
     let port = serve(server_config(version));
-    let measured = measure(&binary(), &[], || loadgen(port, REQUESTS, keepalive));
+    let measured = measure(&binary(), &["--tls"], || loadgen(port, REQUESTS, keepalive));
     let s = &measured.summary;
     let context = format!("{what}: counters {:#}\nhops {:#}", s["counters"], s["hops"]);
     let n = u64::from(REQUESTS);

@@ -38,6 +38,8 @@ pub struct MapSizes {
     pub wakeup: RingWakeup,
     /// What the programs log about conditions they did not expect (`--ebpf-log`).
     pub ebpf_log: EbpfLog,
+    /// Follow TLS connections' records (`--tls`).
+    pub tls: bool,
 }
 
 /// When the kernel wakes hopprobe to read a ring buffer.
@@ -79,6 +81,7 @@ impl Default for MapSizes {
             max_packets: 65536,
             wakeup: RingWakeup::Batched,
             ebpf_log: EbpfLog::Off,
+            tls: false,
         }
     }
 }
@@ -97,6 +100,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
     }
     let limit = sizes.records_limit();
     let wake_each = u32::from(sizes.wakeup == RingWakeup::Each);
+    let tls = u8::from(sizes.tls);
     let mut loader = EbpfLoader::new();
     // Not required: an object built without its diagnostics has neither global, and only
     // `ebpf_log::start` minds.
@@ -108,6 +112,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .override_global("SET_STATE_LAYOUT", layout, true)
         .override_global("RECORDS_LIMIT", &limit, true)
         .override_global("RING_WAKE_EACH", &wake_each, true)
+        .override_global("TLS_FOLLOW", &tls, true)
         .map_max_entries("EVENTS", sizes.ring_bytes)
         .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
         .map_max_entries("FLOW_SOCK", sizes.max_sockets)
