@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 use testkit::lab::{
     Lab, LabError,
     app::{self, AppOptions},
-    config::{Delay, LabConfig, Mesh, SidecarDelay, Workers, per_service},
-    proxy::{self, Route},
-    state, teardown, topology, wire,
+    config::{Delay, LabConfig, Mesh, SidecarDelay, TlsVersion, Workers, on_off, per_service},
+    proxy::{self, ProxyTls, Route},
+    state, teardown,
+    tls::{TlsFiles, TlsPolicy},
+    topology, wire,
 };
 
 #[derive(Parser, Debug)]
@@ -80,9 +82,22 @@ enum Command {
     Proxy {
         #[arg(long)]
         lab: String,
-        /// `listen=upstream@delay`.
-        #[arg(long, value_parser = parse_route)]
+        /// `listen=upstream@delay[,in=tls|mtls][,out=<server name>]`.
+        #[arg(long)]
         route: Vec<Route>,
+        /// The lab's TLS directory (CA and leaves), for routes that speak TLS.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// Whose certificate this proxy presents (its pod's service).
+        #[arg(long, requires = "tls_dir")]
+        identity: Option<String>,
+        #[arg(long, value_enum, default_value = "1.3")]
+        tls_version: TlsVersion,
+        #[arg(long, default_value = "on", value_parser = on_off)]
+        tls_resumption: bool,
+        /// Keep this file updated with the handshake counts (JSON).
+        #[arg(long)]
+        tls_stats: Option<PathBuf>,
     },
 }
 
@@ -124,6 +139,19 @@ struct UpArgs {
     /// devices, both directions): `5ms`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     link_delay: std::time::Duration,
+    /// The ingress terminates HTTPS on its NodePort (needs --ingress); plaintext behind it.
+    #[arg(long)]
+    ingress_tls: bool,
+    /// Sidecar to sidecar, and ingress to productpage's sidecar, over strict mutual TLS with
+    /// the lab's CA (needs --mesh sidecar and --ingress). App ↔ own sidecar stays plaintext.
+    #[arg(long)]
+    mtls: bool,
+    /// The TLS version every TLS hop speaks (both sides pinned to it). Default 1.3.
+    #[arg(long, value_enum)]
+    tls_version: Option<TlsVersion>,
+    /// Session resumption (tickets, session caches) on both sides: on or off. Default on.
+    #[arg(long, value_parser = on_off)]
+    tls_resumption: Option<bool>,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -132,18 +160,6 @@ fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
         name.to_owned(),
         addr.parse().map_err(|e| format!("{addr}: {e}"))?,
     ))
-}
-
-fn parse_route(s: &str) -> Result<Route, String> {
-    let (listen, rest) = s.split_once('=').ok_or("expected listen=upstream@delay")?;
-    let (upstream, delay) = rest
-        .split_once('@')
-        .ok_or("expected listen=upstream@delay")?;
-    Ok(Route {
-        listen: listen.parse().map_err(|e| format!("{listen}: {e}"))?,
-        upstream: upstream.parse().map_err(|e| format!("{upstream}: {e}"))?,
-        delay: delay.parse()?,
-    })
 }
 
 fn up(args: UpArgs) -> Result<()> {
@@ -160,6 +176,13 @@ fn up(args: UpArgs) -> Result<()> {
     config.sidecar_template = path(args.sidecar_template);
     config.ingress_cmd = args.ingress_cmd;
     config.ingress_template = path(args.ingress_template);
+    config.ingress_tls = args.ingress_tls;
+    config.mtls = args.mtls;
+    if (args.tls_version.is_some() || args.tls_resumption.is_some()) && !config.any_tls() {
+        bail!("--tls-version and --tls-resumption need --ingress-tls or --mtls");
+    }
+    config.tls_version = args.tls_version.unwrap_or_default();
+    config.tls_resumption = args.tls_resumption.unwrap_or(true);
     let exe = std::env::current_exe().context("locating hoplab")?;
     let lab = Lab::up(config, &exe)?;
     print!("{}", lab.state.render());
@@ -199,7 +222,26 @@ fn main() -> ExitCode {
             upstreams: upstream,
         })
         .context("app"),
-        Command::Proxy { lab: _, route } => proxy::serve(route).context("proxy"),
+        Command::Proxy {
+            lab: _,
+            route,
+            tls_dir,
+            identity,
+            tls_version,
+            tls_resumption,
+            tls_stats,
+        } => {
+            let tls = tls_dir.map(|dir| ProxyTls {
+                files: TlsFiles { dir },
+                identity: identity.unwrap_or_default(),
+                policy: TlsPolicy {
+                    version: tls_version,
+                    resumption: tls_resumption,
+                },
+                stats: tls_stats,
+            });
+            proxy::serve(route, tls).context("proxy")
+        }
         Command::Wire {
             lab: _,
             client_netns,

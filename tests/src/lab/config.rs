@@ -35,6 +35,37 @@ impl fmt::Display for Mesh {
     }
 }
 
+/// The one TLS version the lab's TLS endpoints (ingress and mTLS) accept, both sides pinned so
+/// that a run measures that version's handshake and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+pub enum TlsVersion {
+    #[default]
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    V1_3,
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    V1_2,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::V1_3 => "1.3",
+            TlsVersion::V1_2 => "1.2",
+        })
+    }
+}
+
+/// `on` / `off`, as `--tls-resumption` takes it.
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
+}
+
 /// A service time: fixed, or drawn per request from a distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +234,22 @@ pub struct LabConfig {
     /// (the handshake's round trip and the request's).
     #[serde(default)]
     pub link_delay: Duration,
+    /// The ingress terminates HTTPS on its NodePort (plaintext behind it unless `mtls`).
+    #[serde(default)]
+    pub ingress_tls: bool,
+    /// Sidecar to sidecar (and ingress to productpage's sidecar) over mutual TLS with the
+    /// lab's CA, strictly: a plaintext connection to a sidecar's inbound port is refused.
+    #[serde(default)]
+    pub mtls: bool,
+    #[serde(default)]
+    pub tls_version: TlsVersion,
+    /// Session resumption (tickets and session caches) on both sides of every TLS hop.
+    #[serde(default = "resumption_default")]
+    pub tls_resumption: bool,
+}
+
+fn resumption_default() -> bool {
+    true
 }
 
 impl LabConfig {
@@ -223,7 +270,16 @@ impl LabConfig {
             ingress_cmd: None,
             ingress_template: None,
             link_delay: Duration::ZERO,
+            ingress_tls: false,
+            mtls: false,
+            tls_version: TlsVersion::V1_3,
+            tls_resumption: true,
         }
+    }
+
+    /// Whether any hop of the lab speaks TLS (and so whether it needs its CA and certs).
+    pub fn any_tls(&self) -> bool {
+        self.ingress_tls || self.mtls
     }
 
     pub fn delay_of(&self, service: &str) -> Delay {
@@ -286,6 +342,24 @@ impl LabConfig {
         }
         if self.ingress_cmd.is_some() && !self.ingress {
             return Err("--ingress-cmd needs --ingress".into());
+        }
+        if self.ingress_tls && !self.ingress {
+            return Err("--ingress-tls needs --ingress".into());
+        }
+        if self.mtls && self.mesh != Mesh::Sidecar {
+            return Err(format!(
+                "--mtls needs --mesh sidecar (mesh {} has no sidecars to speak it)",
+                self.mesh
+            ));
+        }
+        if self.mtls && !self.ingress {
+            // Strict mTLS refuses the NodePort straight to productpage (the client is no mesh
+            // member, as under Istio's STRICT mode); the ingress is the way in.
+            return Err(
+                "--mtls needs --ingress: under strict mTLS only the ingress, a mesh \
+                        member, reaches productpage from outside"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -369,5 +443,32 @@ mod tests {
         assert!(c.validate().is_err(), "needs mesh sidecar");
         c.mesh = Mesh::Sidecar;
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_flags_are_validated() {
+        let mut c = LabConfig::new("hpl");
+        c.mtls = true;
+        let err = c.validate().expect_err("mesh none");
+        assert!(err.contains("--mesh sidecar"), "{err}");
+        c.mesh = Mesh::Sidecar;
+        assert!(c.validate().expect_err("no ingress").contains("--ingress"));
+        c.ingress = true;
+        assert!(c.validate().is_ok());
+        let mut c = LabConfig::new("hpl");
+        c.ingress_tls = true;
+        assert!(c.validate().is_err(), "needs --ingress");
+        assert_eq!(on_off("off"), Ok(false));
+        assert!(on_off("maybe").is_err());
+    }
+
+    #[test]
+    fn old_state_files_read_as_plaintext_with_resumption() {
+        let mut v = serde_json::to_value(LabConfig::new("hpl")).expect("json");
+        for k in ["ingress_tls", "mtls", "tls_version", "tls_resumption"] {
+            v.as_object_mut().expect("object").remove(k);
+        }
+        let c: LabConfig = serde_json::from_value(v).expect("parses");
+        assert!(!c.any_tls() && c.tls_resumption && c.tls_version == TlsVersion::V1_3);
     }
 }

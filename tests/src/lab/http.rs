@@ -4,7 +4,7 @@
 //! sidecar's place (haproxy, Envoy) forwards them unchanged.
 
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     net::TcpStream,
 };
 
@@ -103,8 +103,39 @@ pub fn get(addr: std::net::SocketAddr, path: &str) -> io::Result<Message> {
     })
 }
 
+/// One GET over TLS, verifying the server as `name`, on a connection of its own closed after
+/// the response; also how the handshake went (full or resumed).
+pub fn get_tls(
+    addr: std::net::SocketAddr,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+) -> io::Result<(Message, Option<rustls::HandshakeKind>)> {
+    let stream = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    stream.set_nodelay(true)?;
+    let conn = rustls::ClientConnection::new(config, name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let mut req = Message::request("GET", path, &addr.to_string());
+    req.set_header("Connection", "close");
+    req.write_to(&mut tls)?;
+    let kind = tls.conn.handshake_kind();
+    let mut reader = BufReader::new(tls);
+    let resp = read_message(&mut reader)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{addr} closed the TLS connection without answering"),
+        )
+    })?;
+    let tls = reader.get_mut();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    Ok((resp, kind))
+}
+
 /// Reads one message; `Ok(None)` on a clean end of stream before any byte of it.
-pub fn read_message(r: &mut BufReader<TcpStream>) -> io::Result<Option<Message>> {
+pub fn read_message(r: &mut impl BufRead) -> io::Result<Option<Message>> {
     let mut head = Vec::with_capacity(512);
     loop {
         let n = r.read_until(b'\n', &mut head)?;

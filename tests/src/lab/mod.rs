@@ -9,7 +9,9 @@ pub mod names;
 pub mod proxy;
 pub mod spawn;
 pub mod state;
+pub mod stream;
 pub mod teardown;
+pub mod tls;
 pub mod topology;
 pub mod wire;
 
@@ -26,7 +28,9 @@ use names::{
     APP_PORT, INGRESS_SERVICE, NODE_IP, NODEPORT_INGRESS, NODEPORT_PRODUCTPAGE, Names, PROXY_UID,
     Pod, SIDECAR_INBOUND_PORT, pod,
 };
+use proxy::{Route, TlsIn};
 use state::{ContainerState, LabState, PodState};
+use tls::{TlsFiles, TlsPolicy, mesh_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -49,6 +53,8 @@ pub enum LabError {
     },
     #[error("the lab did not become ready: {0}")]
     NotReady(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -139,6 +145,11 @@ impl Lab {
         // From here on an error drops `lab`, which tears down what was built.
         fs::create_dir_all(names.state_dir()).map_err(io_err("creating the state directory"))?;
         state::save(&lab.state)?;
+        if lab.state.config.any_tls() {
+            let services: Vec<&str> = pods.iter().map(|p| p.service).collect();
+            lab.tls_files()
+                .generate(&services, NODE_IP.into(), PROXY_UID)?;
+        }
         fs::create_dir_all(&lab.state.cgroup_root).map_err(io_err(format!(
             "creating {}",
             lab.state.cgroup_root.display()
@@ -237,28 +248,56 @@ impl Lab {
         let cfg = self.state.config.clone();
         let ns = names.netns(p.service);
         let mut containers = Vec::new();
+        let (files, policy) = (self.tls_files(), self.tls_policy());
         if p.service == INGRESS_SERVICE {
             let upstream = pod("productpage").service_addr();
+            // Under mTLS the ingress is a mesh member, as Istio's ingress gateway is: it
+            // reaches productpage's sidecar with its own certificate.
+            let upstream_name = cfg.mtls.then(|| mesh_name("productpage"));
             let args = match (&cfg.ingress_cmd, &cfg.ingress_template) {
-                (Some(cmd), Some(tmpl)) => byo_args(
+                (Some(cmd), Some(tmpl)) => {
+                    let mut vars = vec![
+                        ("listen_port", p.port().to_string()),
+                        ("upstream", upstream.to_string()),
+                        (
+                            "bind_ssl",
+                            tls::haproxy_bind(
+                                &files,
+                                p.service,
+                                policy,
+                                cfg.ingress_tls.then_some(false),
+                            ),
+                        ),
+                        (
+                            "server_ssl",
+                            tls::haproxy_server(
+                                &files,
+                                p.service,
+                                policy,
+                                upstream_name.as_deref(),
+                            ),
+                        ),
+                    ];
+                    vars.extend(tls::template_vars(&files, p.service, policy));
+                    byo_args(names, p, "ingress", cmd, tmpl, &vars, &[])?
+                }
+                _ => self.proxy_args(
                     names,
                     p,
                     "ingress",
-                    cmd,
-                    tmpl,
-                    &[
-                        ("listen_port", p.port().to_string()),
-                        ("upstream", upstream.to_string()),
-                    ],
-                    &[],
-                )?,
-                _ => proxy_args(
-                    &cfg.name,
-                    &[(
-                        SocketAddr::new([0, 0, 0, 0].into(), p.port()),
-                        upstream,
-                        cfg.ingress_delay.to_string(),
-                    )],
+                    &[Route {
+                        tls_in: if cfg.ingress_tls {
+                            TlsIn::Tls
+                        } else {
+                            TlsIn::Plain
+                        },
+                        tls_out: upstream_name,
+                        ..Route::plain(
+                            SocketAddr::new([0, 0, 0, 0].into(), p.port()),
+                            upstream,
+                            cfg.ingress_delay,
+                        )
+                    }],
                 ),
             };
             containers.push(self.start_container(names, p, "ingress", &ns, exe, args, None)?);
@@ -294,39 +333,63 @@ impl Lab {
                             .iter()
                             .map(|c| {
                                 let up = pod(c);
+                                let name = mesh_name(c);
                                 vec![
                                     ("name", (*c).to_owned()),
                                     ("outbound_port", up.outbound_port().to_string()),
                                     ("upstream", up.service_addr().to_string()),
+                                    (
+                                        "server_ssl",
+                                        tls::haproxy_server(
+                                            &files,
+                                            p.service,
+                                            policy,
+                                            cfg.mtls.then_some(name.as_str()),
+                                        ),
+                                    ),
                                 ]
                             })
                             .collect();
-                        byo_args(
-                            names,
-                            p,
-                            "sidecar",
-                            cmd,
-                            tmpl,
-                            &[
-                                ("inbound_port", SIDECAR_INBOUND_PORT.to_string()),
-                                ("app", app.to_string()),
-                                ("pod_ip", p.ip().to_string()),
-                            ],
-                            &outbound,
-                        )?
+                        let mut vars = vec![
+                            ("inbound_port", SIDECAR_INBOUND_PORT.to_string()),
+                            ("app", app.to_string()),
+                            ("pod_ip", p.ip().to_string()),
+                            (
+                                "bind_ssl",
+                                tls::haproxy_bind(
+                                    &files,
+                                    p.service,
+                                    policy,
+                                    cfg.mtls.then_some(true),
+                                ),
+                            ),
+                        ];
+                        vars.extend(tls::template_vars(&files, p.service, policy));
+                        byo_args(names, p, "sidecar", cmd, tmpl, &vars, &outbound)?
                     }
                     _ => {
-                        let mut routes =
-                            vec![(inbound, app, cfg.sidecar_delay.inbound.to_string())];
+                        // The app ↔ its own sidecar hop stays plaintext, as in Istio; only
+                        // sidecar ↔ sidecar is mutual TLS.
+                        let mut routes = vec![Route {
+                            tls_in: if cfg.mtls {
+                                TlsIn::Mutual
+                            } else {
+                                TlsIn::Plain
+                            },
+                            ..Route::plain(inbound, app, cfg.sidecar_delay.inbound)
+                        }];
                         for c in calls(p.service) {
                             let up = pod(c);
-                            routes.push((
-                                SocketAddr::new([0, 0, 0, 0].into(), up.outbound_port()),
-                                up.service_addr(),
-                                cfg.sidecar_delay.outbound.to_string(),
-                            ));
+                            routes.push(Route {
+                                tls_out: cfg.mtls.then(|| mesh_name(c)),
+                                ..Route::plain(
+                                    SocketAddr::new([0, 0, 0, 0].into(), up.outbound_port()),
+                                    up.service_addr(),
+                                    cfg.sidecar_delay.outbound,
+                                )
+                            });
                         }
-                        proxy_args(&cfg.name, &routes)
+                        self.proxy_args(names, p, SIDECAR_CONTAINER, &routes)
                     }
                 };
                 containers.push(self.start_container(
@@ -431,12 +494,65 @@ impl Lab {
     }
 
     /// Where the client reaches the page: the NodePort, and the ingress when there is one.
+    /// Under mTLS only the ingress: productpage's sidecar refuses the NodePort's plaintext.
     pub fn entry_points(&self) -> Vec<SocketAddr> {
-        let mut v = vec![self.nodeport()];
+        let mut v = Vec::new();
+        if !self.state.config.mtls {
+            v.push(self.nodeport());
+        }
         if let Some(i) = self.ingress() {
             v.push(i);
         }
         v
+    }
+
+    /// Whether `addr` speaks HTTPS (the ingress under `ingress_tls`).
+    pub fn is_https(&self, addr: SocketAddr) -> bool {
+        self.state.config.ingress_tls && Some(addr) == self.ingress()
+    }
+
+    /// The URL of `path` at an entry point: `https://` at a TLS ingress.
+    pub fn url(&self, addr: SocketAddr, path: &str) -> String {
+        let scheme = if self.is_https(addr) { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
+    }
+
+    /// The page through the ingress, `https://` under `ingress_tls`.
+    pub fn ingress_url(&self) -> Option<String> {
+        self.ingress().map(|i| self.url(i, "/productpage"))
+    }
+
+    /// The flags loadgen needs besides the URL to reach `addr`: `--insecure` at a TLS
+    /// ingress, as oha is run against a self-signed ingress (the lab's CA is in
+    /// `TlsFiles::ca` for a client that verifies).
+    pub fn loadgen_flags(&self, addr: SocketAddr) -> Vec<&'static str> {
+        if self.is_https(addr) {
+            vec!["--insecure"]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Where the lab's CA and certificates are (written only when some hop speaks TLS).
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles::new(&Names::new(&self.state.config.name).state_dir())
+    }
+
+    pub fn tls_policy(&self) -> TlsPolicy {
+        TlsPolicy {
+            version: self.state.config.tls_version,
+            resumption: self.state.config.tls_resumption,
+        }
+    }
+
+    /// Handshakes a built-in proxy has made so far (counts at most 50 ms old); `None` for a
+    /// container that has no TLS route or has not written them yet.
+    pub fn tls_counts(&self, service: &str, container: &str) -> Option<tls::HandshakeCounts> {
+        tls::read_counts(&tls_stats_file(
+            &Names::new(&self.state.config.name),
+            service,
+            container,
+        ))
     }
 
     pub fn nodeport(&self) -> SocketAddr {
@@ -454,12 +570,31 @@ impl Lab {
         Names::new(&self.state.config.name).netns("client")
     }
 
-    /// One GET from the client namespace, on a connection of its own.
+    /// One GET from the client namespace, on a connection of its own; HTTPS at a TLS ingress.
     pub fn get(&self, addr: SocketAddr, path: &str) -> Result<http::Message, LabError> {
+        if self.is_https(addr) {
+            return Ok(self.get_https(addr, path)?.0);
+        }
         let ns = self.client_netns();
         crate::netns::run_in(&ns, || http::get(addr, path))
             .map_err(|e| LabError::Invalid(e.to_string()))?
-            .map_err(io_err(format!("GET http://{addr}{path}")))
+            .map_err(io_err(format!("GET {}", self.url(addr, path))))
+    }
+
+    /// One HTTPS GET from the client namespace to the ingress, verifying it with the lab's CA
+    /// under the lab's TLS policy; also how the handshake went. A fresh client each call, so
+    /// never resumed: resumption is for callers keeping a config ([`tls::client_config`]).
+    pub fn get_https(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(http::Message, Option<rustls::HandshakeKind>), LabError> {
+        let config = tls::client_config(&self.tls_files(), None, self.tls_policy())?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let ns = self.client_netns();
+        crate::netns::run_in(&ns, || http::get_tls(addr, path, config, name))
+            .map_err(|e| LabError::Invalid(e.to_string()))?
+            .map_err(io_err(format!("GET {}", self.url(addr, path))))
     }
 
     /// Leaves the lab running after this value is dropped (for `lab up`).
@@ -478,13 +613,43 @@ impl Drop for Lab {
     }
 }
 
-fn proxy_args(lab: &str, routes: &[(SocketAddr, SocketAddr, String)]) -> Vec<String> {
-    let mut args = vec!["proxy".to_owned(), "--lab".into(), lab.to_owned()];
-    for (listen, upstream, delay) in routes {
-        args.push("--route".into());
-        args.push(format!("{listen}={upstream}@{delay}"));
+/// Where a built-in proxy publishes its handshake counts: a directory the sidecars' uid may
+/// write (see [`TlsFiles::generate`]).
+pub fn tls_stats_file(names: &Names, service: &str, container: &str) -> PathBuf {
+    TlsFiles::new(&names.state_dir())
+        .stats_dir()
+        .join(format!("{service}-{container}.json"))
+}
+
+impl Lab {
+    /// The built-in proxy's command line; with the lab's TLS material when a route speaks TLS.
+    fn proxy_args(&self, names: &Names, p: &Pod, container: &str, routes: &[Route]) -> Vec<String> {
+        let cfg = &self.state.config;
+        let mut args = vec!["proxy".to_owned(), "--lab".into(), cfg.name.clone()];
+        for r in routes {
+            args.push("--route".into());
+            args.push(r.to_arg());
+        }
+        if routes
+            .iter()
+            .any(|r| r.tls_in != TlsIn::Plain || r.tls_out.is_some())
+        {
+            let stats = tls_stats_file(names, p.service, container);
+            args.extend([
+                "--tls-dir".into(),
+                self.tls_files().dir.display().to_string(),
+                "--identity".into(),
+                p.service.to_owned(),
+                "--tls-version".into(),
+                cfg.tls_version.to_string(),
+                "--tls-resumption".into(),
+                if cfg.tls_resumption { "on" } else { "off" }.into(),
+                "--tls-stats".into(),
+                stats.display().to_string(),
+            ]);
+        }
+        args
     }
-    args
 }
 
 /// Renders a bring-your-own proxy's config template and returns the shell command that runs

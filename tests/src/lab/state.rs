@@ -139,22 +139,31 @@ impl LabState {
     /// What `lab status` prints.
     pub fn render(&self) -> String {
         let c = &self.config;
+        let nodeport = format!("http://{NODE_IP}:{NODEPORT_PRODUCTPAGE}/productpage");
         let mut out = format!(
             "lab `{}`: mesh {}, ingress {}\n\n\
-             client namespace {} ({CLIENT_IP}) reaches:\n  \
-             NodePort  http://{NODE_IP}:{NODEPORT_PRODUCTPAGE}/productpage\n",
+             client namespace {} ({CLIENT_IP}) reaches:\n",
             c.name,
             c.mesh,
             if c.ingress { "yes" } else { "no" },
             self.client_netns
         );
+        // Under strict mTLS the NodePort straight to productpage is refused.
+        let mut example = format!("curl {nodeport}");
+        if !c.mtls {
+            out.push_str(&format!("  NodePort  {nodeport}\n"));
+        }
         if c.ingress {
-            out.push_str(&format!(
-                "  ingress   http://{NODE_IP}:{NODEPORT_INGRESS}/productpage\n"
-            ));
+            let scheme = if c.ingress_tls { "https" } else { "http" };
+            let url = format!("{scheme}://{NODE_IP}:{NODEPORT_INGRESS}/productpage");
+            out.push_str(&format!("  ingress   {url}\n"));
+            if c.mtls {
+                // -k: the ingress's certificate is signed by the lab's CA, not a public one.
+                example = format!("curl {}{url}", if c.ingress_tls { "-k " } else { "" });
+            }
         }
         out.push_str(&format!(
-            "  e.g. ip netns exec {} curl http://{NODE_IP}:{NODEPORT_PRODUCTPAGE}/productpage\n\n\
+            "  e.g. ip netns exec {} {example}\n\n\
              node namespace {} (uplink eth0 {NODE_IP}), cgroup root {}\n\
              measure it: hopprobe run --netns /run/netns/{} --metadata {}\n\n",
             self.client_netns,
@@ -201,6 +210,26 @@ impl LabState {
                 Some(cmd) => out.push_str(&format!("  ingress      your proxy: {cmd}\n")),
                 None => out.push_str(&format!("  ingress      {} per request\n", c.ingress_delay)),
             }
+        }
+        if c.any_tls() {
+            let mut hops = Vec::new();
+            if c.ingress_tls {
+                hops.push("HTTPS at the ingress");
+            }
+            if c.mtls {
+                hops.push(
+                    "strict mTLS between sidecars and from the ingress (NodePort 30080 refused)",
+                );
+            }
+            out.push_str(&format!(
+                "  TLS          {}; TLS {}, resumption {}; CA and certs in {}\n",
+                hops.join(", "),
+                c.tls_version,
+                if c.tls_resumption { "on" } else { "off" },
+                super::tls::TlsFiles::new(&Names::new(&c.name).state_dir())
+                    .dir
+                    .display()
+            ));
         }
         out.push_str("\npods:\n");
         for p in &self.pods {
