@@ -93,7 +93,8 @@ enum Command {
         identity: Option<String>,
         #[arg(long, value_enum, default_value = "1.3")]
         tls_version: TlsVersion,
-        #[arg(long, default_value = "on", value_parser = on_off)]
+        // Set, not clap's SetTrue for a bool: it takes `on`/`off`.
+        #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
         tls_resumption: bool,
         /// Keep this file updated with the handshake counts (JSON).
         #[arg(long)]
