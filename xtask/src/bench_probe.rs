@@ -6,6 +6,12 @@
 //! hopprobe's own CPU per request and peak RSS, and then, from one more run with
 //! `--bpf-stats`, the kernel time per request of each program.
 //!
+//! `BENCH_TLS=1` terminates HTTPS at the ingress (`hoplab up --ingress-tls`) and loadgen
+//! speaks HTTPS to it, a new TLS connection per request as the published external test did:
+//! what following TLS records costs. `BENCH_BASELINE=<a hopprobe binary>` sets the kernel
+//! times beside that hopprobe's, alternating, in the same run (for instance one built from the
+//! commit before a change).
+//!
 //! `BENCH_BASELINE=no-log` sets those kernel times beside the same hopprobe's with the eBPF
 //! programs' diagnostics compiled out (probe-ebpf without its `log` feature): what the
 //! diagnostics cost when off (`--ebpf-log`'s default), which should be nothing measurable.
@@ -26,7 +32,22 @@ use crate::{
 };
 
 const LAB: &str = "hpbench";
-const URL: &str = "http://10.77.0.1:30081/productpage";
+const PATH: &str = "10.77.0.1:30081/productpage";
+
+/// HTTPS to the ingress (`BENCH_TLS=1`) or plain HTTP.
+fn tls() -> bool {
+    std::env::var("BENCH_TLS").is_ok_and(|v| v == "1")
+}
+
+/// What the measured hopprobe is run with: `--tls` on HTTPS traffic. A `BENCH_BASELINE`
+/// hopprobe runs without it (the same binary as baseline: what following TLS costs).
+fn tls_args() -> &'static [&'static str] {
+    if tls() { &["--tls"] } else { &[] }
+}
+
+fn url() -> String {
+    format!("{}://{PATH}", if tls() { "https" } else { "http" })
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -112,7 +133,7 @@ fn loadgen(c: u32, amount: (&str, String)) -> Result<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("{LAB}-client")])
         .arg(measuring("loadgen"))
-        .args([URL, "-c", &c.to_string(), amount.0, &amount.1])
+        .args([&url(), "-c", &c.to_string(), amount.0, &amount.1])
         .args(["--disable-keepalive", "--disable-compression", "--insecure"])
         .args(["--ipv4", "--no-tui", "--output-format", "json"])
         .stderr(Stdio::null())
@@ -128,12 +149,15 @@ fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -
     interrupted(stop)?;
     let probe = match variant {
         Variant::Without => None,
-        Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), &[], None)?),
-        Variant::Each => Some(start_hopprobe(
-            &measuring("hopprobe"),
-            &["--ring-wakeup", "each"],
-            None,
-        )?),
+        Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), tls_args(), None)?),
+        Variant::Each => {
+            let args: &[&str] = if tls() {
+                &["--ring-wakeup", "each", "--tls"]
+            } else {
+                &["--ring-wakeup", "each"]
+            };
+            Some(start_hopprobe(&measuring("hopprobe"), args, None)?)
+        }
     };
     let pid = probe.as_ref().map(ChildGuard::id);
     let cpu_before = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
@@ -245,12 +269,22 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
 }
 
 /// Each program's (runs, run time in ns) over one c = 1 run of `bin` with `--bpf-stats`.
-fn kernel_time_once(bin: &Path, requests: u32, stop: &AtomicBool) -> Result<ProgramCosts> {
+fn kernel_time_once(
+    bin: &Path,
+    tls_flag: bool,
+    requests: u32,
+    stop: &AtomicBool,
+) -> Result<ProgramCosts> {
     interrupted(stop)?;
     let dir = cmd::target_dir().join("bench-probe");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
-    let probe = start_hopprobe(bin, &["--bpf-stats"], Some(&json))?;
+    let args: &[&str] = if tls_flag {
+        &["--bpf-stats", "--tls"]
+    } else {
+        &["--bpf-stats"]
+    };
+    let probe = start_hopprobe(bin, args, Some(&json))?;
     let report = loadgen(1, ("-n", requests.to_string()));
     interrupted(stop)?;
     report?;
@@ -294,17 +328,17 @@ fn kernel_time(
     let mut theirs = Vec::new();
     for round in 0..if baseline.is_some() { rounds } else { 1 } {
         let mut run_this = || -> Result<()> {
-            ours.push(kernel_time_once(&this, requests, stop)?);
+            ours.push(kernel_time_once(&this, tls(), requests, stop)?);
             Ok(())
         };
         match &baseline {
             Some(b) if round % 2 == 0 => {
-                theirs.push(kernel_time_once(b, requests, stop)?);
+                theirs.push(kernel_time_once(b, false, requests, stop)?);
                 run_this()?;
             }
             Some(b) => {
                 run_this()?;
-                theirs.push(kernel_time_once(b, requests, stop)?);
+                theirs.push(kernel_time_once(b, false, requests, stop)?);
             }
             None => run_this()?,
         }
@@ -397,13 +431,15 @@ pub fn bench() -> Result<()> {
     cmd::run(
         Command::new(crate::demo::bin("hoplab"))
             .args(["up", "--name", LAB, "--mesh", "sidecar", "--ingress"])
+            .args(if tls() { &["--ingress-tls"][..] } else { &[] })
             .stdout(Stdio::null()),
     )?;
     // The first requests warm the lab's connection pools and caches.
     loadgen(1, ("-n", "200".into()))?;
     println!(
-        "lab `{LAB}`: sidecar mesh, ingress, no injected delay; loadgen (release) through the \
-         ingress, --disable-keepalive; hopprobe (release) without --records; {rounds} rounds"
+        "lab `{LAB}`: sidecar mesh, ingress{}, no injected delay; loadgen (release) through \
+         the ingress, --disable-keepalive; hopprobe (release) without --records; {rounds} rounds",
+        if tls() { " terminating HTTPS" } else { "" }
     );
     // `BENCH_ONLY=kernel`: only the kernel-time runs, e.g. against a `BENCH_BASELINE`.
     if !std::env::var("BENCH_ONLY").is_ok_and(|v| v == "kernel") {
