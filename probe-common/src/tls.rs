@@ -130,6 +130,9 @@ pub struct TlsConn {
     pub ticket_seg: u32,
     /// `TLS 1.3` Finished record length (from the suite), 0 before the ServerHello.
     pub finished_len: u32,
+    /// TLS 1.3: sequence number just past the client's first record after the server's
+    /// flight, when that record was not a Finished (see `client_finish`).
+    pub first_end: u32,
     pub state: u8,
     pub flags: u8,
     /// TLS 1.3 client records after the server's flight, Finished included.
@@ -138,9 +141,16 @@ pub struct TlsConn {
     /// 1 when the handshake has just completed and is to be reported.
     pub complete: u8,
     /// Explicit so the struct has no implicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<TlsConn>() == 88);
+const _: () = assert!(size_of::<TlsConn>() == 96);
+
+/// Where a record is: the first sequence number of the segment it starts in, and of its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    pub seg: u32,
+    pub body: u32,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -210,19 +220,19 @@ impl TlsConn {
         self.state == HS_LOST
     }
 
-    /// A record header in direction `dir`, in the segment whose first sequence number is
-    /// `seg`, at time `t`; `hello` is the ServerHello when the record is the server's first.
+    /// A record header in direction `dir`, at `at`, at time `t`; `hello` is the ServerHello
+    /// when the record is the server's first.
     /// Returns the record's `CLASS_*` (`CLASS_NONE` when the stream is now lost).
     pub fn on_record(
         &mut self,
         dir: usize,
         ty: u8,
         len: u32,
-        seg: u32,
+        at: At,
         t: u64,
         hello: Option<ServerHello>,
     ) -> u8 {
-        let class = self.classify(dir, ty, len, seg, hello);
+        let class = self.classify(dir, ty, len, at, hello);
         if class == CLASS_NONE {
             self.lost();
         } else if class == CLASS_HANDSHAKE {
@@ -257,14 +267,8 @@ impl TlsConn {
         self.complete = 1;
     }
 
-    fn classify(
-        &mut self,
-        dir: usize,
-        ty: u8,
-        len: u32,
-        seg: u32,
-        hello: Option<ServerHello>,
-    ) -> u8 {
+    fn classify(&mut self, dir: usize, ty: u8, len: u32, at: At, hello: Option<ServerHello>) -> u8 {
+        let seg = at.seg;
         if ty == TYPE_ALERT {
             // A failed handshake's alert or a close_notify: never a request.
             return if self.state == HS_DONE || self.state == HS_TICKETS {
@@ -301,9 +305,14 @@ impl TlsConn {
                     CLASS_NONE
                 }
             }
+            // TLS 1.3: the server answering the client's flight (its tickets) ends that flight.
+            HS_CLIENT_FINISH if dir == S2C && self.tls13() && self.client_records > 0 => {
+                self.done(HS_TICKETS);
+                self.after_handshake(dir, ty, seg)
+            }
             HS_SERVER_FLIGHT | HS_CLIENT_FINISH => {
                 self.state = HS_CLIENT_FINISH;
-                self.client_finish(dir, ty, len)
+                self.client_finish(dir, ty, len, at)
             }
             HS_SERVER_FINISH => match (dir, ty) {
                 (S2C, TYPE_HANDSHAKE | TYPE_CHANGE_CIPHER_SPEC) => CLASS_HANDSHAKE,
@@ -313,20 +322,7 @@ impl TlsConn {
                 }
                 _ => CLASS_NONE,
             },
-            HS_TICKETS => match (dir, ty) {
-                (C2S, TYPE_APPLICATION_DATA) => CLASS_APP,
-                (S2C, TYPE_APPLICATION_DATA) if self.tickets == 0 || seg == self.ticket_seg => {
-                    self.tickets = self.tickets.saturating_add(1);
-                    self.ticket_seg = seg;
-                    CLASS_TICKET
-                }
-                (S2C, TYPE_APPLICATION_DATA) => {
-                    self.state = HS_DONE;
-                    CLASS_APP
-                }
-                (_, TYPE_CHANGE_CIPHER_SPEC) => CLASS_OTHER,
-                _ => CLASS_NONE,
-            },
+            HS_TICKETS => self.after_handshake(dir, ty, seg),
             HS_DONE => match ty {
                 TYPE_APPLICATION_DATA => CLASS_APP,
                 // TLS 1.2 renegotiation: handshake, not a request.
@@ -338,7 +334,31 @@ impl TlsConn {
     }
 
     /// The client's flight after the server's first one, and (TLS 1.2) what follows it.
-    fn client_finish(&mut self, dir: usize, ty: u8, len: u32) -> u8 {
+    /// TLS 1.3 after the client's flight: the server's first transmission is its tickets.
+    fn after_handshake(&mut self, dir: usize, ty: u8, seg: u32) -> u8 {
+        match (dir, ty) {
+            (C2S, TYPE_APPLICATION_DATA) => CLASS_APP,
+            (S2C, TYPE_APPLICATION_DATA) if self.tickets == 0 || seg == self.ticket_seg => {
+                self.tickets = self.tickets.saturating_add(1);
+                self.ticket_seg = seg;
+                CLASS_TICKET
+            }
+            (S2C, TYPE_APPLICATION_DATA) => {
+                self.state = HS_DONE;
+                CLASS_APP
+            }
+            (_, TYPE_CHANGE_CIPHER_SPEC) => CLASS_OTHER,
+            _ => CLASS_NONE,
+        }
+    }
+
+    /// TLS 1.3's client flight ends with its Finished record, whose length the suite fixes. A
+    /// client with a certificate sends Certificate and CertificateVerify first: as records of
+    /// their own in the same write (OpenSSL), or packed with the Finished into one record
+    /// (rustls 0.23, BoringSSL). So after a first record that is not a Finished, the records
+    /// that start in the segment where it ends belong to the flight, and the first record of
+    /// a later segment is a request: the packed flight was the whole of it.
+    fn client_finish(&mut self, dir: usize, ty: u8, len: u32, at: At) -> u8 {
         if self.tls13() {
             match (dir, ty) {
                 (C2S, TYPE_CHANGE_CIPHER_SPEC) => CLASS_HANDSHAKE,
@@ -347,11 +367,17 @@ impl TlsConn {
                     if len == self.finished_len {
                         self.done(HS_TICKETS);
                         CLASS_HANDSHAKE
-                    } else if self.client_records < 3 {
+                    } else if self.client_records == 1 {
                         self.flags |= TLS_CLIENT_AUTH;
+                        self.first_end = at.body.wrapping_add(len);
+                        CLASS_HANDSHAKE
+                    } else if self.client_records <= 3
+                        && (self.first_end.wrapping_sub(at.seg) as i32) > 0
+                    {
                         CLASS_HANDSHAKE
                     } else {
-                        CLASS_NONE
+                        self.done(HS_TICKETS);
+                        CLASS_APP
                     }
                 }
                 _ => CLASS_NONE,
@@ -395,8 +421,9 @@ mod tests {
     impl Flow {
         fn new() -> Self {
             let mut c = TlsConn::at_client_hello();
+            let at = At { seg: 1, body: 6 };
             assert_eq!(
-                c.on_record(C2S, TYPE_HANDSHAKE, 300, 1, 1, None),
+                c.on_record(C2S, TYPE_HANDSHAKE, 300, at, 1, None),
                 CLASS_HANDSHAKE
             );
             Self { c, t: 1, seg: 1 }
@@ -412,9 +439,16 @@ mod tests {
             self.t += 10;
             self.seg += 1000;
             let mut out = [CLASS_NONE; 8];
+            let mut body = self.seg;
             for (i, &(ty, len)) in records.iter().enumerate() {
                 let h = if i == 0 { hello } else { None };
-                out[i] = self.c.on_record(dir, ty, len, self.seg, self.t, h);
+                body += RECORD_HEADER;
+                let at = At {
+                    seg: self.seg,
+                    body,
+                };
+                out[i] = self.c.on_record(dir, ty, len, at, self.t, h);
+                body += len;
             }
             out
         }
@@ -468,13 +502,44 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_client_flight_is_lost_not_a_request() {
+    fn a_packed_client_flight_ends_at_its_segment() {
+        // rustls 0.23 packs Certificate, CertificateVerify and Finished into one record; the
+        // request follows in a segment of its own.
         let mut f = Flow::new();
         f.send(S2C, &[(22, 120), (23, 1500)], Some(HELLO13));
-        let cf = f.send(C2S, &[(23, 900), (23, 150), (23, 160)], None);
-        assert_eq!(cf[..3], [H, H, N]);
-        assert!(f.c.is_lost());
-        assert_eq!(f.send(C2S, &[(23, 150)], None)[0], N);
+        assert_eq!(f.send(C2S, &[(23, 900)], None)[0], H);
+        assert_eq!(f.send(C2S, &[(23, 150)], None)[0], A);
+        assert_eq!(f.c.complete, 1);
+        assert_eq!(f.send(S2C, &[(23, 200)], None)[0], T);
+        assert_eq!(f.send(S2C, &[(23, 400)], None)[0], A);
+        assert_eq!(f.c.flags & TLS_CLIENT_AUTH, TLS_CLIENT_AUTH);
+
+        // The server's tickets can come before the request: they end the client's flight.
+        let mut f = Flow::new();
+        f.send(S2C, &[(22, 120), (23, 1500)], Some(HELLO13));
+        assert_eq!(f.send(C2S, &[(23, 900)], None)[0], H);
+        assert_eq!(f.send(S2C, &[(23, 200), (23, 200)], None)[..2], [T, T]);
+        assert_eq!(f.send(C2S, &[(23, 150)], None)[0], A);
+        assert_eq!(f.send(S2C, &[(23, 400)], None)[0], A);
+        assert!(!f.c.is_lost());
+    }
+
+    #[test]
+    fn a_client_flight_in_separate_records_may_span_segments() {
+        let mut f = Flow::new();
+        f.send(S2C, &[(22, 120), (23, 1500)], Some(HELLO13));
+        // The certificate's record ends in the next segment, with CertificateVerify and
+        // Finished after it.
+        assert_eq!(f.send(C2S, &[(23, 2000)], None)[0], H);
+        f.seg += 1000;
+        let end_first = f.c.first_end;
+        let at = |body| At {
+            seg: end_first - 100,
+            body,
+        };
+        assert_eq!(f.c.on_record(C2S, 23, 96, at(end_first + 5), 9, None), H);
+        assert_eq!(f.c.on_record(C2S, 23, 53, at(end_first + 106), 9, None), H);
+        assert_eq!(f.c.complete, 1);
     }
 
     #[test]

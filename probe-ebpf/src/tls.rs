@@ -9,7 +9,7 @@ use probe_common::{
     conn::FlowKey,
     stats,
     tls::{
-        C2S, CLASS_APP, CLASS_HANDSHAKE, CLASS_NONE, HANDSHAKE_SERVER_HELLO, HS_CLIENT_HELLO,
+        At, C2S, CLASS_APP, CLASS_HANDSHAKE, CLASS_NONE, HANDSHAKE_SERVER_HELLO, HS_CLIENT_HELLO,
         RECORD_HEADER, S2C, ServerHello, TYPE_HANDSHAKE, TlsConn, header, is_app_record,
         is_client_hello,
     },
@@ -169,7 +169,11 @@ pub fn walk(skb: &SkBuff, tcp: &Tcp, dir: usize, c: &mut TlsConn, t: u64) -> u32
         } else {
             None
         };
-        let class = c.on_record(dir, ty, len, seq, t, hello);
+        let at = At {
+            seg: seq,
+            body: seq.wrapping_add(o),
+        };
+        let class = c.on_record(dir, ty, len, at, t, hello);
         if class == CLASS_NONE {
             count(stats::TLS_LOST);
             return 0;

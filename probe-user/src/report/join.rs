@@ -751,7 +751,7 @@ pub fn join(
     for r in ok.iter().copied() {
         match assigned.get(&(r as *const _)) {
             Some(u) if u.resp_last_ns.is_some() => {
-                let b = breakdown(r, u, offset.ns, &index, probe);
+                let b = breakdown(r, u, &offset, &index, probe);
                 clamped_count += usize::from(b.clamped);
                 breakdowns.push(b);
             }
@@ -774,7 +774,7 @@ pub fn join(
 fn breakdown(
     r: &Request,
     u: &DatapathRecord,
-    offset: Option<i64>,
+    offset: &ClockOffset,
     index: &Index,
     probe: &ProbeRecords,
 ) -> Breakdown {
@@ -845,11 +845,20 @@ fn breakdown(
             0
         }
     };
-    // The node's span must lie within the request's on the estimated common clock.
-    if let Some(offset) = offset
-        && (shift(u.req_first_ns, offset) < r.start_ns || shift(node_end, offset) > r.end_ns)
-    {
-        clamped = true;
+    // The node's span must lie within the request's for some offset the clocks admit: the
+    // estimate is only known within its bounds, and on an HTTPS connection the client's first
+    // byte waits for a whole record to arrive and be decrypted, which pulls the estimate (equal
+    // one-way delays) towards its upper bound by some microseconds.
+    if let Some(theta) = offset.ns {
+        let (lo, hi) = (
+            i128::from(offset.lo_ns.unwrap_or(theta)),
+            i128::from(offset.hi_ns.unwrap_or(theta)),
+        );
+        let fits_from = lo.max(i128::from(r.start_ns) - i128::from(u.req_first_ns));
+        let fits_to = hi.min(i128::from(r.end_ns) - i128::from(node_end));
+        if fits_from > fits_to {
+            clamped = true;
+        }
     }
     Breakdown {
         seq: r.seq,

@@ -308,11 +308,21 @@ pub fn path_sum(
             format!("every hop of the path through {entry_pod}"),
         );
     };
-    // With a connection per request its handshake is part of each request.
+    // With a connection per request its handshake is part of each request, and so is a TLS
+    // handshake's: the server's side and the client's finish, as the entry's socket saw them.
     let handshake = if per_request_connections {
+        let tls: f64 = ["tls_handshake", "tls_client_finish"]
+            .iter()
+            .filter_map(|h| {
+                hops.of(h, Some(entry_pod))
+                    .find(|s| s["container"] == container && s["local_port"] == port)
+                    .and_then(|s| s["p50_us"].as_f64())
+            })
+            .sum();
         hops.cgroup_of(entry_pod, container)
             .and_then(|cg| hops.passive_handshake_p50(cg, port))
             .unwrap_or(0.0)
+            + tls
     } else {
         0.0
     };
@@ -466,6 +476,54 @@ pub fn exchange_counts(scenario: &str, hops: &Hops, sent: u64) -> Row {
         1.0,
         1.0,
     )
+}
+
+/// TLS followed without loss: the ingress's server socket saw exactly one handshake per
+/// connection loadgen opened (a handshake taken for a request, or a request for a handshake,
+/// would show in `exchange_counts` and here), none of the TLS connections was lost, and the
+/// sidecars' pooled mTLS connections made handshakes of their own, a few per pool and not one
+/// per request.
+pub fn tls_handshakes(scenario: &str, hops: &Hops, connections: u64, in_flight: u64) -> Vec<Row> {
+    let (pod, container, port) = INGRESS;
+    let at_ingress: u64 = hops
+        .of("tls_handshake", Some(pod))
+        .filter(|h| h["container"] == container && h["local_port"] == port)
+        .map(|h| h["count"].as_u64().unwrap_or(0))
+        .sum();
+    let lost = hops.counter("tls_lost");
+    let mesh: u64 = hops
+        .of("tls_handshake", None)
+        .filter(|h| h["container"] == "istio-proxy" && h["local_port"].is_u64())
+        .map(|h| h["count"].as_u64().unwrap_or(0))
+        .sum();
+    vec![
+        Row::range(
+            scenario,
+            format!("ingress TLS handshakes / connections ({at_ingress} of {connections})"),
+            "1".into(),
+            at_ingress as f64 / connections.max(1) as f64,
+            1.0,
+            1.0,
+        ),
+        Row::range(
+            scenario,
+            "TLS connections lost".into(),
+            "0".into(),
+            lost as f64,
+            0.0,
+            0.0,
+        ),
+        // Four pools (ingress → productpage, productpage → details and reviews, reviews →
+        // ratings), each opening at most one connection per request in flight.
+        Row::range(
+            scenario,
+            format!("sidecars' mTLS handshakes, pooled ({mesh})"),
+            format!("1 ..= {}", 4 * in_flight),
+            mesh as f64,
+            1.0,
+            (4 * in_flight) as f64,
+        ),
+    ]
 }
 
 /// The report's join of loadgen's requests: ≥ 99 % of them joined, ≤ 1 % of those clamped
@@ -761,6 +819,40 @@ mod tests {
         let merged = Hops(json!({"hops": [app_count("a-v1", "a", 9080, 31)]}));
         assert!(!exchange_counts("s", &merged, 32).pass());
         assert!(!exchange_counts("s", &Hops(json!({"hops": []})), 32).pass());
+    }
+
+    #[test]
+    fn tls_rows_need_one_ingress_handshake_per_connection_and_nothing_lost() {
+        let (pod, container, port) = INGRESS;
+        let hs = |pod: &str, container: &str, port: u16, n: u64| {
+            json!({"hop": "tls_handshake", "pod": pod, "container": container,
+                   "local_port": port, "count": n})
+        };
+        let hops = |ingress: u64, mesh: u64, lost: u64| {
+            Hops(json!({"hops": [
+                hs(pod, container, port, ingress),
+                hs("details-v1", "istio-proxy", 15006, mesh),
+                // The client side of the same handshakes (no serving port) is not counted.
+                json!({"hop": "tls_handshake", "pod": pod, "container": container,
+                       "peer": "10.96.0.1:9080", "count": 500}),
+            ], "counters": {"tls_lost": lost}}))
+        };
+        assert!(
+            tls_handshakes("s", &hops(16, 20, 0), 16, 16)
+                .iter()
+                .all(Row::pass)
+        );
+        // A request taken for a handshake, a stream lost, a handshake per request in the mesh.
+        for (bad, which) in [
+            (hops(17, 20, 0), 0),
+            (hops(16, 20, 1), 1),
+            (hops(16, 65, 0), 2),
+        ] {
+            let rows = tls_handshakes("s", &bad, 16, 16);
+            assert!(!rows[which].pass(), "{}", rows[which]);
+        }
+        // No mTLS handshake at all: the mesh is not TLS.
+        assert!(!tls_handshakes("s", &hops(16, 0, 0), 16, 16)[2].pass());
     }
 
     fn env(fields: serde_json::Value) -> Joined {

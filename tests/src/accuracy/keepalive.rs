@@ -45,13 +45,36 @@ pub fn plain_config(name: &str) -> LabConfig {
 pub struct Entry<'a> {
     pub scheme: &'a str,
     pub loadgen_args: &'a [&'a str],
+    /// What else hopprobe needs (`--tls` to follow TLS records).
+    pub hopprobe_args: &'a [&'a str],
+    /// A connection per request (`--disable-keepalive`, the published command) instead of
+    /// kept-alive connections.
+    pub new_connections: bool,
 }
 
 impl Entry<'static> {
     pub const PLAIN: Self = Self {
         scheme: "http",
         loadgen_args: &[],
+        hopprobe_args: &[],
+        new_connections: false,
     };
+    /// HTTPS to the ingress as the published external test ran oha, hopprobe following TLS.
+    pub const HTTPS: Self = Self {
+        scheme: "https",
+        loadgen_args: &["--insecure"],
+        hopprobe_args: &["--tls"],
+        new_connections: false,
+    };
+}
+
+/// The keep-alive lab with HTTPS at the ingress and mutual TLS between the sidecars (the
+/// published runs' setting), TLS 1.3 with resumption.
+pub fn tls_config(name: &str) -> LabConfig {
+    let mut config = plain_config(name);
+    config.ingress_tls = true;
+    config.mtls = true;
+    config
 }
 
 /// Brings a lab up with `config` (a sidecar mesh with an ingress; its sidecar and app delays
@@ -79,7 +102,16 @@ pub fn scenario(
         connections * REQUESTS_PER_CONNECTION,
         connections * WARMUP_PER_CONNECTION,
     );
-    let tag = format!("keepalive-{}-c{connections}", entry.scheme);
+    let tag = format!(
+        "{}-{}-c{connections}",
+        if entry.new_connections {
+            "close"
+        } else {
+            "keepalive"
+        },
+        entry.scheme
+    );
+    let tls = config.ingress_tls;
     let lab = Lab::up(config, &programs.hoplab).map_err(|e| format!("lab up: {e}"))?;
     let netns = format!("/run/netns/{}", lab.state.node_netns);
     let metadata = lab.state.metadata_file.display().to_string();
@@ -94,38 +126,41 @@ pub fn scenario(
     );
     // No records rate limit and a large ring, as in report_lab: every exchange's record must
     // be there for hop counts to equal request counts and for every request to join.
-    let measured = crate::probe::try_measure(
-        &programs.hopprobe,
-        &[
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--records-rate",
-            "0",
-            "--records-ring-size",
-            "67108864",
-        ],
-        || {
-            let output = Command::new("ip")
-                .args(["netns", "exec", &lab.client_netns()])
-                .arg(&programs.loadgen)
-                .arg(&url)
-                .args(["-c", &connections.to_string(), "-n", &requests.to_string()])
-                .args(["--warmup", &warmup.to_string()])
-                .args(entry.loadgen_args)
-                .args(["--no-tui", "--output-format", "json", "-o"])
-                .arg(&lg_json)
-                .arg("--records")
-                .arg(&lg_records)
-                .output()
-                .map_err(|e| format!("running loadgen: {e}"))?;
-            if !output.status.success() {
-                return Err(format!("loadgen failed: {}", crate::describe(&output)));
-            }
-            Ok(())
-        },
-    )?;
+    let mut probe_args = vec![
+        "--netns",
+        &netns,
+        "--metadata",
+        &metadata,
+        "--records-rate",
+        "0",
+        "--records-ring-size",
+        "67108864",
+    ];
+    probe_args.extend_from_slice(entry.hopprobe_args);
+    let measured = crate::probe::try_measure(&programs.hopprobe, &probe_args, || {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &lab.client_netns()])
+            .arg(&programs.loadgen)
+            .arg(&url)
+            .args(["-c", &connections.to_string(), "-n", &requests.to_string()])
+            .args(["--warmup", &warmup.to_string()])
+            .args(entry.loadgen_args)
+            .args(if entry.new_connections {
+                &["--disable-keepalive"][..]
+            } else {
+                &[]
+            })
+            .args(["--no-tui", "--output-format", "json", "-o"])
+            .arg(&lg_json)
+            .arg("--records")
+            .arg(&lg_records)
+            .output()
+            .map_err(|e| format!("running loadgen: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("loadgen failed: {}", crate::describe(&output)));
+        }
+        Ok(())
+    })?;
     drop(lab);
     let summary_file = dir.path().join("hopprobe.json");
     std::fs::write(&summary_file, measured.summary.to_string())
@@ -184,7 +219,27 @@ pub fn scenario(
     let sent = u64::from(requests + warmup);
     let mut rows = vec![checks::exchange_counts(scenario, &hops, sent)];
     rows.extend(checks::packet_hops(scenario, &hops));
-    rows.push(checks::path_sum(scenario, &hops, INGRESS, &e2e, false));
+    rows.push(checks::path_sum(
+        scenario,
+        &hops,
+        INGRESS,
+        &e2e,
+        entry.new_connections,
+    ));
+    if tls {
+        // One handshake at the ingress per connection loadgen opened.
+        let connections_opened = if entry.new_connections {
+            sent
+        } else {
+            u64::from(connections)
+        };
+        rows.extend(checks::tls_handshakes(
+            scenario,
+            &hops,
+            connections_opened,
+            u64::from(connections),
+        ));
+    }
     rows.push(checks::match_rate(scenario, &hops));
     rows.push(checks::app_split(scenario, &hops));
     rows.extend(checks::report_join(scenario, &joined));

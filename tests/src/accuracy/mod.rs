@@ -147,9 +147,30 @@ pub fn run(
             keepalive::Entry::PLAIN,
         )
     };
+    // HTTPS at the ingress and mTLS between the sidecars, kept alive and a connection per
+    // request (the published external test: a TLS handshake per request, in the ingress).
+    let tls = |name: &str, new_connections: bool| {
+        let what = if new_connections {
+            "a connection per request"
+        } else {
+            "keep-alive"
+        };
+        keepalive::scenario(
+            programs,
+            opts,
+            &format!("c={} https+mtls {what}", opts.keepalive_connections),
+            keepalive::tls_config(name),
+            keepalive::Entry {
+                new_connections,
+                ..keepalive::Entry::HTTPS
+            },
+        )
+    };
     if opts.only_keepalive {
         if opts.keepalive_connections > 0 {
             push(keepalive(&next_name())?, &mut report);
+            push(tls(&next_name(), false)?, &mut report);
+            push(tls(&next_name(), true)?, &mut report);
         }
         return Ok(report);
     }
@@ -257,6 +278,8 @@ pub fn run(
     // number, and exchanges neither split nor merged on a connection that carries many.
     if opts.keepalive_connections > 0 {
         push(keepalive(&next_name())?, &mut report);
+        push(tls(&next_name(), false)?, &mut report);
+        push(tls(&next_name(), true)?, &mut report);
     }
     Ok(report)
 }
