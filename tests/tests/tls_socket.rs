@@ -203,3 +203,66 @@ fn tls12_handshakes_are_not_requests() {
     check(&rustls::version::TLS12, false);
     check(&rustls::version::TLS12, true);
 }
+
+/// A connection that starts like TLS and then is not (non-TLS bytes after a ClientHello
+/// record): counted in `tls_lost` and left out, not turned into requests.
+#[test]
+fn a_stream_that_stops_being_tls_is_counted_and_left_out() {
+    if !testkit::root::available("a_stream_that_stops_being_tls_is_counted_and_left_out")
+        || host_only("a_stream_that_stops_being_tls_is_counted_and_left_out")
+    {
+        return;
+    }
+    use std::io::Read;
+    const CONNECTIONS: usize = 5;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // Answer every read in plaintext until the client closes.
+                while let Ok(n) = tcp.read(&mut buf) {
+                    if n == 0
+                        || tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let measured = measure(&binary(), &["--tls"], || {
+        for _ in 0..CONNECTIONS {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            // A ClientHello record header and the start of its message, then plain HTTP where
+            // the server's ServerHello should have been answered.
+            c.write_all(&[22, 3, 1, 0, 4, 1, 0, 0, 0]).expect("hello");
+            let mut buf = [0u8; 256];
+            let _ = c.read(&mut buf);
+            for _ in 0..3 {
+                c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .expect("request");
+                let _ = c.read(&mut buf);
+            }
+        }
+    });
+    let s = &measured.summary;
+    let context = format!("counters {:#}\nhops {:#}", s["counters"], s["hops"]);
+    assert!(
+        s["counters"]["tls_lost"].as_u64().unwrap_or(0) >= CONNECTIONS as u64,
+        "every such connection is lost: {context}"
+    );
+    assert_eq!(
+        count(s, "app", port, true),
+        0,
+        "and none of it is a request: {context}"
+    );
+    assert_eq!(
+        count(s, "tls_handshake", port, true),
+        0,
+        "nor a handshake: {context}"
+    );
+}

@@ -123,8 +123,10 @@ fn start_hopprobe(bin: &Path, extra: &[&str], json: Option<&Path>) -> Result<Chi
         .stderr(Stdio::null())
         .spawn()
         .context("starting hopprobe")?;
-    // Attached well within this; the load starts after.
-    std::thread::sleep(Duration::from_secs(2));
+    // Attached well within this; the load starts after. With `--tls` the verifier takes tens of
+    // seconds over the record walk (docs/tls.md, "Cost").
+    let settle = if extra.contains(&"--tls") { 40 } else { 2 };
+    std::thread::sleep(Duration::from_secs(settle));
     Ok(ChildGuard::new(child))
 }
 

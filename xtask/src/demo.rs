@@ -21,6 +21,8 @@ const LAB: &str = "hpdemo";
 /// the connections and scales the count down to fit in a few minutes.
 const CONNECTIONS: [u32; 2] = [32, 64];
 const REQUESTS: u32 = 2000;
+/// The HTTPS and mTLS run's connections.
+const TLS_CONNECTIONS: u32 = 32;
 /// Bookinfo-like service times, and a productpage capped at a few workers as in the
 /// published runs (where it saturated near one core).
 const APP_DELAY: &str = "productpage=3ms,details=1ms,reviews=2ms,ratings=1ms";
@@ -142,10 +144,14 @@ pub fn demo() -> Result<()> {
     for mesh in ["none", "sidecar"] {
         for c in CONNECTIONS {
             interrupted(&stop)?;
-            summaries.push(run_one(mesh, c, &out, &stop)?);
+            summaries.push(run_one(mesh, c, false, &out, &stop)?);
             tags.push(format!("{mesh}-c{connections}", connections = c));
         }
     }
+    // The published external test: HTTPS to the ingress, mTLS between the sidecars.
+    interrupted(&stop)?;
+    summaries.push(run_one("sidecar", TLS_CONNECTIONS, true, &out, &stop)?);
+    tags.push(format!("mtls-c{TLS_CONNECTIONS}"));
     println!("\n=== demo: loadgen end to end vs hopprobe's hops (p50, ms) ===");
     for s in &summaries {
         println!("{s}");
@@ -244,8 +250,18 @@ fn report(out: &Path, tags: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
-fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Result<String> {
-    let tag = format!("{mesh}-c{connections}");
+fn run_one(
+    mesh: &str,
+    connections: u32,
+    tls: bool,
+    out: &Path,
+    stop: &AtomicBool,
+) -> Result<String> {
+    let tag = if tls {
+        format!("mtls-c{connections}")
+    } else {
+        format!("{mesh}-c{connections}")
+    };
     eprintln!("\n--- {tag}: lab up, hopprobe attached, loadgen -c {connections} -n {REQUESTS}");
     let _lab = LabGuard(LAB);
     cmd::run(
@@ -262,10 +278,15 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
                 "--app-workers",
                 APP_WORKERS,
             ])
+            .args(if tls {
+                &["--ingress-tls", "--mtls"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null()),
     )?;
     let probe_json = out.join(format!("{tag}-hopprobe.json"));
-    let probe = ChildGuard(Some(
+    let mut probe = ChildGuard(Some(
         Command::new(measuring("hopprobe"))
             .args(["run", "--interval", "1h", "--netns"])
             .arg(format!("/run/netns/{LAB}-node"))
@@ -275,21 +296,27 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
             .arg(&probe_json)
             .arg("--records")
             .arg(out.join(format!("{tag}-records.jsonl")))
+            .args(if tls { &["--tls"][..] } else { &[] })
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting hopprobe")?,
     ));
-    // hopprobe attaches in well under a second; the loadgen run starts after.
-    std::thread::sleep(Duration::from_secs(2));
+    // The loadgen run starts once hopprobe has attached: well under a second, tens of seconds
+    // with `--tls` (the verifier over the TLS record walk: docs/tls.md).
+    wait_attached(&mut probe, Duration::from_secs(180))?;
     interrupted(stop)?;
     let loadgen_json = out.join(format!("{tag}-loadgen.json"));
     let records = out.join(format!("{tag}-requests.jsonl"));
     let status = Command::new("ip")
         .args(["netns", "exec", &format!("{LAB}-client")])
         .arg(measuring("loadgen"))
+        .arg(if tls {
+            "https://10.77.0.1:30081/productpage"
+        } else {
+            "http://10.77.0.1:30081/productpage"
+        })
         .args([
-            "http://10.77.0.1:30081/productpage",
             "-c",
             &connections.to_string(),
             "-n",
@@ -320,6 +347,27 @@ fn run_one(mesh: &str, connections: u32, out: &Path, stop: &AtomicBool) -> Resul
         loadgen_line(&loadgen_json),
         hops_line(&probe_json)
     ))
+}
+
+/// Waits until hopprobe logs that it attached (stderr: ` attached hooks=`), then keeps its
+/// stderr drained so that it never blocks on a full pipe.
+fn wait_attached(probe: &mut ChildGuard, within: Duration) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let stderr = probe.0.as_mut().and_then(|c| c.stderr.take());
+    let Some(stderr) = stderr else {
+        bail!("hopprobe's stderr is not piped");
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut told = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !told && line.contains(" attached hooks=") {
+                told = tx.send(()).is_ok();
+            }
+        }
+    });
+    rx.recv_timeout(within)
+        .map_err(|_| anyhow::anyhow!("hopprobe did not attach within {within:?}"))
 }
 
 fn json(path: &Path) -> Option<serde_json::Value> {
