@@ -297,6 +297,8 @@ fn run_one(
             .arg("--records")
             .arg(out.join(format!("{tag}-records.jsonl")))
             .args(if tls { &["--tls"][..] } else { &[] })
+            // Plain log lines, for `wait_attached` to read.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
