@@ -184,8 +184,13 @@ fn check_report_file(path: &Path) -> Result<()> {
     let envs = report["environments"]
         .as_array()
         .context("report.json has no environments")?;
-    if envs.len() != CONNECTIONS.len() * 2 {
-        bail!("the demo's report has {} environments, not 4", envs.len());
+    // Two meshes at each concurrency, and the HTTPS + mTLS run.
+    let runs = CONNECTIONS.len() * 2 + 1;
+    if envs.len() != runs {
+        bail!(
+            "the demo's report has {} environments, not {runs}",
+            envs.len()
+        );
     }
     let mut failures = Vec::new();
     for e in envs {
@@ -215,6 +220,14 @@ fn check_report_file(path: &Path) -> Result<()> {
         }
         if (in_flight - c).abs() > 0.15 * c {
             failures.push(format!("{label}: λ·W {in_flight:.2} for {c} connections"));
+        }
+        // The HTTPS run's new connections carry their TLS handshake inside the ingress.
+        let has_handshake = e["hops"].as_array().is_some_and(|hs| {
+            hs.iter()
+                .any(|h| h.as_str().is_some_and(|h| h.ends_with(" tls_handshake")))
+        });
+        if label.starts_with("mtls") && !has_handshake {
+            failures.push(format!("{label}: no tls_handshake hop"));
         }
     }
     if !failures.is_empty() {
@@ -425,8 +438,13 @@ mod tests {
                 "littles_law":{{"in_flight":{in_flight},"concurrency":{c}}}}}"#
             )
         };
+        let tls = env("mtls-c32", 32).replacen(
+            "{",
+            r#"{"hops":["node handshake","istio-ingressgateway tls_handshake"],"#,
+            1,
+        );
         format!(
-            r#"{{"environments":[{},{},{},{}]}}"#,
+            r#"{{"environments":[{},{},{},{},{tls}]}}"#,
             env("none-c32", 32),
             env("none-c64", 32),
             env("sidecar-c32", 32),
@@ -449,11 +467,17 @@ mod tests {
         let little = check(&report(1.0, 20.0)).expect_err("Little's law off");
         assert!(little.to_string().contains("λ·W 20.00"), "{little}");
         let missing =
-            check(r#"{"environments":[{"label":"x"},{},{},{}]}"#).expect_err("no numbers");
+            check(r#"{"environments":[{"label":"x"},{},{},{},{}]}"#).expect_err("no numbers");
         assert!(
             missing.to_string().contains("no number join_rate"),
             "{missing}"
         );
         assert!(check("not json").is_err());
+        let plain = report(1.0, 31.6).replace("istio-ingressgateway tls_handshake", "x");
+        let no_tls = check(&plain).expect_err("the HTTPS run without its handshake hop");
+        assert!(
+            no_tls.to_string().contains("no tls_handshake hop"),
+            "{no_tls}"
+        );
     }
 }
