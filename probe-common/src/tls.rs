@@ -31,6 +31,8 @@ pub const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 pub const HANDSHAKE_SERVER_HELLO: u8 = 2;
 
 pub const RECORD_HEADER: u32 = 5;
+/// A TLS 1.3 alert's record body: alert (2), inner content type (1), AEAD tag (16).
+pub const ENCRYPTED_ALERT_LEN: u32 = 19;
 /// The largest record body any version allows (TLS 1.2's ciphertext bound, 2^14 + 2048).
 pub const MAX_RECORD: u32 = 16384 + 2048;
 
@@ -269,6 +271,16 @@ impl TlsConn {
 
     fn classify(&mut self, dir: usize, ty: u8, len: u32, at: At, hello: Option<ServerHello>) -> u8 {
         let seg = at.seg;
+        // TLS 1.3 encrypts alerts too: a close_notify is an application data record of 19
+        // bytes (the 2-byte alert, the inner type, a 16-byte AEAD tag), sent after the last
+        // response. Counted, it would stretch the response to the connection's close.
+        if self.tls13()
+            && ty == TYPE_APPLICATION_DATA
+            && len == ENCRYPTED_ALERT_LEN
+            && (self.state == HS_DONE || self.state == HS_TICKETS)
+        {
+            return CLASS_OTHER;
+        }
         if ty == TYPE_ALERT {
             // A failed handshake's alert or a close_notify: never a request.
             return if self.state == HS_DONE || self.state == HS_TICKETS {
@@ -480,6 +492,9 @@ mod tests {
         assert_eq!(f.send(C2S, &[(23, 120)], None)[0], A);
         assert_eq!(f.send(S2C, &[(23, 400)], None)[0], A);
         assert_eq!(f.send(C2S, &[(21, 19)], None)[0], CLASS_OTHER);
+        // close_notify, encrypted: the outer type says application data.
+        assert_eq!(f.send(S2C, &[(23, 400), (23, 19)], None)[..2], [A, CLASS_OTHER]);
+        assert_eq!(f.send(C2S, &[(23, 19)], None)[0], CLASS_OTHER);
         assert_eq!(f.c.flags & (TLS_13 | TLS_RESUMED | TLS_LOST), TLS_13);
         assert_eq!(f.c.tickets, 2);
     }
