@@ -493,7 +493,10 @@ mod tests {
         assert_eq!(f.send(S2C, &[(23, 400)], None)[0], A);
         assert_eq!(f.send(C2S, &[(21, 19)], None)[0], CLASS_OTHER);
         // close_notify, encrypted: the outer type says application data.
-        assert_eq!(f.send(S2C, &[(23, 400), (23, 19)], None)[..2], [A, CLASS_OTHER]);
+        assert_eq!(
+            f.send(S2C, &[(23, 400), (23, 19)], None)[..2],
+            [A, CLASS_OTHER]
+        );
         assert_eq!(f.send(C2S, &[(23, 19)], None)[0], CLASS_OTHER);
         assert_eq!(f.c.flags & (TLS_13 | TLS_RESUMED | TLS_LOST), TLS_13);
         assert_eq!(f.c.tickets, 2);
