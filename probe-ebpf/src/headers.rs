@@ -115,6 +115,16 @@ fn tcp_fields(
     }
 }
 
+/// An IPv4 address in the first 4 bytes of 16. Built from words: filling a zeroed array
+/// byte-wise made LLVM call a `memset` subprogram twice per packet, 3–4 % of the socket
+/// programs' time (perf).
+#[inline(always)]
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let words: [u32; 4] = [u32::from_ne_bytes(v4), 0, 0, 0];
+    // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 /// The headers of a TCP packet whose IP header starts at `l3`; which IP version comes from
 /// the skb's protocol, so no load is spent on it.
 #[inline(always)]
@@ -128,10 +138,7 @@ fn at(skb: &SkBuff, l3: usize) -> Result<Tcp, i64> {
             if both.ip.protocol != IPPROTO_TCP || ihl < 20 {
                 return Err(0);
             }
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src[..4].copy_from_slice(&both.ip.src);
-            dst[..4].copy_from_slice(&both.ip.dst);
+            let (src, dst) = (widen(both.ip.src), widen(both.ip.dst));
             let ip_payload = (u16::from_be(both.ip.total_len) as u32).saturating_sub(ihl as u32);
             if ihl == 20 {
                 Ok(tcp_fields(
