@@ -326,8 +326,8 @@ mod tests {
         agg.record(&exchange(ROLE_SERVER, 1_000_000, 0));
         let s = &agg.summaries(&mut Resolver::new("/nonexistent".into()))[0];
         assert_eq!(s.latency.count, 1);
-        // Three significant digits: within 0.1 %.
-        assert!((s.latency.p50_us - 2000.0).abs() <= 2.0, "{:?}", s.latency);
+        // Two significant digits: within 1 %.
+        assert!((s.latency.p50_us - 2000.0).abs() <= 20.0, "{:?}", s.latency);
         assert_eq!((agg.exchanges, agg.unanswered), (2, 1));
     }
 
@@ -374,9 +374,10 @@ mod tests {
                 .map(|h| h.latency.p50_us)
                 .expect("series")
         };
-        assert!((p50(Hop::App) - 10_000.0).abs() <= 10.0);
-        assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 3.0);
-        assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 7.0);
+        // Within the histograms' 1 %.
+        assert!((p50(Hop::App) - 10_000.0).abs() <= 100.0);
+        assert!((p50(Hop::AppQueue) - 3_000.0).abs() <= 30.0);
+        assert!((p50(Hop::AppProcessing) - 7_000.0).abs() <= 70.0);
     }
 
     #[test]
@@ -426,10 +427,10 @@ mod tests {
         assert_eq!(one(Hop::Sidecar).0, 2);
         let (n, queue) = one(Hop::SidecarQueue);
         assert_eq!(n, 1);
-        assert!((queue - 200.0).abs() <= 0.5, "{queue}");
+        assert!((queue - 200.0).abs() <= 2.0, "{queue}");
         let (n, processing) = one(Hop::SidecarProcessing);
         assert_eq!(n, 1);
-        assert!((processing - 1_000.0).abs() <= 1.0, "{processing}");
+        assert!((processing - 1_000.0).abs() <= 10.0, "{processing}");
     }
 
     #[test]

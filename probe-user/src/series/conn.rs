@@ -63,7 +63,7 @@ struct Series {
     from_syn_recv: u64,
 }
 
-/// Latency series, recorded in nanoseconds with three significant digits.
+/// Latency series, recorded in nanoseconds with two significant digits.
 #[derive(Default)]
 pub struct Aggregator {
     series: BTreeMap<SeriesKey, Series>,
