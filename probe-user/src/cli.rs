@@ -96,6 +96,13 @@ pub struct RunArgs {
     /// cover every BPF program on the machine and add two clock reads to each run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// With `--bpf-stats`: also attach, after each of hopprobe's programs on the same hook, a
+    /// program that does nothing, and report its runs and time as `floor/<hook>`
+    /// (`floor/tracepoint`, `floor/cgroup_skb`, `floor/sock_ops`, `floor/tc`): what a run on
+    /// that hook costs at the least on this machine, measured in the same run
+    /// (docs/overhead.md).
+    #[arg(long, requires = "bpf_stats")]
+    pub bpf_floor: bool,
     /// Let the eBPF programs report, on stderr as `<program>: <message>`, each condition they
     /// only count otherwise: `warn` for data lost other than to load (a map insert that
     /// failed, a tracepoint whose fields did not parse), `debug` also for a full ring buffer
@@ -239,6 +246,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         netns: args.netns,
         uplink: args.uplink,
         pod_ifaces,
+        floor: args.bpf_floor,
     });
     let metadata = match &args.metadata {
         Some(path) => match metadata::Metadata::load(path) {
@@ -278,6 +286,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             .collect(),
         read_hook: args.app_reads,
         bpf_stats: args.bpf_stats,
+        bpf_floor: args.bpf_floor,
     };
     match run::run(&opts) {
         Ok(_) => exit::OK,

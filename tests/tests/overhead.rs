@@ -153,3 +153,59 @@ fn bpf_stats_reports_each_programs_runs_and_time() {
     );
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
+
+/// `--bpf-floor`: a do-nothing program runs after ours on each hook, reported under the hook's
+/// name; it must run as often as ours and cost less per run, and go when hopprobe goes.
+#[test]
+fn bpf_floor_runs_a_do_nothing_program_beside_ours() {
+    if !testkit::root::available("bpf_floor_runs_a_do_nothing_program_beside_ours") {
+        return;
+    }
+    let bin = testkit::probe::binary();
+    let with = measure(&bin, &["--bpf-stats", "--bpf-floor"], || connections(20));
+    let programs = with.summary["programs"].as_array().expect("programs");
+    let cost = |name: &str| {
+        let p = programs
+            .iter()
+            .find(|p| p["program"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {programs:?}"));
+        let runs = p["runs"].as_u64().expect("runs");
+        (
+            runs,
+            p["run_time_ns"].as_u64().expect("ns") as f64 / runs as f64,
+        )
+    };
+    for (ours, floor) in [
+        ("hp_sock_set_state", "floor/tracepoint"),
+        ("hp_skb_out", "floor/cgroup_skb"),
+    ] {
+        let ((our_runs, our_ns), (floor_runs, floor_ns)) = (cost(ours), cost(floor));
+        // The tracepoint's floor sits on inet_sock_set_state only; cgroup_skb's on both ways.
+        assert!(
+            floor_runs >= our_runs,
+            "{floor} {floor_runs} runs, {ours} {our_runs}"
+        );
+        assert!(
+            floor_ns < our_ns,
+            "{floor} {floor_ns} ns per run, {ours} {our_ns}"
+        );
+    }
+    assert!(
+        !programs.iter().any(|p| p["program"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("hp_check_"))),
+        "a floor under its program's name: {programs:?}"
+    );
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+#[test]
+fn bpf_floor_needs_bpf_stats() {
+    let out = std::process::Command::new(testkit::probe::binary())
+        .args(["run", "--bpf-floor"])
+        .output()
+        .expect("hopprobe runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--bpf-stats"), "{stderr}");
+}

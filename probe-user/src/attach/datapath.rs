@@ -54,6 +54,8 @@ pub struct DatapathOptions {
     pub netns: Option<PathBuf>,
     pub uplink: Option<String>,
     pub pod_ifaces: Vec<glob::Pattern>,
+    /// `--bpf-floor`: the do-nothing classifier after ours, both ways, on every interface.
+    pub floor: bool,
 }
 
 pub fn parse_patterns(s: &str) -> Result<Vec<glob::Pattern>, DatapathError> {
@@ -143,7 +145,10 @@ impl Datapath {
             .ok_or(DatapathError::NoUplink)?,
         };
         let tc = programs::tc_programs(Iface::Uplink).chain(programs::tc_programs(Iface::PodVeth));
-        for (program, _) in tc {
+        let floor = opts
+            .floor
+            .then_some((programs::FLOOR_TC, TcAttachType::Ingress));
+        for (program, _) in tc.chain(floor) {
             classifier(ebpf, program)?
                 .load()
                 .map_err(|source| DatapathError::Program { program, source })?;
@@ -213,7 +218,14 @@ impl Datapath {
             }
         }
         for (name, ifindex, iface) in new {
-            let tc: Vec<_> = programs::tc_programs(iface).collect();
+            let mut tc: Vec<_> = programs::tc_programs(iface).collect();
+            if self.opts.floor {
+                // After ours, so that each packet meets it as it met ours.
+                tc.extend([
+                    (programs::FLOOR_TC, TcAttachType::Ingress),
+                    (programs::FLOOR_TC, TcAttachType::Egress),
+                ]);
+            }
             match self.attach_iface(ebpf, &name, &tc) {
                 Ok((added_clsact, links)) => {
                     info!(interface = %name, ifindex, "watching interface");

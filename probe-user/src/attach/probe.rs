@@ -25,7 +25,9 @@ use crate::{
         ebpf_log,
         plan::{self, Action, Facts, Options, Plan},
         privilege,
-        programs::{self, HookSpec, Need, PROGRAMS, ProgramSpec, WITHOUT_APP_READS, Way},
+        programs::{
+            self, Direction, HookSpec, Need, PROGRAMS, ProgramSpec, WITHOUT_APP_READS, Way,
+        },
         tracefs::{self, TracefsError},
     },
     names::cgroup::{self, Resolver},
@@ -229,6 +231,54 @@ impl Probe {
     /// on).
     pub fn costs(&self) -> Vec<crate::attach::prog_info::ProgramCost> {
         crate::attach::prog_info::costs(&self.ebpf)
+    }
+
+    /// `--bpf-floor`: after hopprobe's programs on each non-TC hook they took, a do-nothing
+    /// program (`programs::FLOORS`; `Datapath` puts the TC one on). Detached with the rest.
+    pub fn attach_floors(&mut self) -> Result<(), AttachError> {
+        let took = |name: &str| self.hooks.iter().any(|h| h.program == name);
+        let (skb, sock_ops) = (took("hp_skb_in") || took("hp_skb_out"), took("hp_sock_ops"));
+        let cgroup_dir =
+            File::open(&self.cgroup_root).map_err(|source| AttachError::CgroupRoot {
+                path: self.cgroup_root.clone(),
+                source,
+            })?;
+        let [tracepoint, cgroup_skb, sock_ops_floor, _] = programs::FLOORS.map(|f| f.program);
+        let program = tracepoint;
+        let program_err = |source| AttachError::Program { program, source };
+        let tp: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?
+            .try_into()
+            .map_err(program_err)?;
+        tp.load().map_err(program_err)?;
+        let t = probe_common::layout::sock::inet_sock_set_state::TRACEPOINT;
+        tp.attach(t.category, t.name).map_err(program_err)?;
+        if skb {
+            let program = cgroup_skb;
+            let program_err = |source| AttachError::Program { program, source };
+            let prog: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(AttachError::MissingProgram(program))?
+                .try_into()
+                .map_err(program_err)?;
+            prog.load().map_err(program_err)?;
+            for direction in [Direction::Ingress, Direction::Egress] {
+                // As ours: a bpf_link (see `attach_cgroup_skb`).
+                prog.attach(
+                    &cgroup_dir,
+                    direction.cgroup_skb(),
+                    CgroupAttachMode::Single,
+                )
+                .map_err(program_err)?;
+            }
+        }
+        if sock_ops {
+            attach_sock_ops(&mut self.ebpf, sock_ops_floor, &cgroup_dir)?;
+        }
+        Ok(())
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

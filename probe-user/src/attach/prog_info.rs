@@ -72,7 +72,7 @@ pub fn costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
         .filter_map(|(name, p)| {
             let info = prog_info(p)?;
             Some(ProgramCost {
-                program: name.to_owned(),
+                program: crate::attach::programs::reported_name(name),
                 runs: info.run_cnt,
                 run_time_ns: info.run_time_ns,
             })
@@ -83,19 +83,31 @@ pub fn costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
     costs
 }
 
-/// The programs' costs as a table, with their total.
+/// The programs' costs as a table, with their total; with `--bpf-floor`, each program's ns
+/// per run also as a multiple of its hook's floor.
 pub fn render(costs: &[ProgramCost]) -> String {
+    let floor_ns = |program: &str| {
+        let floor = crate::attach::programs::floor_of(program)?;
+        costs
+            .iter()
+            .find(|c| c.program == floor)
+            .map(ProgramCost::ns_per_run)
+    };
     let mut out = format!(
-        "{:<24} {:>12} {:>10} {:>10}\n",
-        "program", "runs", "ns/run", "total ms"
+        "{:<24} {:>12} {:>10} {:>10} {:>8}\n",
+        "program", "runs", "ns/run", "total ms", "x floor"
     );
     for c in costs {
+        let times = floor_ns(&c.program)
+            .filter(|f| *f > 0.0)
+            .map_or_else(String::new, |f| format!("{:.1}", c.ns_per_run() / f));
         out.push_str(&format!(
-            "{:<24} {:>12} {:>10.0} {:>10.1}\n",
+            "{:<24} {:>12} {:>10.0} {:>10.1} {:>8}\n",
             c.program,
             c.runs,
             c.ns_per_run(),
-            c.run_time_ns as f64 / 1e6
+            c.run_time_ns as f64 / 1e6,
+            times
         ));
     }
     let total: u64 = costs.iter().map(|c| c.run_time_ns).sum();

@@ -138,6 +138,17 @@ impl HookSpec {
         }
     }
 
+    /// The do-nothing program `--bpf-floor` attaches beside this hook's, and the name its cost
+    /// is reported under.
+    pub fn floor(self) -> Floor {
+        match self {
+            HookSpec::Tracepoints(_) => FLOORS[0],
+            HookSpec::CgroupSkb(_) => FLOORS[1],
+            HookSpec::SockOps => FLOORS[2],
+            HookSpec::Tc(..) => FLOORS[3],
+        }
+    }
+
     pub fn tracepoints(self) -> &'static [Tracepoint] {
         match self {
             HookSpec::Tracepoints(tps) => tps,
@@ -365,6 +376,53 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 /// The programs `hopprobe check` attaches to prove a hook type; they measure nothing.
 pub const CHECK_PREFIX: &str = "hp_check_";
 
+/// A do-nothing program of `check`'s that `--bpf-floor` runs after hopprobe's on a hook: its
+/// run time is the least a program on that hook costs on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    pub program: &'static str,
+    /// As the summary's `programs` list it.
+    pub reported_as: &'static str,
+}
+
+/// One per hook type (a do-nothing program's run time does not depend on the event or the
+/// direction, so one tracepoint stands for all).
+pub const FLOORS: [Floor; 4] = [
+    Floor {
+        program: "hp_check_tracepoint",
+        reported_as: "floor/tracepoint",
+    },
+    Floor {
+        program: "hp_check_cgroup_skb",
+        reported_as: "floor/cgroup_skb",
+    },
+    Floor {
+        program: "hp_check_sock_ops",
+        reported_as: "floor/sock_ops",
+    },
+    Floor {
+        program: FLOOR_TC,
+        reported_as: "floor/tc",
+    },
+];
+pub const FLOOR_TC: &str = "hp_check_tc";
+
+/// The floor a program of the table is compared with (`--bpf-floor`), by name as reported.
+pub fn floor_of(program: &str) -> Option<&'static str> {
+    PROGRAMS
+        .iter()
+        .find(|p| p.name == program)
+        .map(|p| p.hook.floor().reported_as)
+}
+
+/// The name a program's cost is reported under: a floor's, or its own.
+pub fn reported_name(program: &str) -> String {
+    FLOORS
+        .iter()
+        .find(|f| f.program == program)
+        .map_or_else(|| program.to_owned(), |f| f.reported_as.to_owned())
+}
+
 /// The TC programs for interfaces of kind `iface`, with their direction.
 pub fn tc_programs(iface: Iface) -> impl Iterator<Item = (&'static str, TcAttachType)> {
     PROGRAMS.iter().filter_map(move |p| match p.hook {
@@ -404,6 +462,20 @@ mod tests {
         assert_eq!(tc_programs(Iface::PodVeth).count(), 2);
     }
 
+    #[test]
+    fn every_program_has_the_floor_of_its_hook_and_floors_are_check_programs() {
+        assert_eq!(floor_of("hp_skb_out"), Some("floor/cgroup_skb"));
+        assert_eq!(floor_of("hp_tc_pod_in"), Some("floor/tc"));
+        assert_eq!(floor_of("hp_sock_ops"), Some("floor/sock_ops"));
+        assert_eq!(floor_of("hp_tcp_rcv_space"), Some("floor/tracepoint"));
+        assert_eq!(floor_of("nothing"), None);
+        for f in FLOORS {
+            assert!(f.program.starts_with(CHECK_PREFIX), "{f:?}");
+            assert_eq!(reported_name(f.program), f.reported_as);
+        }
+        assert_eq!(reported_name("hp_skb_in"), "hp_skb_in");
+    }
+
     /// The object hopprobe embeds, as `ebpf::load` takes it.
     static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf.o"));
 
@@ -434,6 +506,9 @@ mod tests {
                 HookSpec::Tc(..) => matches!(section, S::SchedClassifier),
             };
             assert!(kind_fits, "{}: {section:?} vs {:?}", p.name, p.hook);
+        }
+        for f in FLOORS {
+            assert!(object.programs.contains_key(f.program), "{f:?}");
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub read_hook: ReadHook,
     /// Turn the kernel's run-time statistics on for the run and report each program's cost.
     pub bpf_stats: bool,
+    /// `--bpf-floor`: do-nothing programs beside ours (see `Probe::attach_floors`).
+    pub bpf_floor: bool,
 }
 
 /// What `--json` writes (and `hopprobe report --summary` reads), with the names the run holds
@@ -221,6 +223,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     } else {
         None
     };
+    if opts.bpf_floor {
+        probe.attach_floors()?;
+    }
     let mut rings = Rings::take(&mut probe)?;
     let maps = Maps::take(&mut probe)?;
     let mut datapath = attach_datapath(&mut probe, opts);
