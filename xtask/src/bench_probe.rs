@@ -1,10 +1,13 @@
 //! `cargo xtask bench-probe`: what hopprobe costs the requests it watches. In the lab (sidecar
 //! mesh, ingress, no injected delay: the cheapest requests, where a cost per packet weighs
-//! most), loadgen runs the published command at c = 1 and c = 32 with no hopprobe, with
+//! most), loadgen runs the published command at c = 1, 32 and 64 with no hopprobe, with
 //! hopprobe as deployed (batched ring wake-ups) and with `--ring-wakeup each`, the order
-//! rotating each round. It prints latency and throughput ratios to the run without hopprobe,
-//! hopprobe's own CPU per request and peak RSS, and then, from one more run with
-//! `--bpf-stats`, the kernel time per request of each program.
+//! rotating each round, each run after a second of the same load unmeasured. It prints the
+//! medians' latency and throughput ratios to the runs without hopprobe, the spread of every
+//! variant's rounds (so that a ratio is read against the spread of the runs without
+//! hopprobe), hopprobe's own CPU per request (from schedstat, in nanoseconds) and peak RSS;
+//! then, from one more run with `--bpf-stats --bpf-floor`, the kernel time per request of
+//! each program and its ns per run as a multiple of a do-nothing program's on the same hook.
 //!
 //! `BENCH_TLS=1` terminates HTTPS at the ingress (`hoplab up --ingress-tls`) and loadgen
 //! speaks HTTPS to it, a new TLS connection per request as the published external test did:
@@ -80,21 +83,26 @@ struct Sample {
     rss_mib: f64,
 }
 
-/// Utime + stime of `pid` in seconds, from /proc.
+/// CPU time of `pid`'s threads in seconds, to the nanosecond: the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat` (time on a CPU), where `/proc/<pid>/stat` counts clock
+/// ticks of 10 ms, as long as a c = 1 run's whole share. A thread that exited in between would
+/// be missed; hopprobe's threads live as long as it does.
 fn cpu_s(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; fields count from after its closing parenthesis.
-    let rest = stat.rsplit_once(')').context("/proc/pid/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .context("/proc/pid/stat fields")?
-        .iter()
-        .map(|f| f.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .with_context(|| format!("{}: {text:?}", path.display()))?;
+    }
+    Ok(ns as f64 / 1e9)
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -161,6 +169,10 @@ fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -
             Some(start_hopprobe(&measuring("hopprobe"), args, None)?)
         }
     };
+    // Every variant, with hopprobe or not, first takes a second of the same load unmeasured:
+    // the lab's pools, caches and the CPUs' frequency start each measured run alike.
+    loadgen(c, ("-z", "1s".into()))?;
+    interrupted(stop)?;
     let pid = probe.as_ref().map(ChildGuard::id);
     let cpu_before = pid.map(cpu_s).transpose()?.unwrap_or(0.0);
     let report = loadgen(c, amount);
@@ -267,6 +279,39 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
             med(v, |s| s.rss_mib)
         );
     }
+    // The spread of each variant's rounds: a ratio means something only where it is larger
+    // than the spread of the runs without hopprobe.
+    println!("  spread of the rounds (min–max; without hopprobe also (max − min) / median)");
+    for v in Variant::ALL {
+        let range = |f: fn(&Sample) -> f64| {
+            let vals: Vec<f64> = samples
+                .iter()
+                .filter(|(w, _)| *w == v)
+                .map(|(_, s)| f(s))
+                .collect();
+            let (lo, hi) = vals
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(*x), hi.max(*x))
+                });
+            (lo, hi, (hi - lo) / median(vals).max(1e-9))
+        };
+        let (p_lo, p_hi, p_rel) = range(|s| s.p50_ms);
+        let (r_lo, r_hi, r_rel) = range(|s| s.rps);
+        let rel = if v == Variant::Without {
+            format!(
+                "  ({:.1} % of p50, {:.1} % of req/s)",
+                p_rel * 100.0,
+                r_rel * 100.0
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<24} p50 {p_lo:.3}–{p_hi:.3} ms  req/s {r_lo:.1}–{r_hi:.1}{rel}",
+            v.name()
+        );
+    }
     Ok(())
 }
 
@@ -274,6 +319,7 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
 fn kernel_time_once(
     bin: &Path,
     tls_flag: bool,
+    floor: bool,
     requests: u32,
     stop: &AtomicBool,
 ) -> Result<ProgramCosts> {
@@ -281,12 +327,14 @@ fn kernel_time_once(
     let dir = cmd::target_dir().join("bench-probe");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
-    let args: &[&str] = if tls_flag {
-        &["--bpf-stats", "--tls"]
-    } else {
-        &["--bpf-stats"]
-    };
-    let probe = start_hopprobe(bin, args, Some(&json))?;
+    let mut args = vec!["--bpf-stats"];
+    if tls_flag {
+        args.push("--tls");
+    }
+    if floor {
+        args.push("--bpf-floor");
+    }
+    let probe = start_hopprobe(bin, &args, Some(&json))?;
     let report = loadgen(1, ("-n", requests.to_string()));
     interrupted(stop)?;
     report?;
@@ -315,6 +363,20 @@ fn kernel_time_once(
 
 type ProgramCosts = std::collections::BTreeMap<String, (f64, f64)>;
 
+/// The do-nothing program `--bpf-floor` runs on `program`'s hook, as the summary names it
+/// (hopprobe's `programs::HookSpec::floor`, by the programs' names).
+fn floor_of(program: &str) -> &'static str {
+    if program.starts_with("hp_skb_") {
+        "floor/cgroup_skb"
+    } else if program.starts_with("hp_tc_") {
+        "floor/tc"
+    } else if program == "hp_sock_ops" {
+        "floor/sock_ops"
+    } else {
+        "floor/tracepoint"
+    }
+}
+
 /// c = 1 runs with `--bpf-stats`: each program's kernel time per request. With a baseline
 /// hopprobe (`BENCH_BASELINE`), both alternate for `rounds` rounds and the medians are set side
 /// by side: the machine's speed drifts by tens of percent between runs, so a change to the
@@ -330,17 +392,17 @@ fn kernel_time(
     let mut theirs = Vec::new();
     for round in 0..if baseline.is_some() { rounds } else { 1 } {
         let mut run_this = || -> Result<()> {
-            ours.push(kernel_time_once(&this, tls(), requests, stop)?);
+            ours.push(kernel_time_once(&this, tls(), true, requests, stop)?);
             Ok(())
         };
         match &baseline {
             Some(b) if round % 2 == 0 => {
-                theirs.push(kernel_time_once(b, false, requests, stop)?);
+                theirs.push(kernel_time_once(b, false, false, requests, stop)?);
                 run_this()?;
             }
             Some(b) => {
                 run_this()?;
-                theirs.push(kernel_time_once(b, false, requests, stop)?);
+                theirs.push(kernel_time_once(b, false, false, requests, stop)?);
             }
             None => run_this()?,
         }
@@ -352,7 +414,16 @@ fn kernel_time(
         (runs / r, ns / runs.max(1.0), ns / r / 1e3)
     };
     println!("\nkernel time per request at c = 1 ({requests} requests, --bpf-stats)");
-    let names: Vec<&String> = ours[0].keys().collect();
+    // The floors (`--bpf-floor`, measured hopprobe only) are not hopprobe's cost: apart.
+    let names: Vec<&String> = ours[0]
+        .keys()
+        .filter(|n| !n.starts_with("floor/"))
+        .collect();
+    let floor = |name: &str| -> (f64, f64) {
+        let (_, f_ns, _) = per_request(&ours, floor_of(name));
+        let (_, ns, _) = per_request(&ours, name);
+        (f_ns, ns / f_ns.max(1e-9))
+    };
     let mut totals = (0.0, 0.0);
     if let Some(b) = &baseline {
         println!(
@@ -361,22 +432,25 @@ fn kernel_time(
             ours.len()
         );
         println!(
-            "  {:<20} {:>10} {:>14} {:>10} {:>8} {:>14} {:>10}",
+            "  {:<20} {:>10} {:>14} {:>10} {:>8} {:>14} {:>10} {:>12} {:>8}",
             "program",
             "runs/req",
             "baseline ns/run",
             "ns/run",
             "ratio",
             "baseline µs/req",
-            "µs/req"
+            "µs/req",
+            "floor ns/run",
+            "x floor"
         );
         for name in names {
             let (runs, ns, us) = per_request(&ours, name);
             let (_, b_ns, b_us) = per_request(&theirs, name);
+            let (f_ns, times) = floor(name);
             totals.0 += b_us;
             totals.1 += us;
             println!(
-                "  {name:<20} {runs:>10.1} {b_ns:>14.0} {ns:>10.0} {:>8.2} {b_us:>14.1} {us:>10.1}",
+                "  {name:<20} {runs:>10.1} {b_ns:>14.0} {ns:>10.0} {:>8.2} {b_us:>14.1} {us:>10.1} {f_ns:>12.0} {times:>8.1}",
                 ns / b_ns.max(1.0)
             );
         }
@@ -392,13 +466,14 @@ fn kernel_time(
         );
     } else {
         println!(
-            "  {:<20} {:>10} {:>10} {:>12}",
-            "program", "runs/req", "ns/run", "µs/request"
+            "  {:<20} {:>10} {:>10} {:>12} {:>12} {:>8}",
+            "program", "runs/req", "ns/run", "µs/request", "floor ns/run", "x floor"
         );
         for name in names {
             let (runs, ns, us) = per_request(&ours, name);
+            let (f_ns, times) = floor(name);
             totals.1 += us;
-            println!("  {name:<20} {runs:>10.1} {ns:>10.0} {us:>12.1}");
+            println!("  {name:<20} {runs:>10.1} {ns:>10.0} {us:>12.1} {f_ns:>12.0} {times:>8.1}");
         }
         println!("  {:<20} {:>10} {:>10} {:>12.1}", "all", "", "", totals.1);
     }
@@ -421,7 +496,7 @@ pub fn bench() -> Result<()> {
     cmd::cargo(&["build", "-p", "hopprobe-tests", "--bin", "hoplab"])?;
     cmd::cargo(&["build", "--release", "-p", "probe-user", "-p", "loadgen"])?;
     let baseline = baseline()?;
-    let rounds = env_or("BENCH_ROUNDS", 3usize);
+    let rounds = env_or("BENCH_ROUNDS", 5usize);
     if rounds == 0 {
         bail!("BENCH_ROUNDS must be at least 1");
     }
@@ -448,9 +523,12 @@ pub fn bench() -> Result<()> {
         compare(&format!("c = 1, {requests} requests"), rounds, |v| {
             sample(v, 1, ("-n", requests.to_string()), &stop)
         })?;
-        compare(&format!("c = 32, {secs} s"), rounds, |v| {
-            sample(v, 32, ("-z", format!("{secs}s")), &stop)
-        })?;
+        // The published study's concurrencies.
+        for c in [32, 64] {
+            compare(&format!("c = {c}, {secs} s"), rounds, |v| {
+                sample(v, c, ("-z", format!("{secs}s")), &stop)
+            })?;
+        }
     }
     kernel_time(requests, rounds, baseline, &stop)
 }
