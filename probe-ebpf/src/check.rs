@@ -2,7 +2,7 @@
 //! this kernel. They do nothing; attaching them is the test.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, sk_action::SK_PASS},
+    bindings::{TC_ACT_OK, TC_ACT_UNSPEC, sk_action::SK_PASS},
     macros::{cgroup_skb, classifier, fentry, kprobe, sock_ops, tracepoint},
     programs::{
         FEntryContext, ProbeContext, SkBuffContext, SockOpsContext, TcContext, TracePointContext,
@@ -17,6 +17,14 @@ pub fn hp_check_tracepoint(_ctx: TracePointContext) -> u32 {
 #[classifier]
 pub fn hp_check_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
+}
+
+/// `hopprobe run --bpf-floor`'s TC floor. Unlike `hp_check_tc`, it hands the packet on as
+/// hopprobe's own classifiers do: `TC_ACT_OK` ends a TCX chain, so the programs after it on a
+/// pod's veth (a CNI's) would never run.
+#[classifier]
+pub fn hp_check_tc_next(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[cgroup_skb]

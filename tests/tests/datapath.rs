@@ -177,3 +177,81 @@ fn new_pod_veths_are_picked_up_within_two_seconds_and_forgotten_when_gone() {
     drop(link);
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
+
+/// `--bpf-floor` on the veths: the TC floor runs on every packet ours see, and hands each one
+/// on as ours do, so a tc filter after them (a CNI's) still sees it. A floor returning
+/// `TC_ACT_OK` ended the TCX chain: the filter below counted 0 packets.
+#[test]
+fn the_tc_floor_runs_beside_ours_and_hands_packets_on() {
+    if !testkit::lab::available("the_tc_floor_runs_beside_ours_and_hands_packets_on") {
+        return;
+    }
+    let name = format!("hpt{}f", std::process::id() % 100_000);
+    let lab = Lab::up(
+        LabConfig::new(&name),
+        Path::new(env!("CARGO_BIN_EXE_hoplab")),
+    )
+    .expect("lab up");
+    let node = lab.state.node_netns.clone();
+    let veth = lab.state.pods[0].host_veth.clone();
+    let tc = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &node, "tc"];
+        full.extend_from_slice(args);
+        ip(&full).unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Goes with the veth when the lab goes down.
+    tc(&["qdisc", "add", "dev", &veth, "clsact"]);
+    // u32 matching everything, counted by a mirror to the node's loopback (which drops what
+    // is not its own): the classifier and action the development kernel has built in
+    // (matchall and gact are modules it lacks).
+    tc(&[
+        "filter", "add", "dev", &veth, "egress", "protocol", "all", "u32", "match", "u32", "0",
+        "0", "action", "mirred", "egress", "mirror", "dev", "lo",
+    ]);
+    let netns = format!("/run/netns/{node}");
+    let summary = measure(
+        &testkit::probe::binary(),
+        &["--netns", &netns, "--bpf-stats", "--bpf-floor"],
+        || {
+            for _ in 0..REQUESTS {
+                let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+                assert_eq!(resp.status(), Some(200));
+            }
+        },
+    )
+    .summary;
+    let shown = tc(&["-s", "-j", "filter", "show", "dev", &veth, "egress"]);
+    let filters: Value = serde_json::from_str(&shown).expect("tc's JSON");
+    let passed = filters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["options"]["actions"].as_array())
+        .flatten()
+        .filter_map(|a| a["stats"]["packets"].as_u64())
+        .sum::<u64>();
+    // Every request enters productpage's pod: at least its SYN and its request.
+    assert!(
+        passed >= 2 * REQUESTS as u64,
+        "the filter after hopprobe's saw {passed} packets: {shown}"
+    );
+    let programs = summary["programs"].as_array().expect("programs");
+    let runs = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        programs
+            .iter()
+            .filter(|p| p["program"].as_str().is_some_and(pred))
+            .filter_map(|p| p["runs"].as_u64())
+            .sum()
+    };
+    let (ours, floor) = (
+        runs(&|n| n.starts_with("hp_tc_")),
+        runs(&|n| n == "floor/tc"),
+    );
+    // Both go on every watched interface both ways; attached a moment apart.
+    assert!(
+        ours > 0 && floor as f64 >= 0.95 * ours as f64 && floor <= ours + ours / 20,
+        "floor/tc {floor} runs, hp_tc_* {ours}: {programs:?}"
+    );
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}

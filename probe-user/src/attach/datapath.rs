@@ -218,16 +218,21 @@ impl Datapath {
             }
         }
         for (name, ifindex, iface) in new {
-            let mut tc: Vec<_> = programs::tc_programs(iface).collect();
-            if self.opts.floor {
-                // After ours, so that each packet meets it as it met ours.
-                tc.extend([
-                    (programs::FLOOR_TC, TcAttachType::Ingress),
-                    (programs::FLOOR_TC, TcAttachType::Egress),
-                ]);
-            }
+            let tc: Vec<_> = programs::tc_programs(iface).collect();
             match self.attach_iface(ebpf, &name, &tc) {
-                Ok((added_clsact, links)) => {
+                Ok((added_clsact, mut links)) => {
+                    if self.opts.floor {
+                        // After ours (with TCX; before 6.6 a new filter goes first, and hands
+                        // the packet on all the same); a failure leaves ours in place.
+                        let floor = [
+                            (programs::FLOOR_TC, TcAttachType::Ingress),
+                            (programs::FLOOR_TC, TcAttachType::Egress),
+                        ];
+                        match self.attach_iface(ebpf, &name, &floor) {
+                            Ok((_, floor_links)) => links.extend(floor_links),
+                            Err(e) => warn!(interface = %name, error = %e, "floor not attached"),
+                        }
+                    }
                     info!(interface = %name, ifindex, "watching interface");
                     self.attached.insert(
                         name,

@@ -93,10 +93,18 @@ pub fn render(costs: &[ProgramCost]) -> String {
             .find(|c| c.program == floor)
             .map(ProgramCost::ns_per_run)
     };
+    let floors = costs.iter().any(|c| c.program.starts_with("floor/"));
     let mut out = format!(
         "{:<24} {:>12} {:>10} {:>10} {:>8}\n",
-        "program", "runs", "ns/run", "total ms", "x floor"
-    );
+        "program",
+        "runs",
+        "ns/run",
+        "total ms",
+        if floors { "x floor" } else { "" }
+    )
+    .trim_end()
+    .to_owned()
+        + "\n";
     for c in costs {
         let times = floor_ns(&c.program)
             .filter(|f| *f > 0.0)

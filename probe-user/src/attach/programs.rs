@@ -405,7 +405,9 @@ pub const FLOORS: [Floor; 4] = [
         reported_as: "floor/tc",
     },
 ];
-pub const FLOOR_TC: &str = "hp_check_tc";
+/// Not `check`'s `hp_check_tc`, which ends the chain (`TC_ACT_OK`): this one hands the packet
+/// on, as ours do.
+pub const FLOOR_TC: &str = "hp_check_tc_next";
 
 /// The floor a program of the table is compared with (`--bpf-floor`), by name as reported.
 pub fn floor_of(program: &str) -> Option<&'static str> {
