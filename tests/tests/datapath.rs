@@ -194,20 +194,37 @@ fn the_tc_floor_runs_beside_ours_and_hands_packets_on() {
     .expect("lab up");
     let node = lab.state.node_netns.clone();
     let veth = lab.state.pods[0].host_veth.clone();
-    let tc = |args: &[&str]| {
+    let try_tc = |args: &[&str]| {
         let mut full = vec!["netns", "exec", &node, "tc"];
         full.extend_from_slice(args);
-        ip(&full).unwrap_or_else(|e| panic!("{e}"))
+        ip(&full)
     };
+    let tc = |args: &[&str]| try_tc(args).unwrap_or_else(|e| panic!("{e}"));
     // Goes with the veth when the lab goes down.
     tc(&["qdisc", "add", "dev", &veth, "clsact"]);
-    // u32 matching everything, counted by a mirror to the node's loopback (which drops what
-    // is not its own): the classifier and action the development kernel has built in
-    // (matchall and gact are modules it lacks).
-    tc(&[
-        "filter", "add", "dev", &veth, "egress", "protocol", "all", "u32", "match", "u32", "0",
-        "0", "action", "mirred", "egress", "mirror", "dev", "lo",
-    ]);
+    // A filter matching everything, with an action that counts: the first this kernel has.
+    // The development kernel has u32 and mirred built in (a mirror to the node's loopback,
+    // which drops what is not its own) but not matchall or gact; the VM matrix's Debian
+    // guests load no classifier module at all, so there the chain is not checked.
+    let base = ["filter", "add", "dev", &veth, "egress", "protocol", "all"];
+    let filters: [&[&str]; 2] = [
+        &["matchall", "action", "pass"],
+        &[
+            "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "lo",
+        ],
+    ];
+    let mut refused = Vec::new();
+    let counted = filters.iter().any(|f| {
+        let args: Vec<&str> = base.iter().chain(f.iter()).copied().collect();
+        try_tc(&args)
+            .map_err(|e| refused.push(e.to_string()))
+            .is_ok()
+    });
+    if !counted {
+        eprintln!(
+            "NOT CHECKED: the chain after the floor; no counting tc filter here: {refused:?}"
+        );
+    }
     let netns = format!("/run/netns/{node}");
     let summary = measure(
         &testkit::probe::binary(),
@@ -220,21 +237,23 @@ fn the_tc_floor_runs_beside_ours_and_hands_packets_on() {
         },
     )
     .summary;
-    let shown = tc(&["-s", "-j", "filter", "show", "dev", &veth, "egress"]);
-    let filters: Value = serde_json::from_str(&shown).expect("tc's JSON");
-    let passed = filters
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["options"]["actions"].as_array())
-        .flatten()
-        .filter_map(|a| a["stats"]["packets"].as_u64())
-        .sum::<u64>();
-    // Every request enters productpage's pod: at least its SYN and its request.
-    assert!(
-        passed >= 2 * REQUESTS as u64,
-        "the filter after hopprobe's saw {passed} packets: {shown}"
-    );
+    if counted {
+        let shown = tc(&["-s", "-j", "filter", "show", "dev", &veth, "egress"]);
+        let filters: Value = serde_json::from_str(&shown).expect("tc's JSON");
+        let passed = filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["options"]["actions"].as_array())
+            .flatten()
+            .filter_map(|a| a["stats"]["packets"].as_u64())
+            .sum::<u64>();
+        // Every request enters productpage's pod: at least its SYN and its request.
+        assert!(
+            passed >= 2 * REQUESTS as u64,
+            "the filter after hopprobe's saw {passed} packets: {shown}"
+        );
+    }
     let programs = summary["programs"].as_array().expect("programs");
     let runs = |pred: &dyn Fn(&str) -> bool| -> u64 {
         programs
