@@ -13,6 +13,7 @@ use crate::{
         reads::ReadHook,
     },
     check, exit,
+    export::Limits,
     names::{self as metadata, kube::KubeOptions},
     run,
 };
@@ -103,6 +104,32 @@ pub struct RunArgs {
     /// (docs/overhead.md).
     #[arg(long, requires = "bpf_stats")]
     pub bpf_floor: bool,
+    /// Serve Prometheus metrics on `/metrics`, and `/healthz` and `/readyz`, on this address
+    /// (e.g. `0.0.0.0:9464`) while running. Off when omitted (docs/metrics.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Latency and TCP series in one scrape at most; series beyond it are left out and
+    /// counted (`hopprobe_series_dropped`).
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_name = "N",
+        requires = "metrics_addr"
+    )]
+    pub metrics_max_series: usize,
+    /// Destinations per source workload in `hopprobe_upstream_duration_seconds`; calls to
+    /// the rest count under `destination="other"`.
+    #[arg(
+        long,
+        default_value_t = 50,
+        value_name = "N",
+        requires = "metrics_addr"
+    )]
+    pub metrics_max_destinations: usize,
+    /// Label series by pod (`k8s_pod`), not only by workload: a series per pod, and new
+    /// ones at every rollout.
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_pod_labels: bool,
     /// Let the eBPF programs report, on stderr as `<program>: <message>`, each condition they
     /// only count otherwise: `warn` for data lost other than to load (a map insert that
     /// failed, a tracepoint whose fields did not parse), `debug` also for a full ring buffer
@@ -287,6 +314,14 @@ fn run_cmd(args: RunArgs) -> i32 {
         read_hook: args.app_reads,
         bpf_stats: args.bpf_stats,
         bpf_floor: args.bpf_floor,
+        metrics: args.metrics_addr.map(|addr| run::MetricsOptions {
+            addr,
+            limits: Limits {
+                max_series: args.metrics_max_series,
+                max_destinations: args.metrics_max_destinations,
+                pod_labels: args.metrics_pod_labels,
+            },
+        }),
     };
     match run::run(&opts) {
         Ok(_) => exit::OK,
@@ -302,6 +337,10 @@ fn run_cmd(args: RunArgs) -> i32 {
         Err(run::RunError::Kube(e)) => {
             error!("Kubernetes API: {e}");
             e.exit_code()
+        }
+        Err(e @ run::RunError::Metrics { .. }) => {
+            error!("{e}");
+            exit::USAGE
         }
         Err(e) => {
             error!("{e}");

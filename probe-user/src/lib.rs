@@ -9,6 +9,7 @@ pub mod attach;
 pub mod check;
 pub mod cli;
 pub mod exit;
+pub mod export;
 pub mod hops;
 pub mod names;
 pub mod report;

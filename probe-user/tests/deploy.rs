@@ -23,6 +23,7 @@ const MANIFESTS: [(&str, &str); 2] = [
         include_str!("../../deploy/kubernetes/daemonset.yaml"),
     ),
 ];
+const POD_MONITOR: &str = include_str!("../../deploy/kubernetes/podmonitor.yaml");
 const CHART: &str = include_str!("../../deploy/helm/hopprobe/Chart.yaml");
 const VALUES: &str = include_str!("../../deploy/helm/hopprobe/values.yaml");
 const TEMPLATES: [(&str, &str); 2] = [
@@ -154,6 +155,68 @@ fn render(template: &str, values: &Value, release: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The DaemonSet serves `/metrics` on the port its annotations, its probes and the PodMonitor
+/// name.
+#[test]
+fn the_daemonset_exports_metrics_where_prometheus_looks() {
+    let docs = manifests();
+    let ds: DaemonSet = typed(of_kind(&docs, "DaemonSet"));
+    let template = &ds.spec.as_ref().expect("spec").template;
+    let c = &template.spec.as_ref().expect("pod spec").containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    let addr = args
+        .iter()
+        .position(|a| a == "--metrics-addr")
+        .and_then(|i| args.get(i + 1))
+        .expect("--metrics-addr in the DaemonSet's args");
+    let port: i32 = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("a port");
+    let declared = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"));
+    assert_eq!(declared.map(|p| p.container_port), Some(port));
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/port"),
+        Some(&port.to_string())
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    let monitor = documents(POD_MONITOR, "podmonitor.yaml")
+        .pop()
+        .expect("PodMonitor");
+    assert_eq!(monitor["kind"], "PodMonitor");
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector")
+    {
+        assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "{k}");
+    }
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
 }
 
 #[test]

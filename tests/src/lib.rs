@@ -9,6 +9,7 @@ pub mod leftovers;
 pub mod loopback;
 pub mod netns;
 pub mod probe;
+pub mod prometheus;
 pub mod root;
 
 /// A finished command's status, stdout and stderr, for assertion messages.

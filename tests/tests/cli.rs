@@ -60,6 +60,26 @@ fn malformed_flags_exit_2_with_a_message() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
+/// `--metrics-addr`: what cannot be served is refused before anything is attached.
+#[test]
+fn an_unusable_metrics_address_exits_2_naming_it() {
+    let o = hopprobe(&["run", "--metrics-addr", "localhost:port"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--metrics-addr"), "{}", text(&o));
+    let o = hopprobe(&["run", "--metrics-max-series", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--metrics-addr"), "{}", text(&o));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let o = hopprobe(&["run", "--metrics-addr", &addr, "--duration", "1s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("--metrics-addr {addr}: Address already in use")),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn without_privilege_check_and_run_say_so() {
     if !testkit::root::available("without_privilege_check_and_run_say_so") {

@@ -9,11 +9,13 @@ use crate::cmd;
 /// (a file that proves the package is installed, the package).
 pub type Package = (&'static str, &'static str);
 
-/// What the integration tests run besides hopprobe: `ip`, and Chromium to render the HTML
-/// report headless.
-pub const TEST_PACKAGES: [Package; 2] = [
+/// What the integration tests run besides hopprobe: `ip`, Chromium to render the HTML report
+/// headless, and Prometheus (with promtool) to scrape `/metrics`; the tests start it on
+/// loopback themselves (a machine without systemd does not start the package's service).
+pub const TEST_PACKAGES: [Package; 3] = [
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/prometheus", "prometheus"),
 ];
 
 /// What the lab runs: kube-proxy's and Istio's rules, sysctl, and haproxy for the

@@ -162,24 +162,38 @@ impl HopAggregator {
     }
 
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
-        self.series
-            .iter()
+        self.series()
             .map(|(k, l)| HopSummary {
-                hop: k.hop,
-                namespace: None,
-                pod: None,
-                container: None,
-                direction: k.direction,
-                interface: None,
-                cgroup_id: k.cgroup_id,
-                cgroup: resolver.resolve(k.cgroup_id),
-                local_port: k.local_port,
-                peer: k.peer.map(|p| p.to_string()),
-                peer_service: None,
-                peer_pod: None,
                 latency: l.summary(),
+                ..k.unnamed(resolver)
             })
             .collect()
+    }
+
+    /// Every series with its histogram, for `/metrics`.
+    pub fn series(&self) -> impl Iterator<Item = (&HopKey, &Latency)> {
+        self.series.iter()
+    }
+}
+
+impl HopKey {
+    /// The series' summary without names or latency (`name` adds the names).
+    pub fn unnamed(&self, resolver: &mut Resolver) -> HopSummary {
+        HopSummary {
+            hop: self.hop,
+            namespace: None,
+            pod: None,
+            container: None,
+            direction: self.direction,
+            interface: None,
+            cgroup_id: self.cgroup_id,
+            cgroup: resolver.resolve(self.cgroup_id),
+            local_port: self.local_port,
+            peer: self.peer.map(|p| p.to_string()),
+            peer_service: None,
+            peer_pod: None,
+            latency: Default::default(),
+        }
     }
 }
 
@@ -189,37 +203,51 @@ pub fn kernel_hops(
     ifnames: &BTreeMap<u32, String>,
     resolver: &mut Resolver,
 ) -> Vec<HopSummary> {
-    let mut out = Vec::new();
-    for (k, counts) in hists {
-        let hop = match k.hop {
-            HOP_DATAPATH_IN => Hop::DatapathIn,
-            HOP_DATAPATH_OUT => Hop::DatapathOut,
-            HOP_POD_DELIVERY => Hop::PodDelivery,
-            HOP_POD_SEND => Hop::PodSend,
-            _ => continue,
-        };
-        let latency = Latency::from_buckets(&counts);
-        out.push(HopSummary {
-            hop,
-            namespace: None,
-            pod: None,
-            container: None,
-            direction: None,
-            interface: ifnames
-                .get(&k.ifindex)
-                .cloned()
-                .or_else(|| (k.ifindex != 0).then(|| format!("ifindex {}", k.ifindex))),
-            cgroup_id: k.cgroup_id,
-            cgroup: resolver.resolve(k.cgroup_id),
-            local_port: None,
-            peer: None,
-            peer_service: None,
-            peer_pod: None,
-            latency: latency.summary(),
-        });
-    }
+    let mut out: Vec<HopSummary> = hists
+        .into_iter()
+        .filter_map(|(k, counts)| {
+            Some(HopSummary {
+                latency: Latency::from_buckets(&counts).summary(),
+                ..kernel_unnamed(&k, ifnames, resolver)?
+            })
+        })
+        .collect();
     out.sort_by(|a, b| (a.hop, &a.interface, a.cgroup_id).cmp(&(b.hop, &b.interface, b.cgroup_id)));
     out
+}
+
+/// A kernel histogram's summary without names or latency; `None` for a hop this build does
+/// not know.
+pub fn kernel_unnamed(
+    k: &HistKey,
+    ifnames: &BTreeMap<u32, String>,
+    resolver: &mut Resolver,
+) -> Option<HopSummary> {
+    let hop = match k.hop {
+        HOP_DATAPATH_IN => Hop::DatapathIn,
+        HOP_DATAPATH_OUT => Hop::DatapathOut,
+        HOP_POD_DELIVERY => Hop::PodDelivery,
+        HOP_POD_SEND => Hop::PodSend,
+        _ => return None,
+    };
+    Some(HopSummary {
+        hop,
+        namespace: None,
+        pod: None,
+        container: None,
+        direction: None,
+        interface: ifnames
+            .get(&k.ifindex)
+            .cloned()
+            .or_else(|| (k.ifindex != 0).then(|| format!("ifindex {}", k.ifindex))),
+        cgroup_id: k.cgroup_id,
+        cgroup: resolver.resolve(k.cgroup_id),
+        local_port: None,
+        peer: None,
+        peer_service: None,
+        peer_pod: None,
+        latency: Default::default(),
+    })
 }
 
 /// Fills in namespace, pod and container names, and the peer's Service and pod, where the

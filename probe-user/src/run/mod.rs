@@ -1,5 +1,6 @@
 //! `hopprobe run`: attach, aggregate until told to stop, detach, report.
 
+mod metrics;
 mod output;
 mod rings;
 mod sink;
@@ -31,6 +32,10 @@ use crate::{
         evictions::LruMaps,
         probe::{ActiveHook, AttachError, Probe, read_counters, read_hists, read_tcp_events},
         reads::ReadHook,
+    },
+    export::{
+        Limits,
+        server::{Scrape, Server},
     },
     hops::{self, datapath as tcflow, kernel_hops},
     names::{
@@ -67,6 +72,14 @@ pub struct RunOptions {
     pub bpf_stats: bool,
     /// `--bpf-floor`: do-nothing programs beside ours (see `Probe::attach_floors`).
     pub bpf_floor: bool,
+    /// `--metrics-addr`: serve `/metrics` while running.
+    pub metrics: Option<MetricsOptions>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsOptions {
+    pub addr: std::net::SocketAddr,
+    pub limits: Limits,
 }
 
 /// What `--json` writes (and `hopprobe report --summary` reads), with the names the run holds
@@ -81,6 +94,11 @@ pub enum RunError {
     Kube(#[from] KubeError),
     #[error("--bpf-stats: turning on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+): {0}")]
     Stats(String),
+    #[error("--metrics-addr {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -198,6 +216,22 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     // Handlers go in before attaching, so a signal that arrives right after is not lost.
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    // Bound first: a port in use stops the run before anything is attached.
+    let mut server = match &opts.metrics {
+        Some(m) => Some(
+            std::net::TcpListener::bind(m.addr)
+                .and_then(Server::start)
+                .map_err(|source| RunError::Metrics {
+                    addr: m.addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(s) = &server {
+        info!(addr = %s.addr, "serving /metrics, /healthz and /readyz");
+        s.state.set_ready(false, "attaching");
+    }
     // Names first: a cluster that refuses hopprobe's credentials stops it before anything is
     // attached.
     let (metadata, _kube) = names(opts).await?;
@@ -243,6 +277,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     };
     let mut cpu = CpuSampler::new(cgroup_root.clone());
     cpu.sample();
+    // Names came first (with --kube the API server listed what this node runs).
+    if let Some(s) = &server {
+        s.state.set_ready(true, "");
+    }
+    let limits = opts.metrics.map(|m| m.limits).unwrap_or_default();
 
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
@@ -252,7 +291,15 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             ready = rings.events.readable() => ready?.events(&mut c),
             ready = rings.exchanges.readable() => ready?.exchanges(&mut c),
             ready = rings.datapath.readable() => ready?.datapath(&mut c),
-            _ = ticks.drain.tick() => rings.drain_all(&mut c),
+            _ = ticks.drain.tick() => {
+                rings.drain_all(&mut c);
+                if let Some(s) = &server {
+                    s.state.beat();
+                }
+            }
+            scrape = next_scrape(&mut server) => {
+                let _ = scrape.reply.send(metrics::snapshot(&maps, &mut c, &metadata, limits));
+            }
             _ = ticks.cpu.tick() => cpu.sample(),
             _ = ticks.live.tick() => output::print_live(
                 started.elapsed(), &c.agg, &mut c.resolver, &metadata, &maps.stats, &maps.lru,
@@ -271,6 +318,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         }
     };
     cpu.sample();
+    if let Some(s) = server.as_mut() {
+        s.shutting_down();
+    }
     // Detach first, then read what the programs wrote before they went.
     if let Some(mut dp) = datapath.take() {
         c.ifnames.extend(dp.names());
@@ -367,6 +417,14 @@ fn final_counters(
     }
     counters.insert("sidecar_unpaired", paired.sidecar_unpaired);
     counters
+}
+
+/// The next scrape, if `/metrics` is served.
+async fn next_scrape(server: &mut Option<Server>) -> Scrape {
+    match server {
+        Some(s) => s.next_scrape().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(s: &mut Signal) {

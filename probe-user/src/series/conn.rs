@@ -96,6 +96,11 @@ impl Aggregator {
         self.series.is_empty()
     }
 
+    /// Every series with its histogram, for `/metrics`.
+    pub fn latencies(&self) -> impl Iterator<Item = (&SeriesKey, &Latency)> {
+        self.series.iter().map(|(k, s)| (k, &s.latency))
+    }
+
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<SeriesSummary> {
         self.series
             .iter()

@@ -14,11 +14,18 @@ const SIGNIFICANT_DIGITS: u8 = 2;
 /// record (perf: a cache miss, whatever the size). The histogram resizes itself to the largest
 /// value seen (`saturating_record` would clamp to its initial range instead).
 #[derive(Clone)]
-pub struct Latency(Histogram<u64>);
+pub struct Latency {
+    h: Histogram<u64>,
+    /// The exact sum of what was recorded (what `/metrics` exports as `_sum`).
+    sum_ns: u64,
+}
 
 impl Default for Latency {
     fn default() -> Self {
-        Self(Histogram::new(SIGNIFICANT_DIGITS).expect("2 significant digits is valid"))
+        Self {
+            h: Histogram::new(SIGNIFICANT_DIGITS).expect("2 significant digits is valid"),
+            sum_ns: 0,
+        }
     }
 }
 
@@ -26,12 +33,27 @@ impl Latency {
     /// Zero-length durations exist (same-tick events); the histogram's floor is 1 ns. Returns
     /// false when the value cannot be recorded.
     pub fn record(&mut self, ns: u64) -> bool {
-        self.0.record(ns.max(1)).is_ok()
+        self.record_n(ns, 1)
     }
 
     /// Records `count` values of `ns` at once (for histograms the kernel kept).
     pub fn record_n(&mut self, ns: u64, count: u64) -> bool {
-        self.0.record_n(ns.max(1), count).is_ok()
+        let ok = self.h.record_n(ns.max(1), count).is_ok();
+        if ok {
+            self.sum_ns = self.sum_ns.saturating_add(ns.saturating_mul(count));
+        }
+        ok
+    }
+
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
+    }
+
+    /// `(the highest value each recorded bucket can hold, its count)`, lowest first.
+    pub fn recorded(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.h
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
     }
 
     /// Rebuilds a histogram from a kernel log-linear histogram's bucket counts
@@ -52,7 +74,7 @@ impl Latency {
     }
 
     pub fn summary(&self) -> Summary {
-        let h = &self.0;
+        let h = &self.h;
         let us = |ns: f64| (ns / 100.0).round() / 10.0;
         Summary {
             count: h.len(),

@@ -1,0 +1,207 @@
+//! Every metric family `/metrics` serves, encoded at scrape time from a `Snapshot` through
+//! prometheus-client's collector interface: the histograms stay the ones hopprobe keeps.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use super::{Labels, Snapshot, buckets::Buckets};
+
+/// `(name, help)` of each histogram family, in the order they are written.
+pub const HISTOGRAMS: [(&str, &str); 4] = [
+    (
+        "hopprobe_hop_duration",
+        "Time a request spent in one hop on this node (see docs/metrics.md for each hop).",
+    ),
+    (
+        "hopprobe_upstream_duration",
+        "Time from a call's first request byte out to its first response byte in, per destination.",
+    ),
+    (
+        "hopprobe_tcp_handshake_duration",
+        "TCP handshake time: SYN to established (active) or SYN received to accepted (passive).",
+    ),
+    (
+        "hopprobe_tcp_srtt",
+        "Smoothed round-trip time of TCP sockets, sampled by sock_ops.",
+    ),
+];
+
+impl Snapshot {
+    /// The registry one scrape encodes.
+    pub fn registry(self) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(self));
+        r
+    }
+
+    fn histograms(&self) -> [&BTreeMap<Labels, Buckets>; 4] {
+        [&self.hops, &self.upstream, &self.handshake, &self.srtt]
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for ((name, help), series) in HISTOGRAMS.iter().zip(self.histograms()) {
+            let mut family =
+                e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+            for (labels, b) in series {
+                family
+                    .encode_family(labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        b.sum_ns / 1e9,
+                        b.count,
+                        &b.per_bound_seconds(),
+                        None,
+                    )?;
+            }
+        }
+        type Field = fn(&super::TcpCounts) -> u64;
+        let tcp: [(&str, &str, Field); 3] = [
+            (
+                "hopprobe_tcp_retransmits",
+                "TCP segments retransmitted by the workload's sockets.",
+                |c| c.retransmits,
+            ),
+            (
+                "hopprobe_tcp_resets_sent",
+                "TCP resets sent by the workload's sockets.",
+                |c| c.resets_sent,
+            ),
+            (
+                "hopprobe_tcp_resets_received",
+                "TCP resets received by the workload's sockets.",
+                |c| c.resets_received,
+            ),
+        ];
+        for (name, help, field) in tcp {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, counts) in &self.tcp {
+                ConstCounter::new(field(counts)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let mut events = e.encode_descriptor(
+            "hopprobe_probe_events",
+            "hopprobe's own counters, kernel and userspace: records sent, dropped on a full ring, rate-limited, map insert failures and evictions (docs/metrics.md).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in &self.events {
+            ConstCounter::new(*n).encode(events.encode_family(&[("event", *event)])?)?;
+        }
+        let gauges = [
+            (
+                "hopprobe_series",
+                "Series in this scrape.",
+                self.series() as i64,
+            ),
+            (
+                "hopprobe_series_dropped",
+                "Series left out of this scrape by --metrics-max-series.",
+                self.series_dropped as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(e.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let mut info = e.encode_descriptor(
+            "hopprobe_build",
+            "hopprobe's version.",
+            None,
+            MetricType::Info,
+        )?;
+        info.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        Ok(())
+    }
+}
+
+/// What a scraper asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4: what `curl` and `promtool check metrics` read.
+    Text,
+    /// OpenMetrics text 1.0, when the scraper's `Accept` names it.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Self::OpenMetrics
+        } else {
+            Self::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    pub fn encode(self, snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+        let registry = snapshot.registry();
+        let mut out = String::new();
+        match self {
+            Self::Text => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+            }
+            Self::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::series::latency::Latency;
+
+    fn snapshot() -> Snapshot {
+        let mut l = Latency::default();
+        assert!(l.record(3_000_000));
+        assert!(l.record(7_000_000));
+        let mut s = Snapshot::default();
+        s.hops.insert(
+            vec![("hop", "app".into()), ("k8s_workload", "reviews-v1".into())],
+            Buckets::from_latency(&l),
+        );
+        s.events.insert("exchanges_rate_limited", 4);
+        s
+    }
+
+    #[test]
+    fn histograms_are_seconds_with_cumulative_buckets() {
+        let text = Format::Text.encode(snapshot()).expect("encodes");
+        for line in [
+            "hopprobe_hop_duration_seconds_count{hop=\"app\",k8s_workload=\"reviews-v1\"} 2",
+            "hopprobe_hop_duration_seconds_sum{hop=\"app\",k8s_workload=\"reviews-v1\"} 0.01",
+            "hopprobe_hop_duration_seconds_bucket{hop=\"app\",k8s_workload=\"reviews-v1\",le=\"0.0025\"} 0",
+            "hopprobe_hop_duration_seconds_bucket{hop=\"app\",k8s_workload=\"reviews-v1\",le=\"0.005\"} 1",
+            "hopprobe_hop_duration_seconds_bucket{hop=\"app\",k8s_workload=\"reviews-v1\",le=\"+Inf\"} 2",
+            "hopprobe_probe_events_total{event=\"exchanges_rate_limited\"} 4",
+            "hopprobe_series 1",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn open_metrics_when_asked() {
+        let f = Format::from_accept(Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1"));
+        assert_eq!(f, Format::OpenMetrics);
+        assert!(f.encode(snapshot()).expect("encodes").ends_with("# EOF\n"));
+        assert_eq!(Format::from_accept(None), Format::Text);
+    }
+}

@@ -1,0 +1,243 @@
+//! The run loop's side of `/metrics`: a `Snapshot` of everything aggregated so far, read when
+//! a scrape asks, named with the run's metadata and bounded by `Limits`.
+
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
+
+use probe_common::{
+    conn::{SIDE_ACTIVE, SIDE_PASSIVE},
+    sockops::METRIC_SRTT,
+};
+
+use super::{Maps, sink::Collector};
+use crate::{
+    attach::probe::{read_counters, read_hists, read_tcp_events},
+    export::{Labels, Limits, Snapshot, TcpCounts, buckets::Buckets, workload_of},
+    hops::{self, Hop, HopSummary, datapath as tcflow, kernel_unnamed},
+    names::Metadata,
+    series::conn::{Direction, Metric},
+};
+
+/// Who a series belongs to, as labels; empty values where no names source knows.
+#[derive(Default)]
+struct Who {
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+impl Who {
+    fn labels(&self, limits: Limits) -> Labels {
+        let mut l = vec![
+            ("k8s_namespace", self.namespace.clone()),
+            ("k8s_workload", workload_of(&self.pod).to_owned()),
+        ];
+        if limits.pod_labels {
+            l.push(("k8s_pod", self.pod.clone()));
+        }
+        l.push(("k8s_container", self.container.clone()));
+        l
+    }
+
+    fn of_cgroup(cgroup_id: u64, c: &mut Collector<'_>, metadata: &Metadata) -> Self {
+        c.resolver
+            .resolve(cgroup_id)
+            .and_then(|p| metadata.lookup(&p))
+            .map(|n| Self {
+                namespace: n.namespace,
+                pod: n.pod,
+                container: n.container.unwrap_or_default(),
+            })
+            .unwrap_or_default()
+    }
+
+    fn of_hop(h: &HopSummary) -> Self {
+        Self {
+            namespace: h.namespace.clone().unwrap_or_default(),
+            pod: h.pod.clone().unwrap_or_default(),
+            container: h.container.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Adds series up to the cap; what the cap keeps out is counted.
+struct Series {
+    left: usize,
+    dropped: u64,
+}
+
+impl Series {
+    fn add<V: Clone>(
+        &mut self,
+        family: &mut BTreeMap<Labels, V>,
+        labels: Labels,
+        value: &V,
+        merge: impl FnOnce(&mut V, &V),
+    ) {
+        match family.entry(labels) {
+            Entry::Occupied(mut e) => merge(e.get_mut(), value),
+            Entry::Vacant(_) if self.left == 0 => self.dropped += 1,
+            Entry::Vacant(e) => {
+                self.left -= 1;
+                e.insert(value.clone());
+            }
+        }
+    }
+}
+
+/// Where a call went, as bounded labels: the Service, else the pod's workload on this node,
+/// else `unknown` (addresses are never labels).
+fn destination(h: &HopSummary) -> String {
+    if let Some(s) = &h.peer_service {
+        return s.clone();
+    }
+    if let Some((ns, pod)) = h.peer_pod.as_deref().and_then(|p| p.split_once('/')) {
+        return format!("{ns}/{}", workload_of(pod));
+    }
+    "unknown".to_owned()
+}
+
+pub fn snapshot(
+    maps: &Maps,
+    c: &mut Collector<'_>,
+    metadata: &Metadata,
+    limits: Limits,
+) -> Snapshot {
+    let mut s = Snapshot::default();
+    let mut series = Series {
+        left: limits.max_series,
+        dropped: 0,
+    };
+    hop_series(&mut s, &mut series, maps, c, metadata, limits);
+    conn_series(&mut s, &mut series, maps, c, metadata, limits);
+    let merge = |a: &mut TcpCounts, b: &TcpCounts| {
+        a.retransmits += b.retransmits;
+        a.resets_sent += b.resets_sent;
+        a.resets_received += b.resets_received;
+    };
+    for e in read_tcp_events(&maps.tcp_counters, &mut c.resolver) {
+        let labels = Who::of_cgroup(e.cgroup_id, c, metadata).labels(limits);
+        let counts = TcpCounts {
+            retransmits: e.retransmits,
+            resets_sent: e.resets_sent,
+            resets_received: e.resets_received,
+        };
+        series.add(&mut s.tcp, labels, &counts, merge);
+    }
+    s.events = read_counters(&maps.stats);
+    s.events.extend(tcflow::read_counters(&maps.tc_flow_stats));
+    s.events.insert("unknown_events", c.agg.unknown);
+    s.events.insert("exchanges_received", c.sink.hops.exchanges);
+    s.events
+        .insert("unanswered_exchanges", c.sink.hops.unanswered);
+    s.events.insert("pairing_overflow", c.sink.kept.overflow);
+    s.series_dropped = series.dropped;
+    s
+}
+
+fn hop_series(
+    s: &mut Snapshot,
+    series: &mut Series,
+    maps: &Maps,
+    c: &mut Collector<'_>,
+    metadata: &Metadata,
+    limits: Limits,
+) {
+    let mut named: Vec<HopSummary> = Vec::new();
+    let mut buckets: Vec<Buckets> = Vec::new();
+    for (k, l) in c.sink.hops.series() {
+        named.push(k.unnamed(&mut c.resolver));
+        buckets.push(Buckets::from_latency(l));
+    }
+    for (k, counts) in read_hists(&maps.hists) {
+        if let Some(h) = kernel_unnamed(&k, &c.ifnames, &mut c.resolver) {
+            named.push(h);
+            buckets.push(Buckets::from_kernel(&counts));
+        }
+    }
+    hops::name(&mut named, metadata);
+    let mut destinations: BTreeMap<Labels, BTreeSet<String>> = BTreeMap::new();
+    for (h, b) in named.iter().zip(&buckets) {
+        let who = Who::of_hop(h).labels(limits);
+        if h.hop == Hop::Upstream {
+            let seen = destinations.entry(who.clone()).or_default();
+            let mut dest = destination(h);
+            if !seen.contains(&dest) && seen.len() >= limits.max_destinations {
+                dest = "other".to_owned();
+            }
+            seen.insert(dest.clone());
+            let mut labels = who.clone();
+            labels.push(("destination", dest));
+            series.add(&mut s.upstream, labels, b, Buckets::merge);
+        }
+        let mut labels = vec![
+            ("hop", h.hop.name().to_owned()),
+            (
+                "direction",
+                h.direction.map(|d| d.name()).unwrap_or_default().to_owned(),
+            ),
+        ];
+        labels.extend(who);
+        labels.push((
+            "port",
+            h.local_port.map(|p| p.to_string()).unwrap_or_default(),
+        ));
+        series.add(&mut s.hops, labels, b, Buckets::merge);
+    }
+}
+
+fn conn_series(
+    s: &mut Snapshot,
+    series: &mut Series,
+    maps: &Maps,
+    c: &mut Collector<'_>,
+    metadata: &Metadata,
+    limits: Limits,
+) {
+    let handshakes: Vec<_> = c
+        .agg
+        .latencies()
+        .filter(|(k, _)| k.metric == Metric::Handshake)
+        .map(|(k, l)| (*k, Buckets::from_latency(l)))
+        .collect();
+    for (k, b) in handshakes {
+        let (direction, port) = match k.direction {
+            Direction::Active => ("active", k.remote_port),
+            Direction::Passive => ("passive", k.local_port),
+            Direction::Unknown => ("", None),
+        };
+        let labels = conn_labels(
+            direction,
+            port,
+            Who::of_cgroup(k.cgroup_id, c, metadata),
+            limits,
+        );
+        series.add(&mut s.handshake, labels, &b, Buckets::merge);
+    }
+    for (k, counts) in read_hists(&maps.sock_hists) {
+        if k.metric != METRIC_SRTT {
+            continue;
+        }
+        let direction = match k.side {
+            SIDE_ACTIVE => "active",
+            SIDE_PASSIVE => "passive",
+            _ => "",
+        };
+        let who = Who::of_cgroup(k.cgroup_id, c, metadata);
+        let labels = conn_labels(direction, Some(k.port), who, limits);
+        series.add(
+            &mut s.srtt,
+            labels,
+            &Buckets::from_kernel(&counts),
+            Buckets::merge,
+        );
+    }
+}
+
+/// A connection series' labels: the side, the service port (remote for active sockets, local
+/// for passive ones; never the ephemeral one) and the owner.
+fn conn_labels(direction: &str, port: Option<u16>, who: Who, limits: Limits) -> Labels {
+    let mut labels = vec![("direction", direction.to_owned())];
+    labels.extend(who.labels(limits));
+    labels.push(("port", port.map(|p| p.to_string()).unwrap_or_default()));
+    labels
+}

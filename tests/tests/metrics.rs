@@ -1,0 +1,194 @@
+//! `/metrics` as a real Prometheus (Debian's, on loopback, 1 s scrapes) sees it in the lab:
+//! every request counted, quantiles in the injected delays' buckets, the series cap held, and
+//! an exposition `promtool check metrics` accepts.
+
+use std::{path::Path, time::Duration};
+
+use nix::sys::signal::Signal;
+use testkit::{
+    lab::{
+        Lab,
+        config::{Delay, LabConfig},
+    },
+    leftovers,
+    probe::Hopprobe,
+    prometheus::{self, Prometheus, free_port, http_get},
+};
+
+const REQUESTS: u64 = 40;
+
+/// The classic bucket (lower, upper] in seconds that holds `s`.
+fn bucket_of(s: f64) -> (f64, f64) {
+    let bounds = [
+        1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+        2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let i = bounds.iter().position(|&b| s <= b).expect("under 10 s");
+    (if i == 0 { 0.0 } else { bounds[i - 1] }, bounds[i])
+}
+
+#[test]
+fn prometheus_counts_every_request_and_finds_the_injected_delays() {
+    let test = "prometheus_counts_every_request_and_finds_the_injected_delays";
+    if !testkit::lab::available(test) || !prometheus::available(test) {
+        return;
+    }
+    let name = format!("hpt{}m", std::process::id() % 100_000);
+    let mut config = LabConfig::new(&name);
+    // Each well inside one bucket: (2.5, 5] ms and (5, 10] ms.
+    let injected_ms = [("details", 3.5), ("ratings", 7.0)];
+    for (s, ms) in injected_ms {
+        config.app_delay.insert(
+            s.into(),
+            Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
+        );
+    }
+    let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let metadata = lab.state.metadata_file.display().to_string();
+    let metrics = free_port();
+    let addr = metrics.to_string();
+    let mut probe = Hopprobe::start(
+        &testkit::probe::binary(),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--metadata",
+            &metadata,
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    assert_eq!(
+        http_get(metrics, "/readyz").expect("readyz"),
+        (200, "ready\n".into())
+    );
+    let prom = Prometheus::start(&[metrics]).expect("prometheus");
+    for _ in 0..REQUESTS {
+        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+        assert_eq!(resp.status(), Some(200));
+    }
+    let within = Duration::from_secs(20);
+    // Every page load calls details once and reviews, which calls ratings, once.
+    for workload in ["productpage-v1", "details-v1", "reviews-v1", "ratings-v1"] {
+        let q = format!(
+            "sum(hopprobe_hop_duration_seconds_count{{hop=\"app\",k8s_namespace=\"bookinfo\",k8s_workload=\"{workload}\"}})"
+        );
+        let got = prom.wait_for(&q, within, |v| v >= REQUESTS as f64);
+        assert_eq!(got, Ok(REQUESTS as f64), "{q}");
+    }
+    for (service, ms) in injected_ms {
+        let q = format!(
+            "histogram_quantile(0.5, sum by (le) (hopprobe_hop_duration_seconds_bucket{{hop=\"app\",k8s_workload=\"{service}-v1\"}}))"
+        );
+        let p50 = prom.wait_for(&q, within, |_| true).expect("p50");
+        let (low, high) = bucket_of(ms / 1000.0);
+        assert!(
+            p50 > low && p50 <= high,
+            "{service}: p50 {p50} s outside ({low}, {high}] of its injected {ms} ms"
+        );
+    }
+    // productpage's calls, per destination Service (the lab names none: its pods' workloads).
+    let q = "sum(hopprobe_upstream_duration_seconds_count{k8s_workload=\"productpage-v1\"})";
+    let calls = prom.wait_for(q, within, |v| v >= 2.0 * REQUESTS as f64);
+    assert_eq!(calls, Ok(2.0 * REQUESTS as f64), "{q}");
+    // hopprobe's own health: nothing lost on the way.
+    let q = "sum(hopprobe_probe_events_total{event=~\"ringbuf_drops|exchange_drops\"})";
+    assert_eq!(prom.wait_for(q, within, |_| true), Ok(0.0), "{q}");
+    assert_eq!(
+        prom.wait_for("hopprobe_series_dropped", within, |_| true),
+        Ok(0.0)
+    );
+    // The exposition itself, as promtool lints it.
+    let (status, text) = http_get(metrics, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    for line in text.lines().filter(|l| l.contains("_count{")) {
+        eprintln!("{line}");
+    }
+    promtool_accepts(&text);
+    drop(prom);
+    probe.signal(Signal::SIGTERM);
+    assert!(probe.wait(Duration::from_secs(15)).success());
+    // The port is closed with the run.
+    assert!(http_get(metrics, "/metrics").is_err());
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+/// `--metrics-max-series` bounds a scrape and counts what it leaves out.
+#[test]
+fn the_series_cap_holds_and_counts_what_it_drops() {
+    let test = "the_series_cap_holds_and_counts_what_it_drops";
+    if !testkit::lab::available(test) {
+        return;
+    }
+    let name = format!("hpt{}c", std::process::id() % 100_000);
+    let lab = Lab::up(
+        LabConfig::new(&name),
+        Path::new(env!("CARGO_BIN_EXE_hoplab")),
+    )
+    .expect("lab up");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let metrics = free_port();
+    let addr = metrics.to_string();
+    let cap = 5;
+    let probe = Hopprobe::start(
+        &testkit::probe::binary(),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--metrics-addr",
+            &addr,
+            "--metrics-max-series",
+            &cap.to_string(),
+        ],
+    );
+    for _ in 0..10 {
+        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+        assert_eq!(resp.status(), Some(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, text) = http_get(metrics, "/metrics").expect("metrics");
+    assert_eq!(status, 200, "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let series = value("hopprobe_series");
+    assert!(series <= cap as f64, "{series} series: {text}");
+    assert!(value("hopprobe_series_dropped") > 0.0, "{text}");
+    let counted = text
+        .lines()
+        .filter(|l| l.contains("_count{") || l.starts_with("hopprobe_tcp_re"))
+        .count();
+    assert!(counted <= cap, "{counted} series written: {text}");
+    drop(probe);
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+fn promtool_accepts(text: &str) {
+    let mut child = std::process::Command::new(prometheus::PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{text}",
+        testkit::describe(&out)
+    );
+}
