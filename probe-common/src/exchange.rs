@@ -69,3 +69,33 @@ const _: () = assert!(size_of::<Exchange>() == 120);
 #[cfg(feature = "user")]
 // SAFETY: repr(C) plain data without implicit padding (asserted above).
 unsafe impl aya::Pod for Exchange {}
+
+/// The socket hops of an exchange whose record was not sent (over `--records-rate`, or the
+/// ring full), counted in the kernel's histograms instead (`EXCHANGE_HIST`): the hop series
+/// count every exchange the kernel saw, the records are what a user asked to keep.
+pub const EXHOP_APP: u8 = 1;
+pub const EXHOP_APP_QUEUE: u8 = 2;
+pub const EXHOP_APP_PROCESSING: u8 = 3;
+pub const EXHOP_UPSTREAM: u8 = 4;
+pub const EXHOP_UPSTREAM_READ_WAIT: u8 = 5;
+
+/// Key of one such histogram: the series the record would have gone to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExHistKey {
+    pub cgroup_id: u64,
+    /// The destination as the socket addressed it, for the upstream hops; zero for the app's.
+    pub remote_addr: [u8; 16],
+    /// The serving port (app hops) or the destination's (upstream hops).
+    pub port: u16,
+    pub family: u16,
+    /// `EXHOP_*`.
+    pub hop: u8,
+    /// Explicit so the struct has no implicit padding (hash keys compare all bytes).
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ExHistKey>() == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C) plain data without implicit padding (asserted above).
+unsafe impl aya::Pod for ExHistKey {}

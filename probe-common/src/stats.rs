@@ -76,7 +76,12 @@ pub const TLS_CONNECTIONS: u32 = LRU_FIRST + 2 * LRU_MAPS.len() as u32;
 /// are reported.
 pub const TLS_LOST: u32 = TLS_CONNECTIONS + 1;
 
-pub const COUNT: u32 = TLS_LOST + 1;
+/// Exchanges whose record was not sent and whose hops went to `EXCHANGE_HIST` instead.
+pub const EXCHANGES_AGGREGATED: u32 = TLS_LOST + 1;
+/// Of those, hop values `EXCHANGE_HIST` had no room for (its key limit): lost to the series.
+pub const EXCHANGE_HIST_FAILED: u32 = TLS_LOST + 2;
+
+pub const COUNT: u32 = TLS_LOST + 3;
 
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_drops",
@@ -113,6 +118,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "lru_early_requests_deleted",
     "tls_connections",
     "tls_lost",
+    "exchanges_aggregated",
+    "exchange_hist_failed",
 ];
 
 #[cfg(test)]

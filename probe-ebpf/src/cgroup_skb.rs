@@ -16,6 +16,7 @@ use aya_ebpf::{
 use probe_common::{
     conn::{FlowKey, SynSeen},
     exchange::{
+        EXHOP_APP, EXHOP_APP_PROCESSING, EXHOP_APP_QUEUE, EXHOP_UPSTREAM, EXHOP_UPSTREAM_READ_WAIT,
         Exchange, KIND_REQUEST, KIND_TLS_HANDSHAKE, PHASE_NONE, PHASE_REQUEST, PHASE_RESPONSE,
         ROLE_CLIENT, ROLE_SERVER,
     },
@@ -28,8 +29,9 @@ use crate::{
     datapath,
     headers::{self, Tcp},
     maps::{
-        EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS,
-        count, lru_insert, lru_remove, scratch, wake_flags,
+        AGGREGATE_PENDING, EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGE_HIST, EXCHANGE_HIST_KEY,
+        EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS, count, lru_insert, lru_remove,
+        scratch, wake_flags,
     },
     ratelimit,
     tls::{self, TLS, TLS_EARLY},
@@ -97,6 +99,7 @@ pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
         } else {
             track(&ctx, &tcp, &seg, Dir::In, t);
         }
+        flush_aggregate();
     }
     // Observe only: always let the packet through.
     1
@@ -110,6 +113,7 @@ pub fn hp_skb_out(ctx: SkBuffContext) -> i32 {
             datapath::pass(&tcp.pkt_key(), POINT_SOCKET_OUT, 0, cgroup_of(&ctx), t);
         }
         track(&ctx, &tcp, &Segment::of(&tcp, Dir::Out), Dir::Out, t);
+        flush_aggregate();
     }
     1
 }
@@ -170,6 +174,7 @@ fn emit(x: &Exchange, dir: Dir) {
     count(stats::EXCHANGES_PRODUCED);
     if !ratelimit::admit() {
         count(stats::EXCHANGES_RATE_LIMITED);
+        defer_aggregate(x);
         return;
     }
     match EXCHANGE_EVENTS.reserve::<Exchange>(0) {
@@ -180,6 +185,7 @@ fn emit(x: &Exchange, dir: Dir) {
         }
         None => {
             count(stats::EXCHANGE_DROPS);
+            defer_aggregate(x);
             crate::log::debug!(
                 "hp_skb_in" if (dir == Dir::In) else "hp_skb_out",
                 "EXCHANGE_EVENTS ring full: exchange of cookie {} (cgroup {}) dropped",
@@ -187,6 +193,83 @@ fn emit(x: &Exchange, dir: Dir) {
                 x.cgroup_id
             );
         }
+    }
+}
+
+/// An exchange without a record: its socket hops go to the kernel's histograms, so the hop
+/// series count it all the same (`probe_common::exchange::ExHistKey`). A function of its own,
+/// called from three places, so the programs carry it once.
+/// Keeps an exchange without a record for `flush_aggregate`. A run of the program ends at
+/// most one exchange in practice; a second one in the same run is counted as lost to the
+/// series (`exchange_hist_failed`).
+fn defer_aggregate(x: &Exchange) {
+    if x.kind != KIND_REQUEST || x.resp_first_ns == 0 {
+        return;
+    }
+    let Some(slot) = AGGREGATE_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not migrate while running.
+    let slot = unsafe { &mut *slot };
+    if slot.phase != PHASE_NONE {
+        count(stats::EXCHANGE_HIST_FAILED);
+        return;
+    }
+    *slot = *x;
+    slot.phase = PHASE_RESPONSE;
+}
+
+/// At the end of a run of the program, with the stack its calls used free again.
+#[inline(always)]
+fn flush_aggregate() {
+    let Some(slot) = AGGREGATE_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `defer_aggregate`.
+    let slot = unsafe { &mut *slot };
+    if slot.phase != PHASE_NONE {
+        aggregate(slot);
+        slot.phase = PHASE_NONE;
+    }
+}
+
+#[inline(never)]
+fn aggregate(x: &Exchange) {
+    count(stats::EXCHANGES_AGGREGATED);
+    let Some(k) = EXCHANGE_HIST_KEY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not migrate while running.
+    let k = unsafe { &mut *k };
+    let server = x.role == ROLE_SERVER;
+    k.cgroup_id = x.cgroup_id;
+    k.remote_addr = if server { [0; 16] } else { x.flow.remote_addr };
+    k.port = if server {
+        x.flow.local_port
+    } else {
+        x.flow.remote_port
+    };
+    k.family = x.flow.family;
+    k.hop = if server { EXHOP_APP } else { EXHOP_UPSTREAM };
+    k._pad = [0; 3];
+    let mut ok = datapath::observe_in(
+        &EXCHANGE_HIST,
+        k,
+        x.resp_first_ns.saturating_sub(x.req_first_ns),
+    );
+    let read = x.first_read_ns;
+    if server && x.req_first_ns <= read && read <= x.resp_first_ns && read != 0 {
+        k.hop = EXHOP_APP_QUEUE;
+        ok &= datapath::observe_in(&EXCHANGE_HIST, k, read - x.req_first_ns);
+        k.hop = EXHOP_APP_PROCESSING;
+        ok &= datapath::observe_in(&EXCHANGE_HIST, k, x.resp_first_ns - read);
+    }
+    if !server && read != 0 && read >= x.resp_first_ns {
+        k.hop = EXHOP_UPSTREAM_READ_WAIT;
+        ok &= datapath::observe_in(&EXCHANGE_HIST, k, read - x.resp_first_ns);
+    }
+    if !ok {
+        count(stats::EXCHANGE_HIST_FAILED);
     }
 }
 

@@ -22,24 +22,25 @@ fn observe(hop: u32, ifindex: u32, cgroup_id: u64, ns: u64) {
         ifindex,
         cgroup_id,
     };
-    observe_in(&HIST, &k, ns);
+    let _ = observe_in(&HIST, &k, ns);
 }
 
-/// Adds `ns` to this CPU's histogram `k` of `map`, creating it zeroed if it is new.
+/// Adds `ns` to this CPU's histogram `k` of `map`, creating it zeroed if it is new; false
+/// when the map had no room for a new key.
 #[inline(always)]
-pub fn observe_in<K>(map: &PerCpuHashMap<K, Hist>, k: &K, ns: u64) {
+pub fn observe_in<K>(map: &PerCpuHashMap<K, Hist>, k: &K, ns: u64) -> bool {
     let h = match map.get_ptr_mut(k) {
         Some(h) => h,
         None => {
             // A zeroed value from a map: 4 KiB does not fit on the BPF stack.
             let Some(zero) = HIST_ZERO.get_ptr(0) else {
-                return;
+                return false;
             };
             // SAFETY: a valid map value pointer.
             let _ = map.insert(k, unsafe { &*zero }, BPF_NOEXIST as u64);
             match map.get_ptr_mut(k) {
                 Some(h) => h,
-                None => return,
+                None => return false,
             }
         }
     };
@@ -48,6 +49,7 @@ pub fn observe_in<K>(map: &PerCpuHashMap<K, Hist>, k: &K, ns: u64) {
     if let Some(c) = unsafe { (*h).counts.get_mut(b) } {
         *c += 1;
     }
+    true
 }
 
 /// Records that the packet `k` passed `point` at `now` (at `ifindex`, by a socket of

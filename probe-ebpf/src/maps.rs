@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     conn::{ConnState, FlowKey, PeerKey, SynSeen, TcpCounters},
-    exchange::Exchange,
+    exchange::{ExHistKey, Exchange},
     hist::{Hist, HistKey, PktKey, PktSeen},
     layout::SetStateLayout,
     ratelimit::RateLimit,
@@ -98,6 +98,22 @@ pub static PKT_SEEN: LruHashMap<PktKey, PktSeen> = LruHashMap::with_max_entries(
 #[map]
 pub static HIST: PerCpuHashMap<HistKey, Hist> =
     PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// The socket hops of exchanges whose record was not sent (`cgroup_skb::aggregate`); 4 KiB
+/// per key and CPU, allocated as series appear.
+#[map]
+pub static EXCHANGE_HIST: PerCpuHashMap<ExHistKey, Hist> =
+    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Where `aggregate` builds its key, off the stack.
+#[map]
+pub static EXCHANGE_HIST_KEY: PerCpuArray<ExHistKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// An exchange without a record, waiting for the end of the program's run to go to
+/// `EXCHANGE_HIST` (`phase` != `PHASE_NONE` while it waits): deep in the program's calls,
+/// where it is made, the verifier's 512 bytes for the deepest chain of calls are spent.
+#[map]
+pub static AGGREGATE_PENDING: PerCpuArray<Exchange> = PerCpuArray::with_max_entries(1, 0);
 
 /// One zeroed histogram to initialise new keys from.
 #[map]

@@ -96,5 +96,5 @@ fn srtt(ctx: &SockOpsContext) {
         key.port = owner.port;
         key.side = owner.side;
     }
-    observe_in(&SOCK_HIST, &key, u64::from(srtt_us) * 1000);
+    let _ = observe_in(&SOCK_HIST, &key, u64::from(srtt_us) * 1000);
 }

@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// (docs/overhead.md).
     #[arg(long, requires = "bpf_stats")]
     pub bpf_floor: bool,
+    /// How long after its request began an exchange may still reach hopprobe and be paired
+    /// into a `sidecar` or `app_self` hop; later ones count in `pairing_late`. Exchanges wait
+    /// this long in memory (docs/hops.md).
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub pairing_horizon: Duration,
     /// Serve Prometheus metrics on `/metrics`, and `/healthz` and `/readyz`, on this address
     /// (e.g. `0.0.0.0:9464`) while running. Off when omitted (docs/metrics.md).
     #[arg(long, value_name = "ADDR")]
@@ -314,6 +319,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         read_hook: args.app_reads,
         bpf_stats: args.bpf_stats,
         bpf_floor: args.bpf_floor,
+        pairing_horizon: args.pairing_horizon,
         metrics: args.metrics_addr.map(|addr| run::MetricsOptions {
             addr,
             limits: Limits {

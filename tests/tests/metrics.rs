@@ -65,9 +65,16 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
         (200, "ready\n".into())
     );
     let prom = Prometheus::start(&[metrics]).expect("prometheus");
+    // Prometheus applies new targets after up to 5 s: the load starts once it scrapes.
+    assert_eq!(
+        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
+        Ok(1.0)
+    );
+    // Spread over a few scrapes, so that the dashboard's rates have something to show.
     for _ in 0..REQUESTS {
         let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
         assert_eq!(resp.status(), Some(200));
+        std::thread::sleep(Duration::from_millis(75));
     }
     let within = Duration::from_secs(20);
     // Every page load calls details once and reviews, which calls ratings, once.
@@ -76,7 +83,16 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
             "sum(hopprobe_hop_duration_seconds_count{{hop=\"app\",k8s_namespace=\"bookinfo\",k8s_workload=\"{workload}\"}})"
         );
         let got = prom.wait_for(&q, within, |v| v >= REQUESTS as f64);
-        assert_eq!(got, Ok(REQUESTS as f64), "{q}");
+        if got != Ok(REQUESTS as f64) {
+            let text = http_get(metrics, "/metrics")
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            let apps: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("hopprobe_hop_duration_seconds_count{hop=\"app\""))
+                .collect();
+            panic!("{q}: {got:?}; /metrics has {apps:#?}");
+        }
     }
     for (service, ms) in injected_ms {
         let q = format!(
@@ -100,6 +116,7 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
         prom.wait_for("hopprobe_series_dropped", within, |_| true),
         Ok(0.0)
     );
+    every_dashboard_query_returns_data(&prom);
     // The exposition itself, as promtool lints it.
     let (status, text) = http_get(metrics, "/metrics").expect("metrics");
     assert_eq!(status, 200);
@@ -133,7 +150,7 @@ fn the_series_cap_holds_and_counts_what_it_drops() {
     let metrics = free_port();
     let addr = metrics.to_string();
     let cap = 5;
-    let probe = Hopprobe::start(
+    let mut probe = Hopprobe::start(
         &testkit::probe::binary(),
         &[
             "run",
@@ -165,9 +182,58 @@ fn the_series_cap_holds_and_counts_what_it_drops() {
         .filter(|l| l.contains("_count{") || l.starts_with("hopprobe_tcp_re"))
         .count();
     assert!(counted <= cap, "{counted} series written: {text}");
-    drop(probe);
+    probe.signal(Signal::SIGTERM);
+    assert!(probe.wait(Duration::from_secs(15)).success());
     drop(lab);
     assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+/// The chart's Grafana dashboard, its variables substituted as Grafana would with "All"
+/// selected: every panel's every query returns at least one finite value.
+fn every_dashboard_query_returns_data(prom: &Prometheus) {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+        "../../deploy/helm/hopprobe/dashboards/hopprobe.json"
+    ))
+    .expect("the dashboard is JSON");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        let q = v["definition"].as_str().expect("definition");
+        assert!(q.starts_with("label_values("), "{q}");
+        let (metric, label) = q["label_values(".len()..q.len() - 1]
+            .rsplit_once(", ")
+            .expect("label_values(metric, label)");
+        let metric = metric.replace("$namespace", ".*");
+        let values = prom
+            .query(&format!("count by ({label}) ({metric})"))
+            .expect("variable");
+        assert!(
+            values
+                .iter()
+                .any(|(l, _)| l[label] == "bookinfo" || l[label] == "details-v1"),
+            "{q}: {values:?}"
+        );
+    }
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$namespace", ".*")
+                .replace("$workload", ".*")
+                .replace("$__rate_interval", "1m");
+            let result = prom.query(&expr).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                result.iter().any(|(_, v)| v.is_finite()),
+                "panel {:?}: {expr} returned {result:?}",
+                panel["title"]
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} dashboard queries returned data");
 }
 
 fn promtool_accepts(text: &str) {

@@ -1,5 +1,6 @@
 //! Exchange records are rate-limited in the kernel, and every record that is not delivered is
-//! counted as rate-limited or as dropped because the ring buffer was full.
+//! counted as rate-limited or as dropped because the ring buffer was full; the hop series count
+//! every exchange all the same.
 
 use std::{
     io::{Read, Write},
@@ -106,5 +107,72 @@ fn every_record_is_delivered_rate_limited_or_dropped() {
         "{} admitted, at most {admitted_max} allowed: {c:?}",
         sent + full
     );
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+/// The records limit bounds the records, never the hop series: an exchange without a record
+/// counts in its hop from the kernel's histograms (`EXCHANGE_HIST`).
+#[test]
+fn hop_series_count_every_exchange_past_the_records_limit() {
+    if !testkit::root::available("hop_series_count_every_exchange_past_the_records_limit") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let measured = testkit::probe::measure(
+        &testkit::probe::binary(),
+        &[
+            "--no-datapath",
+            "--records-rate",
+            "50",
+            "--records-burst",
+            "10",
+        ],
+        || {
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut buf = [0u8; 4];
+                while s.read_exact(&mut buf).is_ok() {
+                    s.write_all(b"pong").expect("write");
+                }
+            });
+            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 4];
+            for _ in 0..PINGS {
+                c.write_all(b"ping").expect("write");
+                c.read_exact(&mut buf).expect("read");
+            }
+            drop(c);
+            server.join().expect("server");
+        },
+    );
+    let s = &measured.summary;
+    let counters = &s["counters"];
+    let count = |hop: &str, at: &dyn Fn(&serde_json::Value) -> bool| -> u64 {
+        s["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .filter(|h| h["hop"] == hop && at(h))
+            .filter_map(|h| h["count"].as_u64())
+            .sum()
+    };
+    let app = count("app", &|h| h["local_port"] == port);
+    let peer = format!("127.0.0.1:{port}");
+    let upstream = count("upstream", &|h| h["peer"] == peer.as_str());
+    eprintln!(
+        "app {app}, upstream {upstream} of {PINGS}; sent {}, rate-limited {}, aggregated {}",
+        counters["exchanges_sent"],
+        counters["exchanges_rate_limited"],
+        counters["exchanges_aggregated"]
+    );
+    assert!(
+        counters["exchanges_rate_limited"].as_u64() > Some(PINGS),
+        "the limit acted: {counters}"
+    );
+    assert_eq!((app, upstream), (PINGS, PINGS), "{counters}");
+    assert_eq!(counters["exchange_hist_failed"], 0, "{counters}");
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }

@@ -281,11 +281,7 @@ impl Datapath {
         match result {
             Ok(()) => Ok((added, links)),
             Err(e) => {
-                for (program, link) in links {
-                    if let Ok(p) = classifier(ebpf, program) {
-                        let _ = p.detach(link);
-                    }
-                }
+                self.detach_links(ebpf, links);
                 Err(e)
             }
         }
@@ -299,17 +295,31 @@ impl Datapath {
             .collect()
     }
 
+    /// Detaches in the interfaces' network namespace: before Linux 6.6 a link is a netlink
+    /// filter, found by its interface index there (detached from hopprobe's own namespace,
+    /// the call failed and the lab's filters stayed until its namespace went); a TCX link
+    /// goes with its fd from anywhere.
+    fn detach_links(&self, ebpf: &mut Ebpf, links: Vec<(&'static str, SchedClassifierLinkId)>) {
+        let netns = self.netns.as_ref();
+        let path = self.opts.netns.clone();
+        for (program, link) in links {
+            if let Ok(p) = classifier(ebpf, program) {
+                match in_netns(netns, path.as_deref(), || p.detach(link)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(program, error = %e, "detaching"),
+                    Err(e) => warn!(program, error = %e, "detaching"),
+                }
+            }
+        }
+    }
+
     /// Detaches everything and removes the qdiscs hopprobe added — only those: another
     /// program (Cilium's) may own a clsact qdisc of its own.
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
         let netns = self.netns.as_ref();
         let path = self.opts.netns.clone();
         for (name, a) in std::mem::take(&mut self.attached) {
-            for (program, link) in a.links {
-                if let Ok(p) = classifier(ebpf, program) {
-                    let _ = p.detach(link);
-                }
-            }
+            self.detach_links(ebpf, a.links);
             if a.added_clsact {
                 let _ = in_netns(netns, path.as_deref(), || {
                     Command::new("tc")

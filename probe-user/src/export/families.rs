@@ -105,6 +105,11 @@ impl Collector for Snapshot {
                 "Series left out of this scrape by --metrics-max-series.",
                 self.series_dropped as i64,
             ),
+            (
+                "hopprobe_pairing_pending",
+                "Exchanges waiting to be paired into sidecar and app_self hops.",
+                self.pairing_pending as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             ConstGauge::new(value).encode(e.encode_descriptor(
@@ -114,6 +119,18 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?)?;
         }
+        ConstGauge::new(self.process.resident_bytes as i64).encode(e.encode_descriptor(
+            "process_resident_memory",
+            "Resident memory of hopprobe.",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(self.process.cpu_seconds).encode(e.encode_descriptor(
+            "process_cpu",
+            "User and system CPU time of hopprobe.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?)?;
         let mut info = e.encode_descriptor(
             "hopprobe_build",
             "hopprobe's version.",

@@ -33,6 +33,44 @@ pub struct Snapshot {
     pub events: BTreeMap<&'static str, u64>,
     /// Series this scrape would have had beyond `--metrics-max-series`, left out.
     pub series_dropped: u64,
+    /// Exchanges waiting to be paired into `sidecar` and `app_self` hops.
+    pub pairing_pending: u64,
+    /// hopprobe's own resident memory and CPU time (the usual `process_*` families).
+    pub process: Process,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Process {
+    pub resident_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+impl Process {
+    /// This process now: resident pages from `/proc/self/statm`, user and system time from
+    /// `getrusage` (finer than the clock ticks of `/proc/self/stat`).
+    pub fn now() -> Self {
+        let pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: a valid out-pointer for the call.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+        let cpu_seconds = if ok {
+            // SAFETY: filled by the successful call.
+            let u = unsafe { usage.assume_init() };
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            secs(u.ru_utime) + secs(u.ru_stime)
+        } else {
+            0.0
+        };
+        Self {
+            resident_bytes: pages * page,
+            cpu_seconds,
+        }
+    }
 }
 
 impl Snapshot {

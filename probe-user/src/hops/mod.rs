@@ -9,15 +9,19 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use probe_common::{
-    exchange::{Exchange, ROLE_SERVER},
+    conn::AF_INET,
+    exchange::{
+        EXHOP_APP, EXHOP_APP_PROCESSING, EXHOP_APP_QUEUE, EXHOP_UPSTREAM, EXHOP_UPSTREAM_READ_WAIT,
+        ExHistKey, Exchange, ROLE_SERVER,
+    },
     hist::{HOP_DATAPATH_IN, HOP_DATAPATH_OUT, HOP_POD_DELIVERY, HOP_POD_SEND, HistKey},
 };
 
 pub mod addr;
 pub mod calls;
 pub mod datapath;
-pub mod kept;
 pub mod sidecar;
+pub mod stream;
 pub mod tls;
 
 use calls::AppSelf;
@@ -161,6 +165,32 @@ impl HopAggregator {
             .record(a.ns);
     }
 
+    /// Adds a kernel histogram of exchanges that had no record (`ExHistKey`) to its series,
+    /// each value at its bucket's middle (within 1/64 of it).
+    pub fn add_kernel(&mut self, k: &ExHistKey, counts: &[u64]) {
+        if let Some(key) = HopKey::of_kernel(k) {
+            self.series
+                .entry(key)
+                .or_default()
+                .add(&Latency::from_buckets(counts));
+        }
+    }
+
+    /// `app_self` of requests finished before their container made its first call, kept as
+    /// a histogram until then (`stream`).
+    pub fn add_app_self(&mut self, cgroup_id: u64, local_port: u16, l: &Latency) {
+        self.series
+            .entry(HopKey {
+                hop: Hop::AppSelf,
+                cgroup_id,
+                local_port: Some(local_port),
+                peer: None,
+                direction: None,
+            })
+            .or_default()
+            .add(l);
+    }
+
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
         self.series()
             .map(|(k, l)| HopSummary {
@@ -177,6 +207,26 @@ impl HopAggregator {
 }
 
 impl HopKey {
+    /// The series a kernel histogram of unsent exchanges belongs to (`ExHistKey`).
+    pub fn of_kernel(k: &ExHistKey) -> Option<Self> {
+        let hop = match k.hop {
+            EXHOP_APP => Hop::App,
+            EXHOP_APP_QUEUE => Hop::AppQueue,
+            EXHOP_APP_PROCESSING => Hop::AppProcessing,
+            EXHOP_UPSTREAM => Hop::Upstream,
+            EXHOP_UPSTREAM_READ_WAIT => Hop::UpstreamReadWait,
+            _ => return None,
+        };
+        let server = matches!(hop, Hop::App | Hop::AppQueue | Hop::AppProcessing);
+        Some(Self {
+            hop,
+            cgroup_id: k.cgroup_id,
+            local_port: server.then_some(k.port),
+            peer: (!server).then(|| addr::from_bytes(k.remote_addr, k.port, k.family == AF_INET)),
+            direction: None,
+        })
+    }
+
     /// The series' summary without names or latency (`name` adds the names).
     pub fn unnamed(&self, resolver: &mut Resolver) -> HopSummary {
         HopSummary {

@@ -54,18 +54,26 @@ pub struct SidecarHop {
 
 /// The pod's own addresses as the proxy sees them: loopback, and where its inbound listener
 /// was reached.
-struct Own(Vec<std::net::IpAddr>);
+#[derive(Debug, Default)]
+pub(crate) struct Own(Vec<std::net::IpAddr>);
 
 impl Own {
     fn of(down: &[&Exchange]) -> Self {
-        let mut ips: Vec<_> = down
-            .iter()
-            .map(|d| addr::of_flow(&d.flow, true).ip())
-            .filter(|ip| !ip.is_loopback())
-            .collect();
-        ips.sort_unstable();
-        ips.dedup();
-        Self(ips)
+        let mut own = Self::default();
+        for d in down {
+            own.learn(d);
+        }
+        own
+    }
+
+    /// Learns the pod's address from a downstream exchange.
+    pub(crate) fn learn(&mut self, d: &Exchange) {
+        let ip = addr::of_flow(&d.flow, true).ip();
+        if !ip.is_loopback()
+            && let Err(i) = self.0.binary_search(&ip)
+        {
+            self.0.insert(i, ip);
+        }
     }
 
     fn contains(&self, ip: std::net::IpAddr) -> bool {
@@ -74,7 +82,7 @@ impl Own {
 
     /// A downstream exchange from inside the pod (the app's call, redirected to the proxy on
     /// loopback) is outbound; one from anywhere else is inbound.
-    fn down(&self, d: &Exchange) -> Direction {
+    pub(crate) fn down(&self, d: &Exchange) -> Direction {
         let (local, remote) = (
             addr::of_flow(&d.flow, true).ip(),
             addr::of_flow(&d.flow, false).ip(),
@@ -87,7 +95,7 @@ impl Own {
     }
 
     /// Forwarded to loopback or to the pod's own address: into the pod.
-    fn up(&self, u: &Exchange) -> Direction {
+    pub(crate) fn up(&self, u: &Exchange) -> Direction {
         if self.contains(addr::of_flow(&u.flow, false).ip()) {
             Direction::Inbound
         } else {
@@ -121,23 +129,27 @@ pub fn pair(down: &[Exchange], up: &[Exchange]) -> (Vec<SidecarHop>, u64) {
                 continue;
             };
             open.remove(&(resp, i));
-            let d = downs[i];
-            let total = d.resp_first_ns - d.req_first_ns;
-            let inner = u.resp_first_ns.saturating_sub(u.req_first_ns);
-            let ns = total.saturating_sub(inner);
-            // 0: no read seen.
-            let queue_ns = (d.first_read_ns != 0
-                && (d.req_first_ns..=u.req_first_ns).contains(&d.first_read_ns))
-            .then(|| (d.first_read_ns - d.req_first_ns).min(ns));
-            hops.push(SidecarHop {
-                direction,
-                ns,
-                queue_ns,
-            });
+            hops.push(hop_of(downs[i], u, direction));
         }
         unpaired += (downs.len() - (hops.len() - before)) as u64;
     }
     (hops, unpaired)
+}
+
+/// The hop of a downstream exchange `d` and the upstream one `u` it encloses.
+pub(crate) fn hop_of(d: &Exchange, u: &Exchange, direction: Direction) -> SidecarHop {
+    let total = d.resp_first_ns - d.req_first_ns;
+    let inner = u.resp_first_ns.saturating_sub(u.req_first_ns);
+    let ns = total.saturating_sub(inner);
+    // 0: no read seen.
+    let queue_ns = (d.first_read_ns != 0
+        && (d.req_first_ns..=u.req_first_ns).contains(&d.first_read_ns))
+    .then(|| (d.first_read_ns - d.req_first_ns).min(ns));
+    SidecarHop {
+        direction,
+        ns,
+        queue_ns,
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{Maps, sink::Collector};
 use crate::{
     attach::probe::{read_counters, read_hists, read_tcp_events},
     export::{Labels, Limits, Snapshot, TcpCounts, buckets::Buckets, workload_of},
-    hops::{self, Hop, HopSummary, datapath as tcflow, kernel_unnamed},
+    hops::{self, Hop, HopKey, HopSummary, datapath as tcflow, kernel_unnamed},
     names::Metadata,
     series::conn::{Direction, Metric},
 };
@@ -129,8 +129,14 @@ pub fn snapshot(
     s.events.insert("exchanges_received", c.sink.hops.exchanges);
     s.events
         .insert("unanswered_exchanges", c.sink.hops.unanswered);
-    s.events.insert("pairing_overflow", c.sink.kept.overflow);
+    let pairing = &c.sink.pairing;
+    s.events.insert("pairing_overflow", pairing.overflow);
+    s.events.insert("pairing_late", pairing.late);
+    s.events
+        .insert("sidecar_unpaired", pairing.sidecar_unpaired);
+    s.pairing_pending = pairing.pending() as u64;
     s.series_dropped = series.dropped;
+    s.process = crate::export::Process::now();
     s
 }
 
@@ -147,6 +153,13 @@ fn hop_series(
     for (k, l) in c.sink.hops.series() {
         named.push(k.unnamed(&mut c.resolver));
         buckets.push(Buckets::from_latency(l));
+    }
+    // Exchanges without a record, in the same series as those with one.
+    for (k, counts) in read_hists(&maps.ex_hists) {
+        if let Some(key) = HopKey::of_kernel(&k) {
+            named.push(key.unnamed(&mut c.resolver));
+            buckets.push(Buckets::from_kernel(&counts));
+        }
     }
     for (k, counts) in read_hists(&maps.hists) {
         if let Some(h) = kernel_unnamed(&k, &c.ifnames, &mut c.resolver) {

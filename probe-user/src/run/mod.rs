@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, fs::File, io::BufWriter, path::PathBuf, time::D
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use probe_common::{
     conn::TcpCounters,
+    exchange::ExHistKey,
     hist::{Hist, HistKey},
     sockops::SockHistKey,
     tcflow::{TcExchange, TcFlowKey},
@@ -74,6 +75,9 @@ pub struct RunOptions {
     pub bpf_floor: bool,
     /// `--metrics-addr`: serve `/metrics` while running.
     pub metrics: Option<MetricsOptions>,
+    /// How long after its request began an exchange may still arrive and be paired
+    /// (`hops::stream`).
+    pub pairing_horizon: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +149,8 @@ struct Maps {
     sock_hists: PerCpuHashMap<MapData, SockHistKey, Hist>,
     lru: LruMaps,
     tc_flow_stats: PerCpuArray<MapData, u64>,
+    /// Hops of exchanges whose record was not sent (rate limit, ring full).
+    ex_hists: PerCpuHashMap<MapData, ExHistKey, Hist>,
     /// Connections still open at the TC points when the run ends.
     tc_flows_open: AyaHashMap<MapData, TcFlowKey, TcExchange>,
 }
@@ -158,6 +164,7 @@ impl Maps {
             sock_hists: probe.take_sock_hists()?,
             lru: LruMaps::take(probe)?,
             tc_flow_stats: probe.take("TC_FLOW_STATS")?,
+            ex_hists: probe.take("EXCHANGE_HIST")?,
             tc_flows_open: probe.take("TC_FLOWS")?,
         })
     }
@@ -199,6 +206,8 @@ struct Ticks {
     /// work did. Records wait at most this long otherwise.
     drain: Interval,
     cpu: Interval,
+    /// Pairs `sidecar` and `app_self` up to the horizon.
+    pairing: Interval,
 }
 
 impl Ticks {
@@ -208,6 +217,7 @@ impl Ticks {
             rescan: every(started, Duration::from_secs(1)),
             drain: every(started, Duration::from_millis(10)),
             cpu: every(started, Duration::from_millis(500)),
+            pairing: every(started, Duration::from_secs(1)),
         }
     }
 }
@@ -265,6 +275,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut datapath = attach_datapath(&mut probe, opts);
     let hooks = probe.hooks.clone();
     let cgroup_root = probe.cgroup_root.clone();
+    // Names came first (with --kube the API server listed what this node runs); ready before
+    // the log says attached, which is what a watcher of the log waits for.
+    if let Some(s) = &server {
+        s.state.set_ready(true, "");
+    }
     info!(
         hooks = %hooks.iter().map(|h| format!("{}={}:{}", h.program, h.hook, h.target)).collect::<Vec<_>>().join(","),
         "attached"
@@ -277,10 +292,6 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     };
     let mut cpu = CpuSampler::new(cgroup_root.clone());
     cpu.sample();
-    // Names came first (with --kube the API server listed what this node runs).
-    if let Some(s) = &server {
-        s.state.set_ready(true, "");
-    }
     let limits = opts.metrics.map(|m| m.limits).unwrap_or_default();
 
     let started = Instant::now();
@@ -301,6 +312,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 let _ = scrape.reply.send(metrics::snapshot(&maps, &mut c, &metadata, limits));
             }
             _ = ticks.cpu.tick() => cpu.sample(),
+            _ = ticks.pairing.tick() => {
+                // CLOCK_MONOTONIC: the programs' clock (`bpf_ktime_get_ns`).
+                let cutoff = crate::series::cpu::monotonic_ns().saturating_sub(opts.pairing_horizon.as_nanos() as u64);
+                c.sink.pairing.sweep(cutoff, &mut c.sink.hops);
+            }
             _ = ticks.live.tick() => output::print_live(
                 started.elapsed(), &c.agg, &mut c.resolver, &metadata, &maps.stats, &maps.lru,
             ),
@@ -365,6 +381,10 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             series
         },
         hops: {
+            // Exchanges without a record count in their hops all the same.
+            for (k, counts) in read_hists(&maps.ex_hists) {
+                c.sink.hops.add_kernel(&k, &counts);
+            }
             let mut hops = kernel_hops(read_hists(&maps.hists), &c.ifnames, &mut c.resolver);
             hops.extend(c.sink.hops.summaries(&mut c.resolver));
             hops.sort_by_key(|h| h.hop);
@@ -388,8 +408,8 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-/// The counters once the programs are gone, with the paired hops (`sidecar`, `app_self`)
-/// recorded from what was kept: the kernel's counts are exact now.
+/// The counters once the programs are gone, with what was still waiting to be paired into
+/// `sidecar` and `app_self` hops paired: the kernel's counts are exact now.
 fn final_counters(
     maps: &Maps,
     c: &mut Collector<'_>,
@@ -406,16 +426,11 @@ fn final_counters(
     counters.insert("tls_resumed", tls.resumed);
     counters.insert("tls13_handshakes", tls.tls13);
     counters.insert("tls_client_auth", tls.client_auth);
-    let kept = std::mem::take(&mut c.sink.kept);
-    counters.insert("pairing_overflow", kept.overflow);
-    let paired = kept.finish();
-    for (cgroup, hop) in paired.sidecar {
-        c.sink.hops.record_sidecar(cgroup, hop);
-    }
-    for a in paired.app_self {
-        c.sink.hops.record_app_self(a);
-    }
-    counters.insert("sidecar_unpaired", paired.sidecar_unpaired);
+    let pairing = &mut c.sink.pairing;
+    pairing.finish(&mut c.sink.hops);
+    counters.insert("pairing_overflow", pairing.overflow);
+    counters.insert("pairing_late", pairing.late);
+    counters.insert("sidecar_unpaired", pairing.sidecar_unpaired);
     counters
 }
 

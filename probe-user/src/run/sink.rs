@@ -1,5 +1,5 @@
 //! Where the rings' records go: connection events to their series, exchanges to the hop
-//! histograms, to the store for the paired hops (`sidecar`, `app_self`) and, with `--records`,
+//! histograms, to the pairing of the hops that take two (`sidecar`, `app_self`) and, with `--records`,
 //! to a JSON Lines file.
 
 use std::{
@@ -17,14 +17,14 @@ use serde::Serialize;
 
 use super::rings::Consumer;
 use crate::{
-    hops::{self, HopAggregator, datapath, kept::Kept},
+    hops::{self, HopAggregator, datapath, stream::Pairing},
     names::{Metadata, cgroup::Resolver, parse_cgroup_path},
     series::conn::Aggregator,
 };
 
 pub struct ExchangeSink<'a> {
     pub hops: HopAggregator,
-    pub kept: Kept,
+    pub pairing: Pairing,
     proxies: HashMap<u64, bool>,
     proxy_containers: &'a [String],
     metadata: &'a Metadata,
@@ -40,7 +40,7 @@ impl<'a> ExchangeSink<'a> {
     ) -> Self {
         Self {
             hops: HopAggregator::default(),
-            kept: Kept::default(),
+            pairing: Pairing::default(),
             proxies: HashMap::new(),
             proxy_containers,
             metadata,
@@ -101,7 +101,7 @@ impl<'a> ExchangeSink<'a> {
         // An exchange of a cgroup not known yet pairs with nothing: taken as an app's, a
         // proxy's request would make an `app_self` of its own.
         if let Some(proxy) = self.is_proxy(x.cgroup_id, resolver) {
-            self.kept.add(x, proxy);
+            self.pairing.add(x, proxy);
         }
         if self.records.is_some() {
             self.write_record(&hops::record(x));

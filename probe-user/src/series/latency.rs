@@ -45,6 +45,13 @@ impl Latency {
         ok
     }
 
+    /// Adds everything `other` recorded.
+    pub fn add(&mut self, other: &Self) {
+        // Both resize themselves to what they hold, so adding cannot go out of range.
+        let _ = self.h.add(&other.h);
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
     pub fn sum_ns(&self) -> u64 {
         self.sum_ns
     }

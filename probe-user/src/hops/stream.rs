@@ -1,0 +1,623 @@
+//! The hops that take two exchanges, paired while the run goes on: `sidecar` (a proxy's
+//! downstream exchange less the upstream one it made for it, `sidecar::pair`) and `app_self`
+//! (an app's request less the calls it made for it, `calls::pair_children`), in memory
+//! proportional to the exchanges in flight rather than to the run's length.
+//!
+//! Both pairings are sweeps over calls (upstream or client exchanges) in the order their
+//! requests began, against the enclosing exchanges that had begun by then. Here the sweep
+//! advances in steps: `sweep(cutoff)` takes every call whose request began before `cutoff`.
+//! An enclosing exchange whose response began before the sweep's position can take no later
+//! call (a call ends after it begins), so it is final then: its hop is recorded and it is
+//! forgotten. The run sweeps to `now − horizon` every second: a record that reaches hopprobe
+//! within the horizon of its request's start pairs exactly as it would at the end of the run;
+//! one that comes later is counted in `pairing_late` and pairs with nothing (a kept-alive
+//! connection idle for longer than the horizon delivers its last exchange that late). At the
+//! end of the run `finish` sweeps everything. The batch functions stay the reference: the
+//! tests feed both the same records and compare the hops.
+
+use std::collections::{BTreeSet, HashMap, VecDeque, btree_map::BTreeMap};
+
+use probe_common::exchange::{Exchange, ROLE_SERVER};
+
+use super::{
+    HopAggregator,
+    calls::{AppSelf, Timed},
+    sidecar::{Direction, Own, SidecarHop, hop_of},
+};
+use crate::series::latency::Latency;
+
+/// Exchanges waiting to be paired, at most; beyond it they are counted in `pairing_overflow`
+/// (about 100 MB of them).
+const MAX_PENDING: usize = 1_000_000;
+/// How many of a container's most recently taken requests a call is checked against
+/// (`calls::pair_children`'s look-back).
+const LOOK_BACK: usize = 1024;
+
+#[derive(Default)]
+pub struct Pairing {
+    proxies: HashMap<u64, Proxy>,
+    apps: HashMap<u64, App>,
+    pending: usize,
+    /// The last sweep's cutoff: a container seen anew starts from it (its records before it
+    /// are late as anyone's).
+    swept_to: u64,
+    /// Records that arrived after the sweep had passed their request's start.
+    pub late: u64,
+    /// Answered exchanges not kept because `MAX_PENDING` were waiting.
+    pub overflow: u64,
+    /// Proxies' downstream exchanges with no upstream one.
+    pub sidecar_unpaired: u64,
+}
+
+impl Pairing {
+    /// Keeps an answered exchange until the sweep reaches it.
+    pub fn add(&mut self, x: &Exchange, proxy: bool) {
+        if x.resp_first_ns == 0 {
+            return;
+        }
+        if self.pending >= MAX_PENDING {
+            self.overflow += 1;
+            return;
+        }
+        self.pending += 1;
+        let swept_to = self.swept_to;
+        if proxy {
+            self.proxies
+                .entry(x.cgroup_id)
+                .or_insert_with(|| Proxy {
+                    swept_to,
+                    ..Proxy::default()
+                })
+                .add(x);
+        } else {
+            self.apps
+                .entry(x.cgroup_id)
+                .or_insert_with(|| App {
+                    swept_to,
+                    ..App::default()
+                })
+                .add(x);
+        }
+    }
+
+    /// Pairs every call whose request began before `cutoff` and records the hops that are
+    /// final by then.
+    pub fn sweep(&mut self, cutoff: u64, hops: &mut HopAggregator) {
+        for (&cgroup, p) in &mut self.proxies {
+            let s = p.sweep(cutoff);
+            self.pending -= s.consumed;
+            self.late += s.late;
+            self.sidecar_unpaired += s.unpaired;
+            for hop in s.hops {
+                hops.record_sidecar(cgroup, hop);
+            }
+        }
+        for (&cgroup, a) in &mut self.apps {
+            let s = a.sweep(cutoff);
+            self.pending -= s.consumed;
+            self.late += s.late;
+            for (port, ns) in s.selves {
+                if a.caller {
+                    hops.record_app_self(AppSelf {
+                        cgroup_id: cgroup,
+                        local_port: port,
+                        ns,
+                    });
+                } else {
+                    // Whether this container makes calls is not known yet: `app_self` of a
+                    // container that never does is its `app` and is not reported.
+                    a.uncalled.entry(port).or_default().record(ns);
+                }
+            }
+            if a.caller {
+                for (port, l) in std::mem::take(&mut a.uncalled) {
+                    hops.add_app_self(cgroup, port, &l);
+                }
+            }
+        }
+        self.swept_to = self.swept_to.max(cutoff);
+        // Containers with nothing left go; their state is a few words.
+        self.proxies.retain(|_, p| !p.is_empty());
+        // A caller stays one: its later requests go straight to `app_self`.
+        self.apps
+            .retain(|_, a| !a.is_empty() || a.caller || !a.uncalled.is_empty());
+    }
+
+    /// The end of the run: pairs what is left.
+    pub fn finish(&mut self, hops: &mut HopAggregator) {
+        self.sweep(u64::MAX, hops);
+    }
+
+    /// Exchanges waiting.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+}
+
+/// A proxy container's exchanges, per direction.
+#[derive(Default)]
+struct Proxy {
+    own: Own,
+    /// Arrived, not swept yet.
+    downs: Vec<Exchange>,
+    ups: Vec<Exchange>,
+    /// Downstream exchanges the sweep has passed the start of and not paired yet, by when
+    /// their response began; per direction.
+    open: [Open; 2],
+    /// The sweep's position: every call that began before it has been paired or dropped.
+    swept_to: u64,
+}
+
+#[derive(Default)]
+struct Open {
+    by_resp: BTreeSet<(u64, u64)>,
+    exchanges: HashMap<u64, Exchange>,
+    seq: u64,
+}
+
+impl Open {
+    fn insert(&mut self, d: Exchange) {
+        self.by_resp.insert((d.resp_first_ns, self.seq));
+        self.exchanges.insert(self.seq, d);
+        self.seq += 1;
+    }
+}
+
+#[derive(Default)]
+struct ProxySweep {
+    hops: Vec<SidecarHop>,
+    unpaired: u64,
+    late: u64,
+    consumed: usize,
+}
+
+fn slot(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+impl Proxy {
+    fn add(&mut self, x: &Exchange) {
+        if x.role == ROLE_SERVER {
+            self.own.learn(x);
+            self.downs.push(*x);
+        } else {
+            self.ups.push(*x);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.downs.is_empty()
+            && self.ups.is_empty()
+            && self.open.iter().all(|o| o.by_resp.is_empty())
+    }
+
+    fn sweep(&mut self, cutoff: u64) -> ProxySweep {
+        let mut s = ProxySweep::default();
+        let position = self.swept_to;
+        // Calls to take now, and late ones, which can be paired with nothing.
+        let (mut ups, rest): (Vec<Exchange>, Vec<Exchange>) =
+            self.ups.drain(..).partition(|u| u.req_first_ns < cutoff);
+        self.ups = rest;
+        let before = ups.len();
+        ups.retain(|u| u.req_first_ns >= position);
+        s.late += (before - ups.len()) as u64;
+        s.consumed += before;
+        ups.sort_by_key(|u| u.req_first_ns);
+        // Downstream exchanges that began before the cutoff join the sweep in order.
+        let (mut downs, rest): (Vec<Exchange>, Vec<Exchange>) =
+            self.downs.drain(..).partition(|d| d.req_first_ns < cutoff);
+        self.downs = rest;
+        downs.sort_by_key(|d| d.req_first_ns);
+        let mut downs = downs.into_iter().peekable();
+        for u in ups {
+            while let Some(d) = downs.next_if(|d| d.req_first_ns <= u.req_first_ns) {
+                self.open_down(d, &mut s);
+            }
+            let direction = self.own.up(&u);
+            let open = &mut self.open[slot(direction)];
+            let Some(&(resp, seq)) = open.by_resp.range((u.resp_first_ns, 0)..).next() else {
+                continue;
+            };
+            open.by_resp.remove(&(resp, seq));
+            if let Some(d) = open.exchanges.remove(&seq) {
+                s.hops.push(hop_of(&d, &u, direction));
+                s.consumed += 1;
+            }
+        }
+        for d in downs {
+            self.open_down(d, &mut s);
+        }
+        self.swept_to = self.swept_to.max(cutoff);
+        // Open downstream exchanges answered before the cutoff can take no later call.
+        for open in &mut self.open {
+            while let Some(&(resp, seq)) = open.by_resp.first() {
+                if resp >= cutoff {
+                    break;
+                }
+                open.by_resp.remove(&(resp, seq));
+                open.exchanges.remove(&seq);
+                s.unpaired += 1;
+                s.consumed += 1;
+            }
+        }
+        s
+    }
+
+    /// A downstream exchange the sweep reached; one whose start it had passed already (a late
+    /// record) still takes calls that begin from now on, unless it was answered before.
+    fn open_down(&mut self, d: Exchange, s: &mut ProxySweep) {
+        if d.req_first_ns < self.swept_to {
+            s.late += 1;
+            if d.resp_first_ns < self.swept_to {
+                s.unpaired += 1;
+                s.consumed += 1;
+                return;
+            }
+        }
+        let direction = self.own.down(&d);
+        self.open[slot(direction)].insert(d);
+    }
+}
+
+/// A container's requests and calls, for `app_self`.
+#[derive(Default)]
+struct App {
+    servers: Vec<Exchange>,
+    clients: Vec<Exchange>,
+    /// Requests the sweep has taken in, in the order their process took them: the last
+    /// `LOOK_BACK` of them, and any older one still open.
+    recent: VecDeque<Served>,
+    swept_to: u64,
+    /// Whether the container has made an answered call.
+    caller: bool,
+    /// `app_self` of requests finished while the container had made no call, per port.
+    uncalled: BTreeMap<u16, Latency>,
+}
+
+struct Served {
+    x: Exchange,
+    /// The `upstream` time of the calls attributed to it so far.
+    calls_ns: u64,
+    /// When its process was last active for it: took it, or a call returned.
+    active_ns: u64,
+    done: bool,
+}
+
+#[derive(Default)]
+struct AppSweep {
+    /// (port, ns) of requests final now.
+    selves: Vec<(u16, u64)>,
+    late: u64,
+    consumed: usize,
+}
+
+impl App {
+    fn add(&mut self, x: &Exchange) {
+        if x.role == ROLE_SERVER {
+            self.servers.push(*x);
+        } else {
+            self.caller = true;
+            self.clients.push(*x);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.clients.is_empty() && self.recent.is_empty()
+    }
+
+    fn sweep(&mut self, cutoff: u64) -> AppSweep {
+        let mut s = AppSweep::default();
+        let (mut clients, rest): (Vec<Exchange>, Vec<Exchange>) = self
+            .clients
+            .drain(..)
+            .partition(|k| k.req_first_ns < cutoff);
+        self.clients = rest;
+        s.consumed += clients.len();
+        // Unanswered calls are not attributed (as in the batch); late ones cannot be.
+        clients.retain(|k| k.resp_last().is_some());
+        let before = clients.len();
+        clients.retain(|k| k.req_first_ns >= self.swept_to);
+        s.late += (before - clients.len()) as u64;
+        clients.sort_by_key(|k| k.req_first_ns);
+        let (mut servers, rest): (Vec<Exchange>, Vec<Exchange>) =
+            self.servers.drain(..).partition(|x| x.took_ns() < cutoff);
+        self.servers = rest;
+        servers.sort_by_key(Timed::took_ns);
+        let mut servers = servers.into_iter().peekable();
+        for k in clients {
+            while let Some(x) = servers.next_if(|x| x.took_ns() <= k.req_first_ns) {
+                self.take_in(x, &mut s);
+            }
+            let k_end = k.resp_last().unwrap_or(k.req_first_ns);
+            let mut best: Option<(u64, usize)> = None;
+            for (i, served) in self.recent.iter().enumerate().rev().take(LOOK_BACK) {
+                if served.done
+                    || served.x.resp_first_ns < k_end
+                    || served.active_ns > k.req_first_ns
+                {
+                    continue;
+                }
+                if best.is_none_or(|(t, _)| served.active_ns > t) {
+                    best = Some((served.active_ns, i));
+                }
+            }
+            if let Some((_, i)) = best {
+                let served = &mut self.recent[i];
+                served.calls_ns += k.resp_first_ns.saturating_sub(k.req_first_ns);
+                served.active_ns = k_end;
+            }
+        }
+        for x in servers {
+            self.take_in(x, &mut s);
+        }
+        self.swept_to = self.swept_to.max(cutoff);
+        // Requests answered before the cutoff can be given no later call.
+        for served in &mut self.recent {
+            if !served.done && served.x.resp_first_ns < cutoff {
+                served.done = true;
+                s.consumed += 1;
+                let app = served.x.resp_first_ns.saturating_sub(served.x.req_first_ns);
+                s.selves.push((
+                    served.x.flow.local_port,
+                    app.saturating_sub(served.calls_ns),
+                ));
+            }
+        }
+        while self.recent.len() > LOOK_BACK && self.recent.front().is_some_and(|f| f.done) {
+            self.recent.pop_front();
+        }
+        if self.recent.iter().all(|r| r.done) && self.servers.is_empty() {
+            // Nothing open: the look-back matters no more than for a new container.
+            self.recent.clear();
+        }
+        s
+    }
+
+    fn take_in(&mut self, x: Exchange, s: &mut AppSweep) {
+        if x.took_ns() < self.swept_to {
+            // Calls before it were attributed without it: it keeps its whole time, as a
+            // request that made no call.
+            s.late += 1;
+        }
+        self.recent.push_back(Served {
+            active_ns: x.took_ns(),
+            x,
+            calls_ns: 0,
+            done: false,
+        });
+    }
+}
+
+trait RespLast {
+    fn resp_last(&self) -> Option<u64>;
+}
+
+impl RespLast for Exchange {
+    fn resp_last(&self) -> Option<u64> {
+        Timed::resp_last_ns(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hops::{calls, sidecar},
+        names::cgroup::Resolver,
+    };
+    use probe_common::{
+        conn::{AF_INET, FlowKey},
+        exchange::{PHASE_RESPONSE, ROLE_CLIENT},
+    };
+
+    const US: u64 = 1_000;
+    const PROXY: u64 = 9;
+    const APP: u64 = 7;
+    const POD: [u8; 4] = [10, 78, 0, 11];
+    const CLIENT: [u8; 4] = [10, 78, 0, 10];
+    const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+    const SERVICE: [u8; 4] = [10, 96, 0, 13];
+
+    fn x(cg: u64, role: u8, local: [u8; 4], remote: [u8; 4], req: u64, resp: u64) -> Exchange {
+        let mut flow = FlowKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: if role == ROLE_SERVER { 9080 } else { 40000 },
+            remote_port: 9080,
+            family: AF_INET,
+            _pad: 0,
+        };
+        flow.local_addr[..4].copy_from_slice(&local);
+        flow.remote_addr[..4].copy_from_slice(&remote);
+        Exchange {
+            req_first_ns: req,
+            req_last_ns: req,
+            resp_first_ns: resp,
+            resp_last_ns: resp,
+            req_bytes: 1,
+            resp_bytes: 1,
+            first_read_ns: 0,
+            cgroup_id: cg,
+            cookie: 0,
+            flow,
+            role,
+            phase: PHASE_RESPONSE,
+            kind: 0,
+            tls: 0,
+            _pad: [0; 4],
+        }
+    }
+
+    /// A small deterministic generator (no dependency for a test's jitter).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// `n` requests through a sidecar (inbound to the app on loopback, and the app's call out
+    /// through it), overlapping, each with the time it reaches hopprobe: up to `delay_us`
+    /// after its response ended.
+    fn traffic(n: u64, delay_us: u64) -> Vec<(u64, Exchange, bool)> {
+        let mut rng = Lcg(42);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let t = 1_000_000 * US + i * 300 * US + rng.below(200) * US;
+            let work = 800 + rng.below(2_000);
+            let (a, b) = (20 + rng.below(60), 20 + rng.below(60));
+            let r = t + (a + work + b) * US;
+            let app_req = t + a * US;
+            let app_resp = r - b * US;
+            let call_req = app_req + (50 + rng.below(100)) * US;
+            let call_resp = call_req + (100 + rng.below(400)) * US;
+            let ex = [
+                (x(PROXY, ROLE_SERVER, POD, CLIENT, t, r), true),
+                (
+                    x(PROXY, ROLE_CLIENT, LOOPBACK, LOOPBACK, app_req, app_resp),
+                    true,
+                ),
+                (
+                    x(APP, ROLE_SERVER, POD, LOOPBACK, app_req + US, app_resp - US),
+                    false,
+                ),
+                (
+                    x(APP, ROLE_CLIENT, POD, SERVICE, call_req, call_resp),
+                    false,
+                ),
+                (
+                    x(
+                        PROXY,
+                        ROLE_SERVER,
+                        LOOPBACK,
+                        LOOPBACK,
+                        call_req + US,
+                        call_resp - US,
+                    ),
+                    true,
+                ),
+                (
+                    x(
+                        PROXY,
+                        ROLE_CLIENT,
+                        POD,
+                        SERVICE,
+                        call_req + 2 * US,
+                        call_resp - 2 * US,
+                    ),
+                    true,
+                ),
+            ];
+            for (e, proxy) in ex {
+                out.push((e.resp_last_ns + rng.below(delay_us + 1) * US, e, proxy));
+            }
+        }
+        out.sort_by_key(|(at, _, _)| *at);
+        out
+    }
+
+    /// What the end-of-run pairing gives for the same exchanges.
+    fn batch(traffic: &[(u64, Exchange, bool)]) -> (HopAggregator, u64) {
+        let (mut down, mut up, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        for (_, e, proxy) in traffic {
+            match (proxy, e.role == ROLE_SERVER) {
+                (true, true) => down.push(*e),
+                (true, false) => up.push(*e),
+                (false, _) => others.push(*e),
+            }
+        }
+        let mut hops = HopAggregator::default();
+        let (pairs, unpaired) = sidecar::pair(&down, &up);
+        for h in pairs {
+            hops.record_sidecar(PROXY, h);
+        }
+        for a in calls::app_self(&others) {
+            hops.record_app_self(a);
+        }
+        (hops, unpaired)
+    }
+
+    /// Feeds the exchanges as they arrive and sweeps every `step_us` to `horizon_us` before.
+    fn streamed(
+        traffic: &[(u64, Exchange, bool)],
+        step_us: u64,
+        horizon_us: u64,
+    ) -> (HopAggregator, Pairing, usize) {
+        let mut hops = HopAggregator::default();
+        let mut p = Pairing::default();
+        let mut next_sweep = traffic[0].0 + step_us * US;
+        let mut most = 0;
+        for (at, e, proxy) in traffic {
+            while *at >= next_sweep {
+                p.sweep(next_sweep - horizon_us * US, &mut hops);
+                next_sweep += step_us * US;
+            }
+            p.add(e, *proxy);
+            most = most.max(p.pending());
+        }
+        p.finish(&mut hops);
+        (hops, p, most)
+    }
+
+    fn summaries(h: &HopAggregator) -> Vec<crate::hops::HopSummary> {
+        h.summaries(&mut Resolver::new("/nonexistent".into()))
+    }
+
+    #[test]
+    fn streaming_gives_the_hops_the_end_of_run_pairing_gives() {
+        let t = traffic(3_000, 2_000);
+        let (want, want_unpaired) = batch(&t);
+        let (got, p, _) = streamed(&t, 1_000, 10_000);
+        assert_eq!((p.late, p.overflow, p.pending()), (0, 0, 0));
+        assert_eq!(p.sidecar_unpaired, want_unpaired);
+        let (got, want) = (summaries(&got), summaries(&want));
+        assert!(!want.is_empty());
+        for hop in [Hop::Sidecar, Hop::AppSelf] {
+            assert!(want.iter().any(|s| s.hop == hop), "{hop:?} in {want:?}");
+        }
+        assert_eq!(got, want);
+    }
+
+    use crate::hops::Hop;
+
+    #[test]
+    fn memory_follows_the_exchanges_in_flight_not_the_run() {
+        // 10 times the traffic: what waits stays that of the horizon (about 3 requests a ms,
+        // 6 exchanges each, over 10 ms of horizon plus a 1 ms step and 2 ms of delay).
+        let (_, short, most_short) = streamed(&traffic(3_000, 2_000), 1_000, 10_000);
+        let (_, long, most_long) = streamed(&traffic(30_000, 2_000), 1_000, 10_000);
+        assert_eq!((short.late, long.late), (0, 0));
+        assert!(most_long < 400, "{most_long} waiting at most");
+        assert!(
+            most_long <= most_short + most_short / 4,
+            "{most_short} → {most_long}"
+        );
+    }
+
+    #[test]
+    fn a_record_later_than_the_horizon_is_counted_and_pairs_with_nothing() {
+        let mut t = traffic(200, 0);
+        // The 100th request's upstream exchange reaches hopprobe a second late.
+        let i = t
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, e, proxy))| *proxy && e.role == ROLE_CLIENT)
+            .nth(100)
+            .map(|(i, _)| i)
+            .expect("an upstream exchange");
+        t[i].0 += 1_000_000 * US;
+        t.sort_by_key(|(at, _, _)| *at);
+        let (_, want_unpaired) = batch(&t);
+        let (_, p, _) = streamed(&t, 1_000, 10_000);
+        assert_eq!(p.late, 1);
+        assert_eq!(p.sidecar_unpaired, want_unpaired + 1);
+    }
+}
