@@ -10,8 +10,10 @@
 //! call (a call ends after it begins), so it is final then: its hop is recorded and it is
 //! forgotten. The run sweeps to `now − horizon` every second: a record that reaches hopprobe
 //! within the horizon of its request's start pairs exactly as it would at the end of the run;
-//! one that comes later is counted in `pairing_late` and pairs with nothing (a kept-alive
-//! connection idle for longer than the horizon delivers its last exchange that late). At the
+//! one that comes later is counted in `pairing_late` (a kept-alive connection reports its
+//! last exchange with the next request on it, or its close). A proxy's downstream exchanges
+//! are held `LATE_GRACE_NS` longer, so that a late upstream exchange still pairs with the one
+//! that encloses it; a late call of an app is not taken out of `app_self`. At the
 //! end of the run `finish` sweeps everything. The batch functions stay the reference: the
 //! tests feed both the same records and compare the hops.
 
@@ -29,6 +31,9 @@ use crate::series::latency::Latency;
 /// Exchanges waiting to be paired, at most; beyond it they are counted in `pairing_overflow`
 /// (about 100 MB of them).
 const MAX_PENDING: usize = 1_000_000;
+/// How long a proxy's downstream exchange is held after the sweep passed its answer, for a
+/// call that arrives late.
+const LATE_GRACE_NS: u64 = 60_000_000_000;
 /// How many of a container's most recently taken requests a call is checked against
 /// (`calls::pair_children`'s look-back).
 const LOOK_BACK: usize = 1024;
@@ -197,24 +202,51 @@ impl Proxy {
     fn sweep(&mut self, cutoff: u64) -> ProxySweep {
         let mut s = ProxySweep::default();
         let position = self.swept_to;
-        // Calls to take now, and late ones, which can be paired with nothing.
-        let (mut ups, rest): (Vec<Exchange>, Vec<Exchange>) =
+        let (ups, rest): (Vec<Exchange>, Vec<Exchange>) =
             self.ups.drain(..).partition(|u| u.req_first_ns < cutoff);
         self.ups = rest;
-        let before = ups.len();
-        ups.retain(|u| u.req_first_ns >= position);
-        s.late += (before - ups.len()) as u64;
-        s.consumed += before;
+        s.consumed += ups.len();
+        let (mut late_ups, mut ups): (Vec<Exchange>, Vec<Exchange>) =
+            ups.into_iter().partition(|u| u.req_first_ns < position);
         ups.sort_by_key(|u| u.req_first_ns);
-        // Downstream exchanges that began before the cutoff join the sweep in order.
+        late_ups.sort_by_key(|u| u.req_first_ns);
+        // Downstream exchanges that began before the cutoff join the sweep in order; late
+        // ones at once.
         let (mut downs, rest): (Vec<Exchange>, Vec<Exchange>) =
             self.downs.drain(..).partition(|d| d.req_first_ns < cutoff);
         self.downs = rest;
         downs.sort_by_key(|d| d.req_first_ns);
         let mut downs = downs.into_iter().peekable();
+        while let Some(d) = downs.next_if(|d| d.req_first_ns < position) {
+            s.late += 1;
+            self.open_down(d);
+        }
+        // A late call pairs with the enclosing exchange answered first among those still
+        // held, the sweep's rule applied out of turn.
+        for u in late_ups {
+            s.late += 1;
+            let direction = self.own.up(&u);
+            let open = &mut self.open[slot(direction)];
+            let found = open
+                .by_resp
+                .range((u.resp_first_ns, 0)..)
+                .find(|(_, seq)| {
+                    open.exchanges
+                        .get(seq)
+                        .is_some_and(|d| d.req_first_ns <= u.req_first_ns)
+                })
+                .copied();
+            if let Some((resp, seq)) = found {
+                open.by_resp.remove(&(resp, seq));
+                if let Some(d) = open.exchanges.remove(&seq) {
+                    s.hops.push(hop_of(&d, &u, direction));
+                    s.consumed += 1;
+                }
+            }
+        }
         for u in ups {
             while let Some(d) = downs.next_if(|d| d.req_first_ns <= u.req_first_ns) {
-                self.open_down(d, &mut s);
+                self.open_down(d);
             }
             let direction = self.own.up(&u);
             let open = &mut self.open[slot(direction)];
@@ -228,13 +260,17 @@ impl Proxy {
             }
         }
         for d in downs {
-            self.open_down(d, &mut s);
+            self.open_down(d);
         }
         self.swept_to = self.swept_to.max(cutoff);
-        // Open downstream exchanges answered before the cutoff can take no later call.
+        // A downstream exchange answered before the cutoff can take no call that began after
+        // it; one of those that began before may still arrive late (the last exchange of a
+        // kept-alive connection comes with the next request on it, or its close), so it is
+        // held for `LATE_GRACE` more before it counts as unpaired.
+        let expired = cutoff.saturating_sub(LATE_GRACE_NS);
         for open in &mut self.open {
             while let Some(&(resp, seq)) = open.by_resp.first() {
-                if resp >= cutoff {
+                if resp >= expired && cutoff != u64::MAX {
                     break;
                 }
                 open.by_resp.remove(&(resp, seq));
@@ -246,17 +282,7 @@ impl Proxy {
         s
     }
 
-    /// A downstream exchange the sweep reached; one whose start it had passed already (a late
-    /// record) still takes calls that begin from now on, unless it was answered before.
-    fn open_down(&mut self, d: Exchange, s: &mut ProxySweep) {
-        if d.req_first_ns < self.swept_to {
-            s.late += 1;
-            if d.resp_first_ns < self.swept_to {
-                s.unpaired += 1;
-                s.consumed += 1;
-                return;
-            }
-        }
+    fn open_down(&mut self, d: Exchange) {
         let direction = self.own.down(&d);
         self.open[slot(direction)].insert(d);
     }
@@ -602,10 +628,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_record_later_than_the_horizon_is_counted_and_pairs_with_nothing() {
+    /// The traffic with the 100th request's upstream exchange arriving `late_us` late.
+    fn with_a_late_call(late_us: u64) -> Vec<(u64, Exchange, bool)> {
         let mut t = traffic(200, 0);
-        // The 100th request's upstream exchange reaches hopprobe a second late.
         let i = t
             .iter()
             .enumerate()
@@ -613,11 +638,26 @@ mod tests {
             .nth(100)
             .map(|(i, _)| i)
             .expect("an upstream exchange");
-        t[i].0 += 1_000_000 * US;
+        t[i].0 += late_us * US;
         t.sort_by_key(|(at, _, _)| *at);
+        t
+    }
+
+    #[test]
+    fn a_call_later_than_the_horizon_still_pairs_within_the_grace() {
+        // A second late: a kept-alive connection's exchange, reported with the next request.
+        let t = with_a_late_call(1_000_000);
+        let (want, want_unpaired) = batch(&t);
+        let (got, p, _) = streamed(&t, 1_000, 10_000);
+        assert_eq!((p.late, p.sidecar_unpaired), (1, want_unpaired));
+        assert_eq!(summaries(&got), summaries(&want));
+    }
+
+    #[test]
+    fn a_call_later_than_the_grace_is_counted_and_pairs_with_nothing() {
+        let t = with_a_late_call(2 * LATE_GRACE_NS / US);
         let (_, want_unpaired) = batch(&t);
         let (_, p, _) = streamed(&t, 1_000, 10_000);
-        assert_eq!(p.late, 1);
-        assert_eq!(p.sidecar_unpaired, want_unpaired + 1);
+        assert_eq!((p.late, p.sidecar_unpaired), (1, want_unpaired + 1));
     }
 }
