@@ -343,7 +343,7 @@ impl App {
         self.clients = rest;
         s.consumed += clients.len();
         // Unanswered calls are not attributed (as in the batch); late ones cannot be.
-        clients.retain(|k| k.resp_last().is_some());
+        clients.retain(|k| k.resp_last_ns().is_some());
         let before = clients.len();
         clients.retain(|k| k.req_first_ns >= self.swept_to);
         s.late += (before - clients.len()) as u64;
@@ -357,7 +357,7 @@ impl App {
             while let Some(x) = servers.next_if(|x| x.took_ns() <= k.req_first_ns) {
                 self.take_in(x, &mut s);
             }
-            let k_end = k.resp_last().unwrap_or(k.req_first_ns);
+            let k_end = k.resp_last_ns().unwrap_or(k.req_first_ns);
             let mut best: Option<(u64, usize)> = None;
             for (i, served) in self.recent.iter().enumerate().rev().take(LOOK_BACK) {
                 if served.done
@@ -414,16 +414,6 @@ impl App {
             calls_ns: 0,
             done: false,
         });
-    }
-}
-
-trait RespLast {
-    fn resp_last(&self) -> Option<u64>;
-}
-
-impl RespLast for Exchange {
-    fn resp_last(&self) -> Option<u64> {
-        Timed::resp_last_ns(self)
     }
 }
 
