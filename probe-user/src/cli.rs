@@ -135,6 +135,17 @@ pub struct RunArgs {
     /// ones at every rollout.
     #[arg(long, requires = "metrics_addr")]
     pub metrics_pod_labels: bool,
+    /// How long the series of a deleted pod (its cgroups and veth gone from the node) stay
+    /// in /metrics before they are removed; a workload's series stay while any of its pods
+    /// lives, with the deleted pods' counts in them.
+    #[arg(
+        long,
+        default_value = "5m",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration,
+        requires = "metrics_addr"
+    )]
+    pub metrics_series_grace: Duration,
     /// Let the eBPF programs report, on stderr as `<program>: <message>`, each condition they
     /// only count otherwise: `warn` for data lost other than to load (a map insert that
     /// failed, a tracepoint whose fields did not parse), `debug` also for a full ring buffer
@@ -327,6 +338,7 @@ fn run_cmd(args: RunArgs) -> i32 {
                 max_destinations: args.metrics_max_destinations,
                 pod_labels: args.metrics_pod_labels,
             },
+            series_grace: args.metrics_series_grace,
         }),
     };
     match run::run(&opts) {

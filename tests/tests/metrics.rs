@@ -133,6 +133,107 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
 
+/// A pod deleted while hopprobe runs: its series (socket hops by cgroup, datapath hops by
+/// veth) stay for `--metrics-series-grace`, then leave `/metrics` and Prometheus; the other
+/// workloads' series keep their counts.
+#[test]
+fn a_deleted_pods_series_go_after_the_grace_period() {
+    let test = "a_deleted_pods_series_go_after_the_grace_period";
+    if !testkit::lab::available(test) || !prometheus::available(test) {
+        return;
+    }
+    let name = format!("hpt{}g", std::process::id() % 100_000);
+    let lab = Lab::up(
+        LabConfig::new(&name),
+        Path::new(env!("CARGO_BIN_EXE_hoplab")),
+    )
+    .expect("lab up");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let metadata = lab.state.metadata_file.display().to_string();
+    let metrics = free_port();
+    let addr = metrics.to_string();
+    let grace = Duration::from_secs(4);
+    let mut probe = Hopprobe::start(
+        &testkit::probe::binary(),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--metadata",
+            &metadata,
+            "--metrics-addr",
+            &addr,
+            "--metrics-series-grace",
+            "4s",
+        ],
+    );
+    let prom = Prometheus::start(&[metrics]).expect("prometheus");
+    assert_eq!(
+        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
+        Ok(1.0)
+    );
+    let pages = 20;
+    for _ in 0..pages {
+        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+        assert_eq!(resp.status(), Some(200));
+    }
+    let within = Duration::from_secs(20);
+    let ratings = |hop: &str| {
+        format!(
+            "sum(hopprobe_hop_duration_seconds_count{{hop=\"{hop}\",k8s_workload=\"ratings-v1\"}})"
+        )
+    };
+    // Both kinds of owner: the app hop is the container's cgroup's, datapath_in the veth's.
+    for hop in ["app", "datapath_in"] {
+        let q = ratings(hop);
+        assert!(prom.wait_for(&q, within, |v| v > 0.0).is_ok(), "{q}");
+    }
+    let details =
+        "sum(hopprobe_hop_duration_seconds_count{hop=\"app\",k8s_workload=\"details-v1\"})";
+    assert_eq!(
+        prom.wait_for(details, within, |v| v == pages as f64),
+        Ok(pages as f64)
+    );
+
+    lab.delete_pod("ratings").expect("delete the ratings pod");
+    let deleted = std::time::Instant::now();
+    let in_metrics = || {
+        http_get(metrics, "/metrics")
+            .expect("metrics")
+            .1
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("k8s_workload=\"ratings-v1\""))
+    };
+    while in_metrics() {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(20),
+            "ratings-v1's series still exported 20 s after the pod was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone_after = deleted.elapsed();
+    eprintln!("ratings-v1's series left /metrics {gone_after:?} after the pod was deleted");
+    assert!(
+        gone_after >= grace,
+        "removed after {gone_after:?}, before the grace period of {grace:?}"
+    );
+    let q = "count(hopprobe_hop_duration_seconds_count{k8s_workload=\"ratings-v1\"})";
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !prom.query(q).expect("query").is_empty() {
+        assert!(std::time::Instant::now() < until, "{q} still has data");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The others' series are untouched, and the removal is counted.
+    assert_eq!(prom.wait_for(details, within, |_| true), Ok(pages as f64));
+    let q = "hopprobe_probe_events_total{event=\"series_retired\"}";
+    assert!(prom.wait_for(q, within, |v| v > 0.0).is_ok(), "{q}");
+    drop(prom);
+    probe.signal(Signal::SIGTERM);
+    assert!(probe.wait(Duration::from_secs(15)).success());
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
 /// `--metrics-max-series` bounds a scrape and counts what it leaves out.
 #[test]
 fn the_series_cap_holds_and_counts_what_it_drops() {

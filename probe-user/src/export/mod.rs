@@ -4,6 +4,7 @@
 
 pub mod buckets;
 pub mod families;
+pub mod retired;
 pub mod server;
 
 use std::collections::BTreeMap;

@@ -204,6 +204,11 @@ impl HopAggregator {
     pub fn series(&self) -> impl Iterator<Item = (&HopKey, &Latency)> {
         self.series.iter()
     }
+
+    /// Keeps only the series `keep` says to (a deleted pod's go once exported as retired).
+    pub fn retain(&mut self, mut keep: impl FnMut(&HopKey) -> bool) {
+        self.series.retain(|k, _| keep(k));
+    }
 }
 
 impl HopKey {

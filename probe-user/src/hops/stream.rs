@@ -137,6 +137,24 @@ impl Pairing {
     pub fn pending(&self) -> usize {
         self.pending
     }
+
+    /// The containers with state here.
+    pub fn cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.proxies.keys().chain(self.apps.keys()).copied()
+    }
+
+    /// Drops a deleted container's state once nothing of it waits to be paired; whether it
+    /// is gone.
+    pub fn forget(&mut self, cgroup_id: u64) -> bool {
+        if self.proxies.get(&cgroup_id).is_some_and(|p| !p.is_empty())
+            || self.apps.get(&cgroup_id).is_some_and(|a| !a.is_empty())
+        {
+            return false;
+        }
+        self.proxies.remove(&cgroup_id);
+        self.apps.remove(&cgroup_id);
+        true
+    }
 }
 
 /// A proxy container's exchanges, per direction.

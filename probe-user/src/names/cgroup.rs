@@ -69,6 +69,20 @@ impl Resolver {
         self.names.get(&id).cloned()
     }
 
+    /// Whether a cgroup this resolver once found has been removed since (its directory is
+    /// gone, or another took its path). An id never found is not known to be gone.
+    pub fn gone(&self, id: u64) -> bool {
+        self.names.get(&id).is_some_and(|rel| {
+            fs::metadata(self.root.join(rel.trim_start_matches('/')))
+                .map_or(true, |m| m.ino() != id)
+        })
+    }
+
+    /// Forgets a removed cgroup, so that the cache follows the node's cgroups.
+    pub fn forget(&mut self, id: u64) {
+        self.names.remove(&id);
+    }
+
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
         let mut stack = vec![self.root.clone()];
@@ -130,5 +144,10 @@ mod tests {
         let mut r = Resolver::new(dir.path().to_path_buf());
         assert_eq!(r.resolve(id).as_deref(), Some("/kubepods.slice/pod1"));
         assert_eq!(r.resolve(0), None);
+        assert!(!r.gone(id));
+        fs::remove_dir(&pod).expect("rmdir");
+        assert!(r.gone(id));
+        r.forget(id);
+        assert!(!r.gone(id), "forgotten, so not known");
     }
 }

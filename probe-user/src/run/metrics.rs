@@ -1,7 +1,7 @@
 //! The run loop's side of `/metrics`: a `Snapshot` of everything aggregated so far, read when
 //! a scrape asks, named with the run's metadata and bounded by `Limits`.
 
-use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, HashSet, btree_map::Entry};
 
 use probe_common::{
     conn::{SIDE_ACTIVE, SIDE_PASSIVE},
@@ -11,7 +11,12 @@ use probe_common::{
 use super::{Maps, sink::Collector};
 use crate::{
     attach::probe::{read_counters, read_hists, read_tcp_events},
-    export::{Labels, Limits, Snapshot, TcpCounts, buckets::Buckets, workload_of},
+    export::{
+        Labels, Limits, Snapshot, TcpCounts,
+        buckets::Buckets,
+        retired::{Retired, merge_tcp},
+        workload_of,
+    },
     hops::{self, Hop, HopKey, HopSummary, datapath as tcflow, kernel_unnamed},
     names::Metadata,
     series::conn::{Direction, Metric},
@@ -66,6 +71,16 @@ struct Series {
 }
 
 impl Series {
+    /// Room for one more series; counts it as dropped when there is none.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
     fn add<V: Clone>(
         &mut self,
         family: &mut BTreeMap<Labels, V>,
@@ -96,33 +111,43 @@ fn destination(h: &HopSummary) -> String {
     "unknown".to_owned()
 }
 
+/// Which owners' series a pass reads: all, or only those of owners found gone.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Gone(&'a Gone),
+}
+
+/// Owners removed from the node: cgroups (containers, pods) and interfaces (their veths).
+#[derive(Debug, Default)]
+pub struct Gone {
+    pub cgroups: HashSet<u64>,
+    pub ifindexes: HashSet<u32>,
+}
+
+impl Scope<'_> {
+    pub fn has(self, cgroup_id: u64, ifindex: u32) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Gone(g) => g.cgroups.contains(&cgroup_id) || g.ifindexes.contains(&ifindex),
+        }
+    }
+}
+
+/// What a scrape exports: the live owners' series, the retired ones' counts added.
 pub fn snapshot(
     maps: &Maps,
     c: &mut Collector<'_>,
     metadata: &Metadata,
     limits: Limits,
+    retired: &Retired,
 ) -> Snapshot {
-    let mut s = Snapshot::default();
     let mut series = Series {
         left: limits.max_series,
         dropped: 0,
     };
-    hop_series(&mut s, &mut series, maps, c, metadata, limits);
-    conn_series(&mut s, &mut series, maps, c, metadata, limits);
-    let merge = |a: &mut TcpCounts, b: &TcpCounts| {
-        a.retransmits += b.retransmits;
-        a.resets_sent += b.resets_sent;
-        a.resets_received += b.resets_received;
-    };
-    for e in read_tcp_events(&maps.tcp_counters, &mut c.resolver) {
-        let labels = Who::of_cgroup(e.cgroup_id, c, metadata).labels(limits);
-        let counts = TcpCounts {
-            retransmits: e.retransmits,
-            resets_sent: e.resets_sent,
-            resets_received: e.resets_received,
-        };
-        series.add(&mut s.tcp, labels, &counts, merge);
-    }
+    let mut s = latency_series(maps, c, metadata, limits, Scope::All, &mut series);
+    retired.merge_into(&mut s, &mut || series.take());
     s.events = read_counters(&maps.stats);
     s.events.extend(tcflow::read_counters(&maps.tc_flow_stats));
     s.events.insert("unknown_events", c.agg.unknown);
@@ -134,9 +159,51 @@ pub fn snapshot(
     s.events.insert("pairing_late", pairing.late);
     s.events
         .insert("sidecar_unpaired", pairing.sidecar_unpaired);
+    s.events.insert("series_retired", retired.removed);
     s.pairing_pending = pairing.pending() as u64;
     s.series_dropped = series.dropped;
     s.process = crate::export::Process::now();
+    s
+}
+
+/// The latency and TCP families of the owners in `scope`, with no cap.
+pub fn series_of(
+    maps: &Maps,
+    c: &mut Collector<'_>,
+    metadata: &Metadata,
+    limits: Limits,
+    scope: Scope<'_>,
+) -> Snapshot {
+    let mut series = Series {
+        left: usize::MAX,
+        dropped: 0,
+    };
+    latency_series(maps, c, metadata, limits, scope, &mut series)
+}
+
+fn latency_series(
+    maps: &Maps,
+    c: &mut Collector<'_>,
+    metadata: &Metadata,
+    limits: Limits,
+    scope: Scope<'_>,
+    series: &mut Series,
+) -> Snapshot {
+    let mut s = Snapshot::default();
+    hop_series(&mut s, series, maps, c, metadata, limits, scope);
+    conn_series(&mut s, series, maps, c, metadata, limits, scope);
+    for e in read_tcp_events(&maps.tcp_counters, &mut c.resolver) {
+        if !scope.has(e.cgroup_id, 0) {
+            continue;
+        }
+        let labels = Who::of_cgroup(e.cgroup_id, c, metadata).labels(limits);
+        let counts = TcpCounts {
+            retransmits: e.retransmits,
+            resets_sent: e.resets_sent,
+            resets_received: e.resets_received,
+        };
+        series.add(&mut s.tcp, labels, &counts, merge_tcp);
+    }
     s
 }
 
@@ -147,21 +214,33 @@ fn hop_series(
     c: &mut Collector<'_>,
     metadata: &Metadata,
     limits: Limits,
+    scope: Scope<'_>,
 ) {
     let mut named: Vec<HopSummary> = Vec::new();
     let mut buckets: Vec<Buckets> = Vec::new();
-    for (k, l) in c.sink.hops.series() {
+    for (k, l) in c
+        .sink
+        .hops
+        .series()
+        .filter(|(k, _)| scope.has(k.cgroup_id, 0))
+    {
         named.push(k.unnamed(&mut c.resolver));
         buckets.push(Buckets::from_latency(l));
     }
     // Exchanges without a record, in the same series as those with one.
     for (k, counts) in read_hists(&maps.ex_hists) {
+        if !scope.has(k.cgroup_id, 0) {
+            continue;
+        }
         if let Some(key) = HopKey::of_kernel(&k) {
             named.push(key.unnamed(&mut c.resolver));
             buckets.push(Buckets::from_kernel(&counts));
         }
     }
     for (k, counts) in read_hists(&maps.hists) {
+        if !scope.has(k.cgroup_id, k.ifindex) {
+            continue;
+        }
         if let Some(h) = kernel_unnamed(&k, &c.ifnames, &mut c.resolver) {
             named.push(h);
             buckets.push(Buckets::from_kernel(&counts));
@@ -205,11 +284,12 @@ fn conn_series(
     c: &mut Collector<'_>,
     metadata: &Metadata,
     limits: Limits,
+    scope: Scope<'_>,
 ) {
     let handshakes: Vec<_> = c
         .agg
         .latencies()
-        .filter(|(k, _)| k.metric == Metric::Handshake)
+        .filter(|(k, _)| k.metric == Metric::Handshake && scope.has(k.cgroup_id, 0))
         .map(|(k, l)| (*k, Buckets::from_latency(l)))
         .collect();
     for (k, b) in handshakes {
@@ -227,7 +307,7 @@ fn conn_series(
         series.add(&mut s.handshake, labels, &b, Buckets::merge);
     }
     for (k, counts) in read_hists(&maps.sock_hists) {
-        if k.metric != METRIC_SRTT {
+        if k.metric != METRIC_SRTT || !scope.has(k.cgroup_id, 0) {
             continue;
         }
         let direction = match k.side {

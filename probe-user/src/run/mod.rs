@@ -2,6 +2,7 @@
 
 mod metrics;
 mod output;
+mod retire;
 mod rings;
 mod sink;
 pub mod table;
@@ -36,6 +37,7 @@ use crate::{
     },
     export::{
         Limits,
+        retired::Retired,
         server::{Scrape, Server},
     },
     hops::{self, datapath as tcflow, kernel_hops},
@@ -84,6 +86,8 @@ pub struct RunOptions {
 pub struct MetricsOptions {
     pub addr: std::net::SocketAddr,
     pub limits: Limits,
+    /// How long a deleted pod's series stay exported (`retire`).
+    pub series_grace: Duration,
 }
 
 /// What `--json` writes (and `hopprobe report --summary` reads), with the names the run holds
@@ -208,16 +212,19 @@ struct Ticks {
     cpu: Interval,
     /// Pairs `sidecar` and `app_self` up to the horizon.
     pairing: Interval,
+    /// Looks for deleted pods' series.
+    retire: Interval,
 }
 
 impl Ticks {
-    fn new(started: Instant, live: Duration) -> Self {
+    fn new(started: Instant, live: Duration, retire: Duration) -> Self {
         Self {
             live: every(started, live),
             rescan: every(started, Duration::from_secs(1)),
             drain: every(started, Duration::from_millis(10)),
             cpu: every(started, Duration::from_millis(500)),
             pairing: every(started, Duration::from_secs(1)),
+            retire: every(started, retire),
         }
     }
 }
@@ -271,7 +278,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         probe.attach_floors()?;
     }
     let mut rings = Rings::take(&mut probe)?;
-    let maps = Maps::take(&mut probe)?;
+    let mut maps = Maps::take(&mut probe)?;
     let mut datapath = attach_datapath(&mut probe, opts);
     let hooks = probe.hooks.clone();
     let cgroup_root = probe.cgroup_root.clone();
@@ -293,10 +300,21 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut cpu = CpuSampler::new(cgroup_root.clone());
     cpu.sample();
     let limits = opts.metrics.map(|m| m.limits).unwrap_or_default();
+    // Only a run that exports retires: a batch run's summary keeps every pod it saw.
+    let mut retirement = opts
+        .metrics
+        .map(|m| retire::Retirement::new(m.series_grace, m.limits));
+    let empty = Retired::default();
 
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
-    let mut ticks = Ticks::new(started, opts.interval);
+    let mut ticks = Ticks::new(
+        started,
+        opts.interval,
+        retirement
+            .as_ref()
+            .map_or(Duration::from_secs(10), retire::Retirement::period),
+    );
     let stopped_by = loop {
         tokio::select! {
             ready = rings.events.readable() => ready?.events(&mut c),
@@ -309,9 +327,16 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 }
             }
             scrape = next_scrape(&mut server) => {
-                let _ = scrape.reply.send(metrics::snapshot(&maps, &mut c, &metadata, limits));
+                let retired = retirement.as_ref().map_or(&empty, |r| &r.retired);
+                let _ = scrape.reply.send(metrics::snapshot(&maps, &mut c, &metadata, limits, retired));
             }
             _ = ticks.cpu.tick() => cpu.sample(),
+            _ = ticks.retire.tick(), if retirement.is_some() => {
+                if let Some(r) = retirement.as_mut() {
+                    let live = datapath.as_ref().map(Datapath::names);
+                    r.look(&mut maps, &mut c, &metadata, live.as_ref());
+                }
+            }
             _ = ticks.pairing.tick() => {
                 // CLOCK_MONOTONIC: the programs' clock (`bpf_ktime_get_ns`).
                 let cutoff = crate::series::cpu::monotonic_ns().saturating_sub(opts.pairing_horizon.as_nanos() as u64);

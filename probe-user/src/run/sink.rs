@@ -71,6 +71,11 @@ impl<'a> ExchangeSink<'a> {
         Some(proxy)
     }
 
+    /// Forgets a deleted container's proxy-or-not.
+    pub fn forget(&mut self, cgroup_id: u64) {
+        self.proxies.remove(&cgroup_id);
+    }
+
     /// One line of the records file, through the format's own writer.
     fn write_record<T: Serialize>(&mut self, record: &T) {
         if let Some(w) = self.records.as_mut()

@@ -101,6 +101,11 @@ impl Aggregator {
         self.series.iter().map(|(k, s)| (k, &s.latency))
     }
 
+    /// Keeps only the series `keep` says to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&SeriesKey) -> bool) {
+        self.series.retain(|k, _| keep(k));
+    }
+
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<SeriesSummary> {
         self.series
             .iter()

@@ -571,6 +571,11 @@ impl Lab {
     }
 
     /// One GET from the client namespace, on a connection of its own; HTTPS at a TLS ingress.
+    /// Deletes the pod of `service` (`teardown::delete_pod`).
+    pub fn delete_pod(&self, service: &str) -> Result<(), LabError> {
+        teardown::delete_pod(&self.state, service)
+    }
+
     pub fn get(&self, addr: SocketAddr, path: &str) -> Result<http::Message, LabError> {
         if self.is_https(addr) {
             return Ok(self.get_https(addr, path)?.0);

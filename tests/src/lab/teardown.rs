@@ -110,6 +110,52 @@ fn cgroup_dirs(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Deletes one pod of a running lab as kubelet and the CNI would: its containers killed,
+/// their cgroups and the pod's removed, its network namespace deleted (and with it both
+/// ends of its veth). The rest of the lab runs on; `down` removes it as before.
+pub fn delete_pod(state: &super::state::LabState, service: &str) -> Result<(), LabError> {
+    let pod = state
+        .pods
+        .iter()
+        .find(|p| p.service == service)
+        .ok_or_else(|| LabError::NotReady(format!("no pod of {service} in the lab")))?;
+    let pod_cgroup = pod
+        .containers
+        .first()
+        .and_then(|c| c.cgroup.parent())
+        .ok_or_else(|| LabError::NotReady(format!("{service} has no container")))?
+        .to_path_buf();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = fs::write(pod_cgroup.join("cgroup.kill"), "1");
+        // The lab's creator started them: reap them, or they stay zombies.
+        for c in &pod.containers {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(c.pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        let empty = fs::read_to_string(pod_cgroup.join("cgroup.events"))
+            .map_or(true, |e| e.lines().any(|l| l == "populated 0"));
+        if empty {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(LabError::NotReady(format!(
+                "{service}'s processes survived SIGKILL for 10 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for dir in cgroup_dirs(&pod_cgroup) {
+        fs::remove_dir(&dir)
+            .map_err(|e| LabError::NotReady(format!("removing {}: {e}", dir.display())))?;
+    }
+    ip(&["netns", "del", &pod.netns])
+        .map(drop)
+        .map_err(|e| LabError::NotReady(e.to_string()))
+}
+
 /// Removes the lab `lab`; succeeds when there is nothing to remove.
 pub fn down(lab: &str) -> Result<(), LabError> {
     let names = Names::new(lab);
