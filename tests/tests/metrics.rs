@@ -133,6 +133,104 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
 
+/// Two nodes, each with its own hopprobe (scoped to its lab's cgroups and node namespace),
+/// scraped by one Prometheus: `sum by (le)` over both equals the two nodes' truths merged —
+/// every request of each counted once, each in the bucket of its node's injected delay.
+#[test]
+fn two_hopprobes_merge_exactly_with_sum_by_le() {
+    let test = "two_hopprobes_merge_exactly_with_sum_by_le";
+    if !testkit::lab::available(test) || !prometheus::available(test) {
+        return;
+    }
+    // details' service time on each node, each well inside one bucket: (2.5, 5] and (5, 10] ms;
+    // and each node's page loads.
+    let nodes = [("a", 3.5, 12_u64), ("b", 7.0, 20_u64)];
+    let mut labs = Vec::new();
+    let mut probes = Vec::new();
+    let mut targets = Vec::new();
+    for (node, ms, _) in nodes {
+        let name = format!("hpt{}{node}", std::process::id() % 100_000);
+        let mut config = LabConfig::new(&name);
+        config.app_delay.insert(
+            "details".into(),
+            Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
+        );
+        let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
+        let netns = format!("/run/netns/{}", lab.state.node_netns);
+        let metadata = lab.state.metadata_file.display().to_string();
+        let cgroup_root = lab.state.cgroup_root.display().to_string();
+        let metrics = free_port();
+        let addr = metrics.to_string();
+        probes.push(Hopprobe::start(
+            &testkit::probe::binary(),
+            &[
+                "run",
+                "--cgroup-root",
+                &cgroup_root,
+                "--netns",
+                &netns,
+                "--metadata",
+                &metadata,
+                "--metrics-addr",
+                &addr,
+            ],
+        ));
+        labs.push(lab);
+        targets.push(metrics);
+    }
+    let prom = Prometheus::start(&targets).expect("prometheus");
+    assert_eq!(
+        prom.wait_for("sum(up)", Duration::from_secs(20), |v| v == 2.0),
+        Ok(2.0)
+    );
+    for (lab, (_, _, pages)) in labs.iter().zip(nodes) {
+        for _ in 0..pages {
+            let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+            assert_eq!(resp.status(), Some(200));
+        }
+    }
+    let total: u64 = nodes.iter().map(|n| n.2).sum();
+    let within = Duration::from_secs(20);
+    let details = "hop=\"app\",k8s_workload=\"details-v1\"";
+    // Each hopprobe saw its own node only.
+    let q = format!("count(hopprobe_hop_duration_seconds_count{{{details}}})");
+    assert_eq!(prom.wait_for(&q, within, |v| v == 2.0), Ok(2.0), "{q}");
+    let q = format!("sum(hopprobe_hop_duration_seconds_count{{{details}}})");
+    assert_eq!(
+        prom.wait_for(&q, within, |v| v >= total as f64),
+        Ok(total as f64),
+        "{q}"
+    );
+    let bucket = |le: &str| {
+        let q = format!(
+            "sum by (le) (hopprobe_hop_duration_seconds_bucket{{{details},le=\"{le}\"}})"
+        );
+        prom.wait_for(&q, within, |_| true)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Node a's requests all at or under 5 ms, node b's all above 5 ms and at or under 10 ms.
+    let (a, b) = (nodes[0].2 as f64, nodes[1].2 as f64);
+    assert_eq!(bucket("0.0025"), 0.0);
+    assert_eq!(bucket("0.005"), a);
+    assert_eq!(bucket("0.01"), a + b);
+    assert_eq!(bucket("+Inf"), a + b);
+    // The quantiles of the merge fall in each node's bucket in the proportion of its load.
+    for (phi, low, high) in [(0.25, 0.0025, 0.005), (0.75, 0.005, 0.01)] {
+        let q = format!(
+            "histogram_quantile({phi}, sum by (le) (hopprobe_hop_duration_seconds_bucket{{{details}}}))"
+        );
+        let v = prom.wait_for(&q, within, |_| true).expect("quantile");
+        assert!(v > low && v <= high, "{q} = {v}, not in ({low}, {high}]");
+    }
+    drop(prom);
+    for mut probe in probes {
+        probe.signal(Signal::SIGTERM);
+        assert!(probe.wait(Duration::from_secs(15)).success());
+    }
+    drop(labs);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
 /// A pod deleted while hopprobe runs: its series (socket hops by cgroup, datapath hops by
 /// veth) stay for `--metrics-series-grace`, then leave `/metrics` and Prometheus; the other
 /// workloads' series keep their counts.
