@@ -7,7 +7,7 @@ use std::path::Path;
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{Namespace, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use serde_json::Value;
@@ -23,13 +23,22 @@ const MANIFESTS: [(&str, &str); 2] = [
         include_str!("../../deploy/kubernetes/daemonset.yaml"),
     ),
 ];
+/// Files the templates read with `.Files.Get`.
+const FILES: [(&str, &str); 1] = [(
+    "dashboards/hopprobe.json",
+    include_str!("../../deploy/helm/hopprobe/dashboards/hopprobe.json"),
+)];
 const POD_MONITOR: &str = include_str!("../../deploy/kubernetes/podmonitor.yaml");
 const CHART: &str = include_str!("../../deploy/helm/hopprobe/Chart.yaml");
 const VALUES: &str = include_str!("../../deploy/helm/hopprobe/values.yaml");
-const TEMPLATES: [(&str, &str); 2] = [
+const TEMPLATES: [(&str, &str); 3] = [
     (
         "daemonset.yaml",
         include_str!("../../deploy/helm/hopprobe/templates/daemonset.yaml"),
+    ),
+    (
+        "dashboard.yaml",
+        include_str!("../../deploy/helm/hopprobe/templates/dashboard.yaml"),
     ),
     (
         "rbac.yaml",
@@ -126,8 +135,9 @@ fn the_manifests_give_hopprobe_what_kube_needs() {
 }
 
 /// Renders the chart's templates with its default values, for the expressions they use:
-/// `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{ .Release.Namespace }}`. Anything else fails
-/// the test, which keeps the chart simple enough to check this way.
+/// `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{ .Release.Namespace }}`,
+/// `{{ .Files.Get "path" | indent N }}`. Anything else fails the test, which keeps the chart
+/// simple enough to check this way.
 fn render(template: &str, values: &Value, release: &str) -> String {
     let mut out = String::new();
     let mut rest = template;
@@ -147,6 +157,22 @@ fn render(template: &str, values: &Value, release: &str) -> String {
                     Value::Number(n) => n.to_string(),
                     other => panic!("{e} is not a scalar: {other}"),
                 }
+            }
+            e if e.starts_with(".Files.Get ") => {
+                let (path, pipe) = e[".Files.Get ".len()..]
+                    .split_once(" | indent ")
+                    .expect("`.Files.Get \"path\" | indent N`");
+                let path = path.trim_matches('"');
+                let text = FILES
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .unwrap_or_else(|| panic!("{path} is not in FILES"))
+                    .1;
+                let pad = " ".repeat(pipe.trim().parse().expect("indent N"));
+                text.lines()
+                    .map(|l| format!("{pad}{l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             }
             other => panic!("template expression this check cannot render: {other}"),
         };
@@ -239,6 +265,24 @@ fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
         .iter()
         .flat_map(|(name, text)| documents(&render(text, &values, "hopprobe"), name))
         .collect();
+    // The dashboard's ConfigMap is the chart's only: with the plain manifests it is imported
+    // by hand. It carries the dashboard unchanged.
+    let (dashboards, rendered): (Vec<Value>, Vec<Value>) =
+        rendered.into_iter().partition(|d| d["kind"] == "ConfigMap");
+    assert_eq!(dashboards.len(), 1, "one ConfigMap");
+    let _: ConfigMap = typed(&dashboards[0]);
+    let carried: Value = serde_json::from_str(
+        dashboards[0]["data"]["hopprobe.json"]
+            .as_str()
+            .expect("data hopprobe.json"),
+    )
+    .expect("the ConfigMap's dashboard is JSON");
+    let file: Value = serde_json::from_str(FILES[0].1).expect("the dashboard is JSON");
+    assert_eq!(carried, file);
+    assert_eq!(
+        dashboards[0]["metadata"]["labels"]["grafana_dashboard"], "1",
+        "the label Grafana's sidecar looks for"
+    );
     // The plain manifests add only the Namespace, which a Helm release is installed into.
     let plain: Vec<Value> = manifests()
         .into_iter()

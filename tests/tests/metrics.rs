@@ -202,9 +202,8 @@ fn two_hopprobes_merge_exactly_with_sum_by_le() {
         "{q}"
     );
     let bucket = |le: &str| {
-        let q = format!(
-            "sum by (le) (hopprobe_hop_duration_seconds_bucket{{{details},le=\"{le}\"}})"
-        );
+        let q =
+            format!("sum by (le) (hopprobe_hop_duration_seconds_bucket{{{details},le=\"{le}\"}})");
         prom.wait_for(&q, within, |_| true)
             .unwrap_or_else(|e| panic!("{e}"))
     };

@@ -87,7 +87,7 @@ struct Sample {
 /// `/proc/<pid>/task/<tid>/schedstat` (time on a CPU), where `/proc/<pid>/stat` counts clock
 /// ticks of 10 ms, as long as a c = 1 run's whole share. A thread that exited in between would
 /// be missed; hopprobe's threads live as long as it does.
-fn cpu_s(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_s(pid: u32) -> Result<f64> {
     let dir = format!("/proc/{pid}/task");
     let mut ns = 0u64;
     for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
@@ -497,7 +497,7 @@ fn kernel_time(
     Ok(())
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())

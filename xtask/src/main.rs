@@ -8,6 +8,7 @@ mod ebpf;
 #[cfg(test)]
 mod module_graph;
 mod precise_server;
+mod soak;
 mod system;
 mod toolchain;
 mod vm;
@@ -57,6 +58,10 @@ enum Task {
     /// and without it, its CPU and memory, each program's kernel time (needs root; a few
     /// minutes; not part of `test`).
     BenchProbe,
+    /// hopprobe as the DaemonSet runs it, in the lab under steady load until 10 M exchanges
+    /// have gone through it: RSS, series and CPU per exchange sampled, their slopes printed
+    /// (needs root; several minutes; not part of `test`).
+    Soak,
     /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
     /// print a per-kernel table (tests, verifier instruction counts, hooks).
     VmTest(vm::Args),
@@ -107,6 +112,7 @@ fn main() -> Result<()> {
         Task::Test => test()?,
         Task::BenchLoadgen => bench_loadgen::bench()?,
         Task::BenchProbe => bench_probe::bench()?,
+        Task::Soak => soak::soak()?,
         Task::VmTest(args) => vm::run(&args)?,
         Task::VmLoad { objects } => vm::load::run(&objects)?,
     }
