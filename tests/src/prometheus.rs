@@ -98,6 +98,11 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `targets`' `/metrics` every second; returns once it is ready.
     pub fn start(targets: &[SocketAddr]) -> Result<Self, String> {
+        Self::start_with(targets, &[])
+    }
+
+    /// `start`, with more command-line flags (`--enable-feature=native-histograms`).
+    pub fn start_with(targets: &[SocketAddr], flags: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
@@ -116,6 +121,7 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -133,6 +133,77 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
 
+/// A Prometheus with native histograms on asks for protobuf first and gets native buckets:
+/// every request counted, the median within a native bucket of the injected delay.
+#[test]
+fn native_histograms_when_prometheus_asks_for_protobuf() {
+    let test = "native_histograms_when_prometheus_asks_for_protobuf";
+    if !testkit::lab::available(test) || !prometheus::available(test) {
+        return;
+    }
+    let name = format!("hpt{}n", std::process::id() % 100_000);
+    let mut config = LabConfig::new(&name);
+    let injected = Duration::from_micros(3_500);
+    config
+        .app_delay
+        .insert("details".into(), Delay::Fixed(injected));
+    let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
+    let netns = format!("/run/netns/{}", lab.state.node_netns);
+    let metadata = lab.state.metadata_file.display().to_string();
+    let metrics = free_port();
+    let addr = metrics.to_string();
+    let mut probe = Hopprobe::start(
+        &testkit::probe::binary(),
+        &[
+            "run",
+            "--netns",
+            &netns,
+            "--metadata",
+            &metadata,
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    let prom = Prometheus::start_with(&[metrics], &["--enable-feature=native-histograms"])
+        .expect("prometheus");
+    assert_eq!(
+        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
+        Ok(1.0)
+    );
+    let pages = 20;
+    for _ in 0..pages {
+        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
+        assert_eq!(resp.status(), Some(200));
+    }
+    let within = Duration::from_secs(20);
+    let details = "hopprobe_hop_duration_seconds{hop=\"app\",k8s_workload=\"details-v1\"}";
+    let q = format!("histogram_count(sum({details}))");
+    assert_eq!(
+        prom.wait_for(&q, within, |v| v >= pages as f64),
+        Ok(pages as f64),
+        "{q}"
+    );
+    // A classic bucket series would mean Prometheus took the text format.
+    let classic = "hopprobe_hop_duration_seconds_bucket";
+    assert_eq!(prom.query(classic).map(|r| r.len()), Ok(0), "{classic}");
+    let q = format!("histogram_quantile(0.5, sum({details}))");
+    let p50 = prom.wait_for(&q, within, |_| true).expect("p50");
+    // At or above the injected time (the app's own work adds to it), by at most 10 % and
+    // one native bucket (9.05 %) more.
+    let low = injected.as_secs_f64() / 2f64.powf(1.0 / 8.0);
+    let high = injected.as_secs_f64() * 1.10 * 2f64.powf(1.0 / 8.0);
+    eprintln!("{q} = {p50}");
+    assert!(
+        p50 > low && p50 <= high,
+        "{q} = {p50}, not in ({low}, {high}]"
+    );
+    drop(prom);
+    probe.signal(Signal::SIGTERM);
+    assert!(probe.wait(Duration::from_secs(15)).success());
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
 /// Two nodes, each with its own hopprobe (scoped to its lab's cgroups and node namespace),
 /// scraped by one Prometheus: `sum by (le)` over both equals the two nodes' truths merged —
 /// every request of each counted once, each in the bucket of its node's injected delay.

@@ -6,6 +6,8 @@
 //! never includes a value above `le`, and a value at most one source bucket's width below a
 //! bound (1/32 for the kernel's, 1/128 for userspace's) may count one bucket up.
 
+use std::collections::BTreeMap;
+
 use probe_common::hist::{BUCKETS as KERNEL_BUCKETS, bucket_low};
 
 use crate::series::latency::Latency;
@@ -36,20 +38,67 @@ pub const BOUNDS_NS: [u64; 22] = [
     10_000_000_000,
 ];
 
-/// One series' counts per bound (not cumulative; the last is above 10 s), their sum and count.
+/// The native histograms' schema: 2^3 = 8 buckets per power of two, each 2^(1/8) = 9.05 %
+/// wider than the last — coarser than either source (the kernel's 1/32 of a power of two, at
+/// most 3.1 %; userspace's 1/128), so that no native bucket claims a precision the source
+/// does not have. The same on every node, so that merging across nodes is exact.
+pub const NATIVE_SCHEMA: i32 = 3;
+
+/// One series' counts per bound (not cumulative; the last is above 10 s), their sum and count;
+/// and the same values in native buckets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Buckets {
     pub counts: [u64; BOUNDS_NS.len() + 1],
     pub sum_ns: f64,
     pub count: u64,
+    /// Native bucket index → count; index `i` holds (2^((i-1)/8), 2^(i/8)] seconds.
+    pub native: BTreeMap<i32, u64>,
+    /// Values of 0 (the native zero bucket).
+    pub zero: u64,
+}
+
+/// The native bucket (at `NATIVE_SCHEMA`) that holds `ns` nanoseconds.
+pub fn native_index(ns: u64) -> i32 {
+    let seconds = ns as f64 / 1e9;
+    (seconds.log2() * f64::from(1 << NATIVE_SCHEMA)).ceil() as i32
 }
 
 impl Buckets {
-    /// `n` values no greater than `high`, in the first bucket that holds `high`.
+    /// `n` values no greater than `high`, in the first bucket that holds `high`; the same rule
+    /// for the native buckets.
     fn add_range(&mut self, high: u64, n: u64) {
         let i = BOUNDS_NS.partition_point(|&b| b < high);
         self.counts[i] += n;
         self.count += n;
+        if high == 0 {
+            self.zero += n;
+        } else {
+            *self.native.entry(native_index(high)).or_default() += n;
+        }
+    }
+
+    /// The native buckets as the protobuf format writes them: spans of consecutive buckets
+    /// (`(offset from the last span's end, or the first index; length)`) and each bucket's
+    /// count as the difference from the one before.
+    pub fn native_spans(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
+        let mut spans: Vec<(i32, u32)> = Vec::new();
+        let mut deltas = Vec::with_capacity(self.native.len());
+        let mut last: Option<(i32, i64)> = None;
+        for (&i, &n) in &self.native {
+            let n = n as i64;
+            match last {
+                Some((p, _)) if i == p + 1 => {
+                    if let Some(s) = spans.last_mut() {
+                        s.1 += 1;
+                    }
+                }
+                Some((p, _)) => spans.push((i - p - 1, 1)),
+                None => spans.push((i, 1)),
+            }
+            deltas.push(n - last.map_or(0, |(_, c)| c));
+            last = Some((i, n));
+        }
+        (spans, deltas)
     }
 
     /// From userspace's histogram; its sum is exact.
@@ -90,6 +139,10 @@ impl Buckets {
         }
         self.sum_ns += other.sum_ns;
         self.count += other.count;
+        for (&i, &n) in &other.native {
+            *self.native.entry(i).or_default() += n;
+        }
+        self.zero += other.zero;
     }
 
     /// `(le in seconds, count in that bucket alone)`, ending with `+Inf`: what
@@ -141,6 +194,46 @@ mod tests {
     }
 
     #[test]
+    fn native_buckets_hold_each_value_at_or_above_it_by_at_most_one_bucket() {
+        // Bucket i holds (2^((i-1)/8), 2^(i/8)] s.
+        for ns in [1_000u64, 3_500_000, 7_000_000, 1_000_000_000] {
+            let i = native_index(ns);
+            let upper = 2f64.powf(f64::from(i) / 8.0) * 1e9;
+            let lower = 2f64.powf(f64::from(i - 1) / 8.0) * 1e9;
+            assert!(
+                lower < ns as f64 && ns as f64 <= upper * (1.0 + 1e-12),
+                "{ns}: {i}"
+            );
+        }
+        assert_eq!(native_index(1_000_000_000), 0, "1 s is 2^0");
+        let mut counts = vec![0u64; KERNEL_BUCKETS];
+        counts[probe_common::hist::bucket(3_500_000)] = 3;
+        counts[0] = 1;
+        let b = Buckets::from_kernel(&counts);
+        let (at, n) = b
+            .native
+            .iter()
+            .next()
+            .map(|(i, n)| (*i, *n))
+            .expect("one bucket");
+        assert_eq!((n, b.zero), (3, 1));
+        let upper = 2f64.powf(f64::from(at) / 8.0);
+        // Never below the kernel bucket's values, at most a native bucket above its top.
+        let kernel_top = bucket_low(probe_common::hist::bucket(3_500_000) + 1) as f64 / 1e9;
+        assert!(upper >= kernel_top - 1e-15 && upper < kernel_top * 2f64.powf(1.0 / 8.0));
+    }
+
+    #[test]
+    fn native_spans_are_offsets_and_deltas() {
+        let b = Buckets {
+            native: BTreeMap::from([(-3, 2), (-2, 5), (1, 1)]),
+            ..Buckets::default()
+        };
+        assert_eq!(b.native_spans(), (vec![(-3, 2), (2, 1)], vec![2, 3, -4]));
+        assert_eq!(Buckets::default().native_spans(), (vec![], vec![]));
+    }
+
+    #[test]
     fn merging_adds_counts_and_sums() {
         let mut l = Latency::default();
         assert!(l.record(3_000));
@@ -148,5 +241,6 @@ mod tests {
         let mut two = one.clone();
         two.merge(&one);
         assert_eq!((two.count, two.counts[2], two.sum_ns), (2, 2, 6_000.0));
+        assert_eq!(two.native.values().sum::<u64>(), 2);
     }
 }

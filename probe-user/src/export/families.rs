@@ -5,12 +5,21 @@ use std::collections::BTreeMap;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    encoding::{
+        DescriptorEncoder, EncodeMetric, NativeHistogram, NativeHistogramBuckets, NoLabelSet,
+    },
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
-use super::{Labels, Snapshot, buckets::Buckets};
+use super::{
+    Labels, Snapshot,
+    buckets::{Buckets, NATIVE_SCHEMA},
+};
+
+/// The zero bucket's width: Prometheus clients' default (2^-128), which marks a histogram as
+/// native even before it has a value; only durations of 0 fall in it.
+const NATIVE_ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
 
 /// `(name, help)` of each histogram family, in the order they are written.
 pub const HISTOGRAMS: [(&str, &str); 4] = [
@@ -51,13 +60,29 @@ impl Collector for Snapshot {
             let mut family =
                 e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
             for (labels, b) in series {
+                let (spans, deltas) = b.native_spans();
+                // The text formats write the classic buckets; the protobuf one both.
                 family
                     .encode_family(labels)?
-                    .encode_histogram::<NoLabelSet>(
+                    .encode_histogram_with_native::<NoLabelSet>(
                         b.sum_ns / 1e9,
                         b.count,
                         &b.per_bound_seconds(),
                         None,
+                        NativeHistogram {
+                            schema: NATIVE_SCHEMA,
+                            zero_threshold: NATIVE_ZERO_THRESHOLD,
+                            zero_count: b.zero,
+                            negative: NativeHistogramBuckets {
+                                spans: &[],
+                                deltas: &[],
+                            },
+                            positive: NativeHistogramBuckets {
+                                spans: &spans,
+                                deltas: &deltas,
+                            },
+                            created: None,
+                        },
                     )?;
             }
         }
@@ -149,25 +174,45 @@ pub enum Format {
     Text,
     /// OpenMetrics text 1.0, when the scraper's `Accept` names it.
     OpenMetrics,
+    /// Prometheus' protobuf (`io.prometheus.client.MetricFamily`, length-delimited): what a
+    /// Prometheus with native histograms enabled asks for first; it carries them.
+    Protobuf,
 }
 
+const PROTOBUF: &str = "application/vnd.google.protobuf";
+
 impl Format {
+    /// The first of the formats hopprobe serves in the scraper's order of preference (a
+    /// scraper lists them best first, as Prometheus does, with `q` values that agree).
     pub fn from_accept(accept: Option<&str>) -> Self {
-        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-            Self::OpenMetrics
-        } else {
-            Self::Text
+        for part in accept.unwrap_or_default().split(',') {
+            let media = part.trim();
+            if media.starts_with(PROTOBUF)
+                && media.contains("proto=io.prometheus.client.MetricFamily")
+            {
+                return Self::Protobuf;
+            }
+            if media.starts_with("application/openmetrics-text") {
+                return Self::OpenMetrics;
+            }
+            if media.starts_with("text/plain") {
+                return Self::Text;
+            }
         }
+        Self::Text
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
             Self::Text => "text/plain; version=0.0.4; charset=utf-8",
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
         }
     }
 
-    pub fn encode(self, snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    pub fn encode(self, snapshot: Snapshot) -> Result<Vec<u8>, std::fmt::Error> {
         let registry = snapshot.registry();
         let mut out = String::new();
         match self {
@@ -175,8 +220,12 @@ impl Format {
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
             }
             Self::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+            Self::Protobuf => {
+                return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry)
+                    .map_err(|_| std::fmt::Error);
+            }
         }
-        Ok(out)
+        Ok(out.into_bytes())
     }
 }
 
@@ -200,7 +249,8 @@ mod tests {
 
     #[test]
     fn histograms_are_seconds_with_cumulative_buckets() {
-        let text = Format::Text.encode(snapshot()).expect("encodes");
+        let text =
+            String::from_utf8(Format::Text.encode(snapshot()).expect("encodes")).expect("text");
         for line in [
             "hopprobe_hop_duration_seconds_count{hop=\"app\",k8s_workload=\"reviews-v1\"} 2",
             "hopprobe_hop_duration_seconds_sum{hop=\"app\",k8s_workload=\"reviews-v1\"} 0.01",
@@ -218,7 +268,44 @@ mod tests {
     fn open_metrics_when_asked() {
         let f = Format::from_accept(Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1"));
         assert_eq!(f, Format::OpenMetrics);
-        assert!(f.encode(snapshot()).expect("encodes").ends_with("# EOF\n"));
+        assert!(f.encode(snapshot()).expect("encodes").ends_with(b"# EOF\n"));
         assert_eq!(Format::from_accept(None), Format::Text);
+    }
+
+    #[test]
+    fn protobuf_with_native_buckets_when_prometheus_asks_for_it_first() {
+        // What Prometheus 2.42 sends with --enable-feature=native-histograms.
+        let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,application/openmetrics-text;version=1.0.0;q=0.7,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(accept)), Format::Protobuf);
+        // Without the feature it asks for OpenMetrics first.
+        let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(accept)), Format::OpenMetrics);
+        let families =
+            prometheus_client::encoding::prometheus_protobuf::encode(&snapshot().registry())
+                .expect("encodes");
+        let hops = families
+            .iter()
+            .find(|f| f.name == "hopprobe_hop_duration_seconds")
+            .expect("the hop family");
+        let h = hops.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!((h.sample_count, h.schema), (2, NATIVE_SCHEMA));
+        // 3 ms and 7 ms: two native buckets, and the classic ones beside them.
+        let counts: i64 = h
+            .positive_delta
+            .iter()
+            .scan(0, |c, d| {
+                *c += d;
+                Some(*c)
+            })
+            .sum();
+        assert_eq!(counts, 2);
+        assert_eq!(h.positive_span.iter().map(|s| s.length).sum::<u32>(), 2);
+        assert!(!h.bucket.is_empty());
+        assert!(
+            !Format::Protobuf
+                .encode(snapshot())
+                .expect("encodes")
+                .is_empty()
+        );
     }
 }
