@@ -36,7 +36,12 @@ impl Row {
     }
 
     /// `measured` must be within the matrix's tolerance of `expected_ms`: max(10 %, 150 µs).
-    fn within(scenario: &str, check: String, expected_ms: f64, measured_ms: f64) -> Self {
+    pub(crate) fn within(
+        scenario: &str,
+        check: String,
+        expected_ms: f64,
+        measured_ms: f64,
+    ) -> Self {
         let tol = (expected_ms * 0.10).max(0.150);
         Self {
             scenario: scenario.to_owned(),
@@ -65,7 +70,7 @@ impl Row {
         row
     }
 
-    fn range(
+    pub(crate) fn range(
         scenario: &str,
         check: String,
         expected: String,

@@ -4,6 +4,7 @@
 //! (`hopaccuracy`); the `accuracy` integration test asserts every row.
 
 pub mod checks;
+pub mod export;
 pub mod keepalive;
 pub mod series;
 
@@ -82,6 +83,8 @@ impl Options {
 pub struct Run {
     pub hops: Hops,
     pub e2e: EndToEnd,
+    /// `/metrics` once the load was done, before hopprobe stopped.
+    pub exported: export::Exported,
 }
 
 /// Every row of the matrix, in the order it ran.
@@ -193,6 +196,12 @@ pub fn run(
             ));
             rows.push(checks::match_rate(&scenario, &run.hops));
             rows.push(checks::app_split(&scenario, &run.hops));
+            rows.extend(export::rows(
+                &scenario,
+                &run.hops,
+                &run.exported,
+                a.as_secs_f64() * 1e3,
+            ));
             push(rows, &mut report);
             grid.push((d, a, run));
         }
@@ -320,9 +329,19 @@ fn scenario_runs(
     for &(connections, requests) in loads {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let out = dir.path().join("loadgen.json");
+        let metrics = crate::prometheus::free_port();
+        let metrics_addr = metrics.to_string();
+        let mut exported = String::new();
         let measured = crate::probe::try_measure(
             &programs.hopprobe,
-            &["--netns", &netns, "--metadata", &metadata],
+            &[
+                "--netns",
+                &netns,
+                "--metadata",
+                &metadata,
+                "--metrics-addr",
+                &metrics_addr,
+            ],
             || {
                 loadgen(
                     programs,
@@ -331,7 +350,14 @@ fn scenario_runs(
                     connections,
                     requests,
                     &out,
-                )
+                )?;
+                // The rings drain every 10 ms; the leaves' hops need no pairing.
+                std::thread::sleep(crate::emulation::slack(Duration::from_millis(300)));
+                exported = match crate::prometheus::http_get(metrics, "/metrics")? {
+                    (200, text) => text,
+                    (status, text) => return Err(format!("/metrics: {status}: {text}")),
+                };
+                Ok(())
             },
         )?;
         let report: serde_json::Value = std::fs::read_to_string(&out)
@@ -358,6 +384,7 @@ fn scenario_runs(
         runs.push(Run {
             hops: Hops(measured.summary),
             e2e,
+            exported: export::Exported::parse(&exported),
         });
     }
     Ok(runs)
