@@ -2,7 +2,7 @@
 //! every request counted, quantiles in the injected delays' buckets, the series cap held, and
 //! an exposition `promtool check metrics` accepts.
 
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use nix::sys::signal::Signal;
 use testkit::{
@@ -16,6 +16,85 @@ use testkit::{
 };
 
 const REQUESTS: u64 = 40;
+
+/// A lab (one node) with hopprobe attached to it, serving `/metrics`.
+struct Node {
+    lab: Lab,
+    probe: Hopprobe,
+    metrics: SocketAddr,
+}
+
+impl Node {
+    /// The lab `hpt<pid><tag>` as `configure` sets it, and `hopprobe run` on its node with the
+    /// lab's names and `extra` flags; with `scoped`, on the lab's cgroups only (another lab's
+    /// run on the same machine).
+    fn up(tag: &str, configure: impl FnOnce(&mut LabConfig), scoped: bool, extra: &[&str]) -> Self {
+        let mut config = LabConfig::new(&format!("hpt{}{tag}", std::process::id() % 100_000));
+        configure(&mut config);
+        let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
+        let netns = format!("/run/netns/{}", lab.state.node_netns);
+        let metadata = lab.state.metadata_file.display().to_string();
+        let metrics = free_port();
+        let addr = metrics.to_string();
+        let cgroup_root = lab.state.cgroup_root.display().to_string();
+        let mut args = vec![
+            "run",
+            "--netns",
+            &netns,
+            "--metadata",
+            &metadata,
+            "--metrics-addr",
+            &addr,
+        ];
+        if scoped {
+            args.extend(["--cgroup-root", &cgroup_root]);
+        }
+        args.extend_from_slice(extra);
+        let probe = Hopprobe::start(&testkit::probe::binary(), &args);
+        Self {
+            lab,
+            probe,
+            metrics,
+        }
+    }
+
+    fn page_loads(&self, n: u64) {
+        for _ in 0..n {
+            let resp = self
+                .lab
+                .get(self.lab.nodeport(), "/productpage")
+                .expect("GET");
+            assert_eq!(resp.status(), Some(200));
+        }
+    }
+
+    /// SIGTERM: hopprobe exits 0, and the port closes with it.
+    fn stop(mut self) -> Lab {
+        self.probe.signal(Signal::SIGTERM);
+        assert!(self.probe.wait(Duration::from_secs(15)).success());
+        assert!(http_get(self.metrics, "/metrics").is_err());
+        self.lab
+    }
+}
+
+/// Prometheus scraping `nodes`, once every one of them is up.
+fn prometheus_of(nodes: &[&Node], flags: &[&str]) -> Prometheus {
+    let targets: Vec<SocketAddr> = nodes.iter().map(|n| n.metrics).collect();
+    let prom = Prometheus::start_with(&targets, flags).expect("prometheus");
+    // Prometheus applies new targets after up to 5 s: the load starts once it scrapes.
+    let all = targets.len() as f64;
+    assert_eq!(
+        prom.wait_for("sum(up)", Duration::from_secs(20), |v| v == all),
+        Ok(all)
+    );
+    prom
+}
+
+/// After the lab is gone: nothing of it or of hopprobe left.
+fn nothing_left(lab: Lab) {
+    drop(lab);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
 
 /// The classic bucket (lower, upper] in seconds that holds `s`.
 fn bucket_of(s: f64) -> (f64, f64) {
@@ -33,47 +112,30 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     if !testkit::lab::available(test) || !prometheus::available(test) {
         return;
     }
-    let name = format!("hpt{}m", std::process::id() % 100_000);
-    let mut config = LabConfig::new(&name);
     // Each well inside one bucket: (2.5, 5] ms and (5, 10] ms.
     let injected_ms = [("details", 3.5), ("ratings", 7.0)];
-    for (s, ms) in injected_ms {
-        config.app_delay.insert(
-            s.into(),
-            Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
-        );
-    }
-    let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
-    let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let metadata = lab.state.metadata_file.display().to_string();
-    let metrics = free_port();
-    let addr = metrics.to_string();
-    let mut probe = Hopprobe::start(
-        &testkit::probe::binary(),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--metrics-addr",
-            &addr,
-        ],
+    let node = Node::up(
+        "m",
+        |config| {
+            for (s, ms) in injected_ms {
+                config.app_delay.insert(
+                    s.into(),
+                    Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
+                );
+            }
+        },
+        false,
+        &[],
     );
+    let metrics = node.metrics;
     assert_eq!(
         http_get(metrics, "/readyz").expect("readyz"),
         (200, "ready\n".into())
     );
-    let prom = Prometheus::start(&[metrics]).expect("prometheus");
-    // Prometheus applies new targets after up to 5 s: the load starts once it scrapes.
-    assert_eq!(
-        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
-        Ok(1.0)
-    );
+    let prom = prometheus_of(&[&node], &[]);
     // Spread over a few scrapes, so that the dashboard's rates have something to show.
     for _ in 0..REQUESTS {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
+        node.page_loads(1);
         std::thread::sleep(Duration::from_millis(75));
     }
     let within = Duration::from_secs(20);
@@ -125,12 +187,7 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     }
     promtool_accepts(&text);
     drop(prom);
-    probe.signal(Signal::SIGTERM);
-    assert!(probe.wait(Duration::from_secs(15)).success());
-    // The port is closed with the run.
-    assert!(http_get(metrics, "/metrics").is_err());
-    drop(lab);
-    assert_eq!(leftovers::all(), Vec::<String>::new());
+    nothing_left(node.stop());
 }
 
 /// A Prometheus with native histograms on asks for protobuf first and gets native buckets:
@@ -141,40 +198,20 @@ fn native_histograms_when_prometheus_asks_for_protobuf() {
     if !testkit::lab::available(test) || !prometheus::available(test) {
         return;
     }
-    let name = format!("hpt{}n", std::process::id() % 100_000);
-    let mut config = LabConfig::new(&name);
     let injected = Duration::from_micros(3_500);
-    config
-        .app_delay
-        .insert("details".into(), Delay::Fixed(injected));
-    let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
-    let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let metadata = lab.state.metadata_file.display().to_string();
-    let metrics = free_port();
-    let addr = metrics.to_string();
-    let mut probe = Hopprobe::start(
-        &testkit::probe::binary(),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--metrics-addr",
-            &addr,
-        ],
+    let node = Node::up(
+        "n",
+        |config| {
+            config
+                .app_delay
+                .insert("details".into(), Delay::Fixed(injected));
+        },
+        false,
+        &[],
     );
-    let prom = Prometheus::start_with(&[metrics], &["--enable-feature=native-histograms"])
-        .expect("prometheus");
-    assert_eq!(
-        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
-        Ok(1.0)
-    );
+    let prom = prometheus_of(&[&node], &["--enable-feature=native-histograms"]);
     let pages = 20;
-    for _ in 0..pages {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
+    node.page_loads(pages);
     let within = Duration::from_secs(20);
     let details = "hopprobe_hop_duration_seconds{hop=\"app\",k8s_workload=\"details-v1\"}";
     let q = format!("histogram_count(sum({details}))");
@@ -198,10 +235,7 @@ fn native_histograms_when_prometheus_asks_for_protobuf() {
         "{q} = {p50}, not in ({low}, {high}]"
     );
     drop(prom);
-    probe.signal(Signal::SIGTERM);
-    assert!(probe.wait(Duration::from_secs(15)).success());
-    drop(lab);
-    assert_eq!(leftovers::all(), Vec::<String>::new());
+    nothing_left(node.stop());
 }
 
 /// Two nodes, each with its own hopprobe (scoped to its lab's cgroups and node namespace),
@@ -215,52 +249,28 @@ fn two_hopprobes_merge_exactly_with_sum_by_le() {
     }
     // details' service time on each node, each well inside one bucket: (2.5, 5] and (5, 10] ms;
     // and each node's page loads.
-    let nodes = [("a", 3.5, 12_u64), ("b", 7.0, 20_u64)];
-    let mut labs = Vec::new();
-    let mut probes = Vec::new();
-    let mut targets = Vec::new();
-    for (node, ms, _) in nodes {
-        let name = format!("hpt{}{node}", std::process::id() % 100_000);
-        let mut config = LabConfig::new(&name);
-        config.app_delay.insert(
-            "details".into(),
-            Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
-        );
-        let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
-        let netns = format!("/run/netns/{}", lab.state.node_netns);
-        let metadata = lab.state.metadata_file.display().to_string();
-        let cgroup_root = lab.state.cgroup_root.display().to_string();
-        let metrics = free_port();
-        let addr = metrics.to_string();
-        probes.push(Hopprobe::start(
-            &testkit::probe::binary(),
-            &[
-                "run",
-                "--cgroup-root",
-                &cgroup_root,
-                "--netns",
-                &netns,
-                "--metadata",
-                &metadata,
-                "--metrics-addr",
-                &addr,
-            ],
-        ));
-        labs.push(lab);
-        targets.push(metrics);
+    let cases = [("a", 3.5, 12_u64), ("b", 7.0, 20_u64)];
+    let nodes: Vec<Node> = cases
+        .iter()
+        .map(|&(tag, ms, _)| {
+            Node::up(
+                tag,
+                |config| {
+                    config.app_delay.insert(
+                        "details".into(),
+                        Delay::Fixed(Duration::from_micros((ms * 1000.0) as u64)),
+                    );
+                },
+                true,
+                &[],
+            )
+        })
+        .collect();
+    let prom = prometheus_of(&nodes.iter().collect::<Vec<_>>(), &[]);
+    for (node, (_, _, pages)) in nodes.iter().zip(cases) {
+        node.page_loads(pages);
     }
-    let prom = Prometheus::start(&targets).expect("prometheus");
-    assert_eq!(
-        prom.wait_for("sum(up)", Duration::from_secs(20), |v| v == 2.0),
-        Ok(2.0)
-    );
-    for (lab, (_, _, pages)) in labs.iter().zip(nodes) {
-        for _ in 0..pages {
-            let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-            assert_eq!(resp.status(), Some(200));
-        }
-    }
-    let total: u64 = nodes.iter().map(|n| n.2).sum();
+    let total: u64 = cases.iter().map(|n| n.2).sum();
     let within = Duration::from_secs(20);
     let details = "hop=\"app\",k8s_workload=\"details-v1\"";
     // Each hopprobe saw its own node only.
@@ -279,7 +289,7 @@ fn two_hopprobes_merge_exactly_with_sum_by_le() {
             .unwrap_or_else(|e| panic!("{e}"))
     };
     // Node a's requests all at or under 5 ms, node b's all above 5 ms and at or under 10 ms.
-    let (a, b) = (nodes[0].2 as f64, nodes[1].2 as f64);
+    let (a, b) = (cases[0].2 as f64, cases[1].2 as f64);
     assert_eq!(bucket("0.0025"), 0.0);
     assert_eq!(bucket("0.005"), a);
     assert_eq!(bucket("0.01"), a + b);
@@ -293,11 +303,9 @@ fn two_hopprobes_merge_exactly_with_sum_by_le() {
         assert!(v > low && v <= high, "{q} = {v}, not in ({low}, {high}]");
     }
     drop(prom);
-    for mut probe in probes {
-        probe.signal(Signal::SIGTERM);
-        assert!(probe.wait(Duration::from_secs(15)).success());
+    for node in nodes {
+        drop(node.stop());
     }
-    drop(labs);
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
 
@@ -310,41 +318,12 @@ fn a_deleted_pods_series_go_after_the_grace_period() {
     if !testkit::lab::available(test) || !prometheus::available(test) {
         return;
     }
-    let name = format!("hpt{}g", std::process::id() % 100_000);
-    let lab = Lab::up(
-        LabConfig::new(&name),
-        Path::new(env!("CARGO_BIN_EXE_hoplab")),
-    )
-    .expect("lab up");
-    let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let metadata = lab.state.metadata_file.display().to_string();
-    let metrics = free_port();
-    let addr = metrics.to_string();
     let grace = Duration::from_secs(4);
-    let mut probe = Hopprobe::start(
-        &testkit::probe::binary(),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metadata",
-            &metadata,
-            "--metrics-addr",
-            &addr,
-            "--metrics-series-grace",
-            "4s",
-        ],
-    );
-    let prom = Prometheus::start(&[metrics]).expect("prometheus");
-    assert_eq!(
-        prom.wait_for("up", Duration::from_secs(20), |v| v == 1.0),
-        Ok(1.0)
-    );
+    let node = Node::up("g", |_| {}, false, &["--metrics-series-grace", "4s"]);
+    let metrics = node.metrics;
+    let prom = prometheus_of(&[&node], &[]);
     let pages = 20;
-    for _ in 0..pages {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
+    node.page_loads(pages);
     let within = Duration::from_secs(20);
     let ratings = |hop: &str| {
         format!(
@@ -363,7 +342,9 @@ fn a_deleted_pods_series_go_after_the_grace_period() {
         Ok(pages as f64)
     );
 
-    lab.delete_pod("ratings").expect("delete the ratings pod");
+    node.lab
+        .delete_pod("ratings")
+        .expect("delete the ratings pod");
     let deleted = std::time::Instant::now();
     let in_metrics = || {
         http_get(metrics, "/metrics")
@@ -396,10 +377,7 @@ fn a_deleted_pods_series_go_after_the_grace_period() {
     let q = "hopprobe_probe_events_total{event=\"series_retired\"}";
     assert!(prom.wait_for(q, within, |v| v > 0.0).is_ok(), "{q}");
     drop(prom);
-    probe.signal(Signal::SIGTERM);
-    assert!(probe.wait(Duration::from_secs(15)).success());
-    drop(lab);
-    assert_eq!(leftovers::all(), Vec::<String>::new());
+    nothing_left(node.stop());
 }
 
 /// `--metrics-max-series` bounds a scrape and counts what it leaves out.
@@ -409,32 +387,15 @@ fn the_series_cap_holds_and_counts_what_it_drops() {
     if !testkit::lab::available(test) {
         return;
     }
-    let name = format!("hpt{}c", std::process::id() % 100_000);
-    let lab = Lab::up(
-        LabConfig::new(&name),
-        Path::new(env!("CARGO_BIN_EXE_hoplab")),
-    )
-    .expect("lab up");
-    let netns = format!("/run/netns/{}", lab.state.node_netns);
-    let metrics = free_port();
-    let addr = metrics.to_string();
     let cap = 5;
-    let mut probe = Hopprobe::start(
-        &testkit::probe::binary(),
-        &[
-            "run",
-            "--netns",
-            &netns,
-            "--metrics-addr",
-            &addr,
-            "--metrics-max-series",
-            &cap.to_string(),
-        ],
+    let node = Node::up(
+        "c",
+        |_| {},
+        false,
+        &["--metrics-max-series", &cap.to_string()],
     );
-    for _ in 0..10 {
-        let resp = lab.get(lab.nodeport(), "/productpage").expect("GET");
-        assert_eq!(resp.status(), Some(200));
-    }
+    let metrics = node.metrics;
+    node.page_loads(10);
     std::thread::sleep(Duration::from_millis(300));
     let (status, text) = http_get(metrics, "/metrics").expect("metrics");
     assert_eq!(status, 200, "{text}");
@@ -451,10 +412,7 @@ fn the_series_cap_holds_and_counts_what_it_drops() {
         .filter(|l| l.contains("_count{") || l.starts_with("hopprobe_tcp_re"))
         .count();
     assert!(counted <= cap, "{counted} series written: {text}");
-    probe.signal(Signal::SIGTERM);
-    assert!(probe.wait(Duration::from_secs(15)).success());
-    drop(lab);
-    assert_eq!(leftovers::all(), Vec::<String>::new());
+    nothing_left(node.stop());
 }
 
 /// The chart's Grafana dashboard, its variables substituted as Grafana would with "All"
