@@ -106,11 +106,17 @@ pub(crate) fn cpu_s(pid: u32) -> Result<f64> {
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM")
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: kB there) in MiB; 0 once the
+/// process is gone.
+pub(crate) fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    bench_probe::{cpu_s, env_or},
+    bench_probe::{cpu_s, env_or, status_mib},
     cmd,
     demo::{ChildGuard, LabGuard, interrupted, measuring, stop_on_ctrl_c},
     ebpf, system,
@@ -86,17 +86,6 @@ fn sum(m: &BTreeMap<String, f64>, family: &str, having: &[&str]) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Least-squares slope of y over x.
@@ -221,7 +210,7 @@ pub fn soak() -> Result<()> {
                             "hopprobe_hop_duration_seconds_count",
                             &["hop=\"upstream\""],
                         ),
-                    rss_mib: rss_mib(pid),
+                    rss_mib: status_mib(pid, "VmRSS"),
                     series: sum(&m, "hopprobe_series", &[]),
                     cpu_s: cpu_s(pid)?,
                     pending: sum(&m, "hopprobe_pairing_pending", &[]),
@@ -244,14 +233,7 @@ pub fn soak() -> Result<()> {
     // Past the pairing horizon (5 s) and a proxy's late grace, then the last scrape.
     std::thread::sleep(Duration::from_secs(8));
     let m = scrape(metrics)?;
-    let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0);
+    let peak = status_mib(pid, "VmHWM");
     let out = probe.interrupt_and_wait()?;
     if !out.status.success() {
         bail!("hopprobe exited {}", out.status);
