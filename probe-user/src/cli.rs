@@ -10,6 +10,7 @@ use crate::{
         datapath,
         ebpf::{self, MapSizes, RingWakeup},
         ebpf_log::{self, EbpfLog},
+        probe::AttachError,
         reads::ReadHook,
     },
     check, exit,
@@ -290,6 +291,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         },
         None => metadata::Metadata::default(),
     };
+    let named_cgroup_root = args.cgroup_root.is_some();
     let opts = run::RunOptions {
         duration: args.duration,
         interval: args.interval,
@@ -336,6 +338,12 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("run `hopprobe check` to see which hooks this machine offers");
             exit::UNSUPPORTED
         }
+        // Only the one the user named is a mistake on the command line; the mount found in
+        // /proc/self/mounts that cannot be opened is the machine's failure.
+        Err(e @ run::RunError::Attach(AttachError::CgroupRoot { .. })) if named_cgroup_root => {
+            error!("--cgroup-root: {e}");
+            exit::USAGE
+        }
         Err(e @ run::RunError::Stats(_)) => {
             error!("{e}");
             exit::UNSUPPORTED
@@ -344,7 +352,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("Kubernetes API: {e}");
             e.exit_code()
         }
-        Err(e @ run::RunError::Metrics { .. }) => {
+        Err(e @ (run::RunError::Metrics { .. } | run::RunError::Datapath(_))) => {
             error!("{e}");
             exit::USAGE
         }
