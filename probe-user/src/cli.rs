@@ -1,6 +1,6 @@
 //! The `hopprobe` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tracing::error;
@@ -251,6 +251,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(ebpf_log::env_filter(ebpf_log))
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let code = match cli.command {
         Command::Run(args) => run_cmd(args),
@@ -258,6 +262,13 @@ pub fn main() -> ExitCode {
         Command::Report(args) => crate::report::main(&args.args),
     };
     ExitCode::from(code as u8)
+}
+
+/// Colour codes only for a person at a terminal: off one, the log goes to `kubectl logs`, a
+/// collector or a file, where they are noise. `NO_COLOR` (set, not empty) turns them off at a
+/// terminal too, as tracing-subscriber's own default does (which `with_ansi` replaces).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn run_cmd(args: RunArgs) -> i32 {
@@ -419,6 +430,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(colour(true, None));
+        assert!(colour(true, empty));
+        assert!(!colour(true, set));
+        for no_color in [None, empty, set] {
+            assert!(!colour(false, no_color), "{no_color:?}");
+        }
     }
 
     #[test]

@@ -176,6 +176,52 @@ fn a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it() {
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
 
+/// Colour codes only at a terminal: `kubectl logs`, log collectors and files get plain text.
+/// Needs no root: the flag is refused before anything is attached.
+#[test]
+fn logs_off_a_terminal_are_plain_text() {
+    let args = ["run", "--pod-ifaces", "eni["];
+    let o = Command::new(probe::binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run hopprobe");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("ERROR --pod-ifaces: bad interface pattern"),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains("\x1b["), "{stderr:?}");
+
+    // Positive control: at a terminal (util-linux's `script` lends one) the same line is
+    // coloured, unless NO_COLOR says otherwise.
+    let at_a_terminal = |no_color: Option<&str>| {
+        let line = format!("'{}' {}", probe::binary().display(), args.join(" "));
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        c.output()
+    };
+    match at_a_terminal(None) {
+        Ok(o) => {
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(shown.contains("\x1b[31mERROR"), "{shown:?}");
+            let o = at_a_terminal(Some("1")).expect("script ran once");
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(shown.contains("ERROR --pod-ifaces"), "{shown:?}");
+            assert!(!shown.contains("\x1b["), "{shown:?}");
+        }
+        Err(e) => eprintln!("NOT CHECKED: colour at a terminal (`script`: {e})"),
+    }
+}
+
 #[test]
 fn without_privilege_check_and_run_say_so() {
     if !testkit::root::available("without_privilege_check_and_run_say_so") {
