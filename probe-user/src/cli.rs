@@ -1,6 +1,6 @@
 //! The `hopprobe` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tracing::error;
@@ -10,6 +10,7 @@ use crate::{
         datapath,
         ebpf::{self, MapSizes, RingWakeup},
         ebpf_log::{self, EbpfLog},
+        probe::AttachError,
         reads::ReadHook,
     },
     check, exit,
@@ -261,6 +262,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(ebpf_log::env_filter(ebpf_log))
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let code = match cli.command {
         Command::Run(args) => run_cmd(args),
@@ -268,6 +273,13 @@ pub fn main() -> ExitCode {
         Command::Report(args) => crate::report::main(&args.args),
     };
     ExitCode::from(code as u8)
+}
+
+/// Colour codes only for a person at a terminal: off one, the log goes to `kubectl logs`, a
+/// collector or a file, where they are noise. `NO_COLOR` (set, not empty) turns them off at a
+/// terminal too, as tracing-subscriber's own default does (which `with_ansi` replaces).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn run_cmd(args: RunArgs) -> i32 {
@@ -301,6 +313,7 @@ fn run_cmd(args: RunArgs) -> i32 {
         },
         None => metadata::Metadata::default(),
     };
+    let named_cgroup_root = args.cgroup_root.is_some();
     let opts = run::RunOptions {
         duration: args.duration,
         interval: args.interval,
@@ -348,6 +361,12 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("run `hopprobe check` to see which hooks this machine offers");
             exit::UNSUPPORTED
         }
+        // Only the one the user named is a mistake on the command line; the mount found in
+        // /proc/self/mounts that cannot be opened is the machine's failure.
+        Err(e @ run::RunError::Attach(AttachError::CgroupRoot { .. })) if named_cgroup_root => {
+            error!("--cgroup-root: {e}");
+            exit::USAGE
+        }
         Err(e @ run::RunError::Stats(_)) => {
             error!("{e}");
             exit::UNSUPPORTED
@@ -356,7 +375,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             error!("Kubernetes API: {e}");
             e.exit_code()
         }
-        Err(e @ run::RunError::Metrics { .. }) => {
+        Err(e @ (run::RunError::Metrics { .. } | run::RunError::Datapath(_))) => {
             error!("{e}");
             exit::USAGE
         }
@@ -423,6 +442,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(colour(true, None));
+        assert!(colour(true, empty));
+        assert!(!colour(true, set));
+        for no_color in [None, empty, set] {
+            assert!(!colour(false, no_color), "{no_color:?}");
+        }
     }
 
     #[test]

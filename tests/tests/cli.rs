@@ -13,6 +13,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::{
     leftovers,
+    netns::{NetNs, unique_name},
     probe::{self, Hopprobe},
 };
 
@@ -80,6 +81,147 @@ fn an_unusable_metrics_address_exits_2_naming_it() {
     );
 }
 
+/// [`hopprobe`] at `info`, whatever `RUST_LOG` the tests run with: the assertions read its log.
+fn hopprobe_logging(args: &[&str]) -> Output {
+    Command::new(probe::binary())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run hopprobe")
+}
+
+/// What the user names and is not there stops `run` with exit 2 before anything is attached;
+/// the uplink hopprobe looks for by itself may be missing, and then only the datapath hops are
+/// left out, with a warning.
+#[test]
+fn a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it() {
+    if !testkit::root::available("a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it") {
+        return;
+    }
+    // No default route in it, and an interface that hopprobe's own namespace does not have.
+    let ns = NetNs::new("u").expect("namespace");
+    let (iface, peer) = (unique_name("a"), unique_name("b"));
+    ns.exec(&[
+        "ip", "link", "add", &iface, "type", "veth", "peer", "name", &peer,
+    ])
+    .expect("veth in the namespace");
+    let path = format!("/run/netns/{}", ns.name);
+    let gone = format!("/run/netns/{}", unique_name("x"));
+    let cases: [(&[&str], String); 6] = [
+        (
+            &["--uplink", "hptnosuch0"],
+            "--uplink hptnosuch0: no such interface in hopprobe's network namespace".into(),
+        ),
+        (
+            &["--uplink", &iface],
+            format!("--uplink {iface}: no such interface in hopprobe's network namespace"),
+        ),
+        (
+            &["--netns", &path, "--uplink", "hptnosuch0"],
+            format!("--uplink hptnosuch0: no such interface in network namespace {path}"),
+        ),
+        (
+            &["--netns", &gone],
+            format!("--netns {gone}: No such file or directory"),
+        ),
+        (
+            &["--netns", "/etc/hostname"],
+            "--netns /etc/hostname: not a network namespace".into(),
+        ),
+        (
+            &["--cgroup-root", "/hptnosuch"],
+            "--cgroup-root: opening cgroup root /hptnosuch".into(),
+        ),
+    ];
+    for (args, named) in cases {
+        let mut full = vec!["run", "--duration", "5s"];
+        full.extend_from_slice(args);
+        let o = hopprobe_logging(&full);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(&named), "{args:?}: {}", text(&o));
+        // Refused before attaching: the plan is logged as the programs go in.
+        assert!(!text(&o).contains("attach plan"), "{args:?}: {}", text(&o));
+        assert_eq!(leftovers::bpf_programs(), Vec::<String>::new(), "{args:?}");
+    }
+
+    // Positive control: the same interface where it is.
+    let o = hopprobe_logging(&[
+        "run",
+        "--duration",
+        "1s",
+        "--netns",
+        &path,
+        "--uplink",
+        &iface,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("watching interface interface={iface}")),
+        "{}",
+        text(&o)
+    );
+    // Looked for, not named: the namespace has no default route, so the datapath hops are left
+    // out and the rest is measured.
+    let o = hopprobe_logging(&["run", "--duration", "1s", "--netns", &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("datapath hops unavailable")
+            && text(&o).contains("no default route to find the uplink by"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("attached hooks="), "{}", text(&o));
+    drop(ns);
+    assert_eq!(leftovers::all(), Vec::<String>::new());
+}
+
+/// Colour codes only at a terminal: `kubectl logs`, log collectors and files get plain text.
+/// Needs no root: the flag is refused before anything is attached.
+#[test]
+fn logs_off_a_terminal_are_plain_text() {
+    let args = ["run", "--pod-ifaces", "eni["];
+    let o = Command::new(probe::binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run hopprobe");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("ERROR --pod-ifaces: bad interface pattern"),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains("\x1b["), "{stderr:?}");
+
+    // Positive control: at a terminal (util-linux's `script` lends one) the same line is
+    // coloured, unless NO_COLOR says otherwise.
+    let at_a_terminal = |no_color: Option<&str>| {
+        let line = format!("'{}' {}", probe::binary().display(), args.join(" "));
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        c.output()
+    };
+    match at_a_terminal(None) {
+        Ok(o) => {
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(shown.contains("\x1b[31mERROR"), "{shown:?}");
+            let o = at_a_terminal(Some("1")).expect("script ran once");
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(shown.contains("ERROR --pod-ifaces"), "{shown:?}");
+            assert!(!shown.contains("\x1b["), "{shown:?}");
+        }
+        Err(e) => eprintln!("NOT CHECKED: colour at a terminal (`script`: {e})"),
+    }
+}
+
 #[test]
 fn without_privilege_check_and_run_say_so() {
     if !testkit::root::available("without_privilege_check_and_run_say_so") {
@@ -97,6 +239,14 @@ fn without_privilege_check_and_run_say_so() {
     assert_eq!(o.status.code(), Some(UNSUPPORTED), "{}", text(&o));
     assert!(text(&o).contains("missing privilege"), "{}", text(&o));
     assert!(!text(&o).contains("panicked"), "{}", text(&o));
+
+    // Told what it lacks, not that a namespace it may not enter is no namespace.
+    let o = as_nobody(
+        &bin,
+        &["run", "--duration", "1s", "--netns", "/proc/1/ns/net"],
+    );
+    assert_eq!(o.status.code(), Some(UNSUPPORTED), "{}", text(&o));
+    assert!(text(&o).contains("missing privilege"), "{}", text(&o));
 }
 
 /// `CONFIG_<name>` from the running kernel's config, when the kernel exposes it.

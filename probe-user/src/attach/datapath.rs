@@ -26,16 +26,18 @@ pub const DEFAULT_POD_IFACES: &str = "eni*,cali*,lxc*,veth*,gke*,azv*";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("opening network namespace {path}: {source}")]
+    #[error("--netns {}: {source}", path.display())]
     Netns {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("entering network namespace {path}: {source}")]
+    #[error("--netns {}: not a network namespace hopprobe can enter: {source}", path.display())]
     Enter { path: PathBuf, source: nix::Error },
     #[error("no default route to find the uplink by; pass --uplink")]
     NoUplink,
-    #[error("uplink {0} does not exist")]
+    #[error("--uplink {name}: no such interface in {netns}")]
+    NoSuchUplink { name: String, netns: String },
+    #[error("uplink {0} (the default route's interface) does not exist")]
     UplinkMissing(String),
     #[error("listing interfaces: {0}")]
     List(nix::Error),
@@ -46,6 +48,18 @@ pub enum DatapathError {
     },
     #[error("bad interface pattern `{0}`: {1}")]
     Pattern(String, glob::PatternError),
+}
+
+impl DatapathError {
+    /// True when what the user named (`--netns`, `--uplink`) is not there: a mistake on the
+    /// command line, not a node without some hook, so it stops the run instead of leaving the
+    /// datapath hops out.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Netns { .. } | Self::Enter { .. } | Self::NoSuchUplink { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +126,14 @@ fn in_netns<T: Send>(
     })
 }
 
+/// `--netns` as an error message names it.
+fn netns_name(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!("network namespace {}", p.display()),
+        None => "hopprobe's network namespace".into(),
+    }
+}
+
 fn interfaces() -> Result<Vec<(String, u32)>, DatapathError> {
     Ok(nix::net::if_::if_nameindex()
         .map_err(DatapathError::List)?
@@ -125,9 +147,17 @@ fn needs_clsact() -> bool {
     KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
 }
 
-impl Datapath {
-    /// Loads the TC programs, finds the uplink, attaches to it and to every pod veth present.
-    pub fn attach(ebpf: &mut Ebpf, opts: DatapathOptions) -> Result<Self, DatapathError> {
+/// The network namespace and uplink the TC programs go to, found before anything is attached
+/// so that a `--netns` or `--uplink` that is not there stops the run with nothing to undo.
+pub struct Target {
+    netns: Option<File>,
+    uplink: String,
+}
+
+impl Target {
+    /// Opens and enters `--netns` and finds the uplink there: `--uplink` must exist, else the
+    /// default route's interface is taken ([`DatapathError::NoUplink`] when there is none).
+    pub fn resolve(opts: &DatapathOptions) -> Result<Self, DatapathError> {
         let netns = match &opts.netns {
             Some(p) => Some(File::open(p).map_err(|source| DatapathError::Netns {
                 path: p.clone(),
@@ -135,15 +165,38 @@ impl Datapath {
             })?),
             None => None,
         };
+        let path = opts.netns.as_deref();
         let uplink = match &opts.uplink {
-            Some(u) => u.clone(),
-            None => in_netns(netns.as_ref(), opts.netns.as_deref(), || {
+            Some(u) => {
+                // Entering the namespace also proves `--netns` is one.
+                let present = in_netns(netns.as_ref(), path, interfaces)??;
+                if !present.iter().any(|(name, _)| name == u) {
+                    return Err(DatapathError::NoSuchUplink {
+                        name: u.clone(),
+                        netns: netns_name(path),
+                    });
+                }
+                u.clone()
+            }
+            None => in_netns(netns.as_ref(), path, || {
                 std::fs::read_to_string("/proc/thread-self/net/route")
                     .ok()
                     .and_then(|r| default_route_iface(&r))
             })?
             .ok_or(DatapathError::NoUplink)?,
         };
+        Ok(Self { netns, uplink })
+    }
+}
+
+impl Datapath {
+    /// Loads the TC programs, attaches to the uplink and to every pod veth present.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        opts: DatapathOptions,
+        target: Target,
+    ) -> Result<Self, DatapathError> {
+        let Target { netns, uplink } = target;
         let tc = programs::tc_programs(Iface::Uplink).chain(programs::tc_programs(Iface::PodVeth));
         let floor = opts
             .floor
@@ -161,8 +214,16 @@ impl Datapath {
         };
         let present = dp.scan(ebpf)?;
         if !present.contains(&dp.uplink) {
+            // Gone since `Target::resolve` found it.
             dp.detach_all(ebpf);
-            return Err(DatapathError::UplinkMissing(dp.uplink.clone()));
+            let name = dp.uplink.clone();
+            return Err(match &dp.opts.uplink {
+                Some(_) => DatapathError::NoSuchUplink {
+                    name,
+                    netns: netns_name(dp.opts.netns.as_deref()),
+                },
+                None => DatapathError::UplinkMissing(name),
+            });
         }
         Ok(dp)
     }

@@ -118,6 +118,14 @@ impl Probe {
         Self::attach_with(cgroup_root, sizes, options)
     }
 
+    /// Whether this process may attach at all; [`Self::attach_with`] checks it first.
+    pub fn check_privilege() -> Result<(), AttachError> {
+        match privilege::missing(privilege::effective_caps()) {
+            Some(missing) => Err(AttachError::Privilege(missing)),
+            None => Ok(()),
+        }
+    }
+
     /// Reads what the kernel offers, plans (`plan::plan`, as `check` does) and carries the plan
     /// out; `options.datapath` only says whether the plan counts on the TC programs, which
     /// `Datapath` attaches as interfaces appear.
@@ -126,9 +134,7 @@ impl Probe {
         sizes: MapSizes,
         options: Options,
     ) -> Result<Self, AttachError> {
-        if let Some(missing) = privilege::missing(privilege::effective_caps()) {
-            return Err(AttachError::Privilege(missing));
-        }
+        Self::check_privilege()?;
         let tracefs = tracefs::ensure(true)?;
         if tracefs.mounted_now {
             info!(path = %tracefs.root.display(), "mounted tracefs");

@@ -29,7 +29,7 @@ use sink::{Collector, ExchangeSink};
 
 use crate::{
     attach::{
-        datapath::{Datapath, DatapathOptions},
+        datapath::{Datapath, DatapathError, DatapathOptions, Target},
         ebpf::MapSizes,
         evictions::LruMaps,
         probe::{ActiveHook, AttachError, Probe, read_counters, read_hists, read_tcp_events},
@@ -102,6 +102,9 @@ pub enum RunError {
     Kube(#[from] KubeError),
     #[error("--bpf-stats: turning on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+): {0}")]
     Stats(String),
+    /// A `--netns` or `--uplink` that is not there.
+    #[error(transparent)]
+    Datapath(DatapathError),
     #[error("--metrics-addr {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -174,21 +177,47 @@ impl Maps {
     }
 }
 
-/// The datapath's TC programs, if asked for and attachable; a failure leaves those hops out.
-fn attach_datapath(probe: &mut Probe, opts: &RunOptions) -> Option<Datapath> {
-    let o = opts.datapath.clone()?;
-    match Datapath::attach(probe.ebpf_mut(), o) {
+/// Where the datapath's TC programs go, found before anything is attached. What the user
+/// named and is not there is an error; what hopprobe looked for itself (the default route's
+/// interface) and did not find leaves the datapath hops out.
+fn datapath_target(opts: &RunOptions) -> Result<Option<Target>, RunError> {
+    let Some(o) = &opts.datapath else {
+        return Ok(None);
+    };
+    match Target::resolve(o) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.is_bad_input() => Err(RunError::Datapath(e)),
+        Err(e) => {
+            warn!(error = %e, "datapath hops unavailable");
+            Ok(None)
+        }
+    }
+}
+
+/// The datapath's TC programs, if asked for and attachable; a failure leaves those hops out,
+/// except an `--uplink` gone since `datapath_target` found it, which stops the run (the caller
+/// drops `probe`, which detaches the rest).
+fn attach_datapath(
+    probe: &mut Probe,
+    opts: &RunOptions,
+    target: Option<Target>,
+) -> Result<Option<Datapath>, RunError> {
+    let (Some(o), Some(target)) = (opts.datapath.clone(), target) else {
+        return Ok(None);
+    };
+    match Datapath::attach(probe.ebpf_mut(), o, target) {
         Ok(d) => {
             probe.hooks.push(ActiveHook {
                 program: "hp_tc_node_in/out, hp_tc_pod_in/out",
                 hook: "tc",
                 target: format!("uplink {} and pod veths", d.uplink),
             });
-            Some(d)
+            Ok(Some(d))
         }
+        Err(e) if e.is_bad_input() => Err(RunError::Datapath(e)),
         Err(e) => {
             warn!(error = %e, "datapath hops unavailable");
-            None
+            Ok(None)
         }
     }
 }
@@ -262,6 +291,10 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         read_hook: opts.read_hook,
         datapath: opts.datapath.is_some(),
     };
+    // Privilege first: without it, entering `--netns` fails too, and the user is to be told
+    // what they lack rather than that the namespace could not be entered.
+    Probe::check_privilege()?;
+    let target = datapath_target(opts)?;
     let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, plan_options)?;
     // After attaching, which checks privileges first; runs count from here. The kernel turns
     // the statistics off again when the fd closes, whichever way hopprobe exits, and a
@@ -279,7 +312,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     }
     let mut rings = Rings::take(&mut probe)?;
     let mut maps = Maps::take(&mut probe)?;
-    let mut datapath = attach_datapath(&mut probe, opts);
+    let mut datapath = attach_datapath(&mut probe, opts, target)?;
     let hooks = probe.hooks.clone();
     let cgroup_root = probe.cgroup_root.clone();
     // Names came first (with --kube the API server listed what this node runs); ready before
