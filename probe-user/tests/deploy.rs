@@ -10,6 +10,9 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
+mod chart;
+
+use chart::{CHART, FILES, TEMPLATES, documents};
 use serde_json::Value;
 
 // Compiled in: the test VMs carry the test binaries, not the source tree.
@@ -23,36 +26,7 @@ const MANIFESTS: [(&str, &str); 2] = [
         include_str!("../../deploy/kubernetes/daemonset.yaml"),
     ),
 ];
-/// Files the templates read with `.Files.Get`.
-const FILES: [(&str, &str); 1] = [(
-    "dashboards/hopprobe.json",
-    include_str!("../../deploy/helm/hopprobe/dashboards/hopprobe.json"),
-)];
 const POD_MONITOR: &str = include_str!("../../deploy/kubernetes/podmonitor.yaml");
-const CHART: &str = include_str!("../../deploy/helm/hopprobe/Chart.yaml");
-const VALUES: &str = include_str!("../../deploy/helm/hopprobe/values.yaml");
-const TEMPLATES: [(&str, &str); 3] = [
-    (
-        "daemonset.yaml",
-        include_str!("../../deploy/helm/hopprobe/templates/daemonset.yaml"),
-    ),
-    (
-        "dashboard.yaml",
-        include_str!("../../deploy/helm/hopprobe/templates/dashboard.yaml"),
-    ),
-    (
-        "rbac.yaml",
-        include_str!("../../deploy/helm/hopprobe/templates/rbac.yaml"),
-    ),
-];
-
-fn documents(text: &str, what: &str) -> Vec<Value> {
-    serde_saphyr::from_multiple::<Value>(text)
-        .unwrap_or_else(|e| panic!("{what} is not YAML: {e}"))
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
-}
 
 fn manifests() -> Vec<Value> {
     MANIFESTS
@@ -134,55 +108,6 @@ fn the_manifests_give_hopprobe_what_kube_needs() {
     }
 }
 
-/// Renders the chart's templates with its default values, for the expressions they use:
-/// `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{ .Release.Namespace }}`,
-/// `{{ .Files.Get "path" | indent N }}`. Anything else fails the test, which keeps the chart
-/// simple enough to check this way.
-fn render(template: &str, values: &Value, release: &str) -> String {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..].find("}}").expect("closed expression") + start;
-        let expr = rest[start + 2..end].trim();
-        let value = match expr {
-            ".Release.Name" | ".Release.Namespace" => release.to_owned(),
-            e if e.starts_with(".Values.") => {
-                let mut v = values;
-                for part in e[".Values.".len()..].split('.') {
-                    v = &v[part];
-                }
-                match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    other => panic!("{e} is not a scalar: {other}"),
-                }
-            }
-            e if e.starts_with(".Files.Get ") => {
-                let (path, pipe) = e[".Files.Get ".len()..]
-                    .split_once(" | indent ")
-                    .expect("`.Files.Get \"path\" | indent N`");
-                let path = path.trim_matches('"');
-                let text = FILES
-                    .iter()
-                    .find(|(p, _)| *p == path)
-                    .unwrap_or_else(|| panic!("{path} is not in FILES"))
-                    .1;
-                let pad = " ".repeat(pipe.trim().parse().expect("indent N"));
-                text.lines()
-                    .map(|l| format!("{pad}{l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-            other => panic!("template expression this check cannot render: {other}"),
-        };
-        out.push_str(&value);
-        rest = &rest[end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The DaemonSet serves `/metrics` on the port its annotations, its probes and the PodMonitor
 /// name.
 #[test]
@@ -250,7 +175,7 @@ fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
     let meta = documents(CHART, "Chart.yaml");
     assert_eq!(meta[0]["apiVersion"], "v2");
     assert_eq!(meta[0]["name"], "hopprobe");
-    let values = documents(VALUES, "values.yaml").pop().expect("values");
+    let values = chart::values(&[]);
     // Where the source tree is at hand, no template may be missing from TEMPLATES.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/hopprobe/templates");
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -261,10 +186,7 @@ fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
         let listed: Vec<String> = TEMPLATES.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(on_disk, listed, "templates in {}", dir.display());
     }
-    let rendered: Vec<Value> = TEMPLATES
-        .iter()
-        .flat_map(|(name, text)| documents(&render(text, &values, "hopprobe"), name))
-        .collect();
+    let rendered = chart::objects(&values);
     // The dashboard's ConfigMap is the chart's only: with the plain manifests it is imported
     // by hand. It carries the dashboard unchanged.
     let (dashboards, rendered): (Vec<Value>, Vec<Value>) =
@@ -301,4 +223,31 @@ fn the_helm_chart_renders_to_the_same_objects_as_the_manifests() {
             "{ka} differs between deploy/kubernetes and the chart"
         );
     }
+}
+
+/// `leastPrivilege: true`: not privileged, the capabilities the hooks need and nothing else, a
+/// read-only root filesystem; everything else as the default DaemonSet.
+#[test]
+fn the_least_privilege_daemonset_drops_privilege_and_nothing_else() {
+    let daemonset = |least: bool| -> Value {
+        of_kind(
+            &chart::objects(&chart::values(&[("leastPrivilege", Value::Bool(least))])),
+            "DaemonSet",
+        )
+        .clone()
+    };
+    let (mut privileged, least) = (daemonset(false), daemonset(true));
+    let _: DaemonSet = typed(&least);
+    let context = &least["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(context["privileged"], false);
+    assert_eq!(context["readOnlyRootFilesystem"], true);
+    assert_eq!(context["allowPrivilegeEscalation"], false);
+    assert_eq!(context["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let added = context["capabilities"]["add"].as_array().expect("add");
+    for cap in ["BPF", "PERFMON", "NET_ADMIN"] {
+        assert!(added.iter().any(|c| c == cap), "{cap} in {added:?}");
+    }
+    assert!(!added.iter().any(|c| c == "SYS_ADMIN"), "{added:?}");
+    privileged["spec"]["template"]["spec"]["containers"][0]["securityContext"] = context.clone();
+    assert_eq!(privileged, least);
 }

@@ -65,3 +65,34 @@ pub fn all() -> Vec<String> {
     );
     found
 }
+
+/// What hopprobe may leave on the interfaces of network namespace `netns`, read from the
+/// kernel with `tc` (netlink), not from hopprobe: clsact qdiscs (`qdisc <dev>`) and BPF filters
+/// named `hp_…` (`filter <dev> <direction> <program>`). TCX links hold programs and show in
+/// [`bpf_programs`].
+pub fn tc(netns: &str) -> Vec<String> {
+    let tc = |args: &[&str]| -> serde_json::Value {
+        let mut full = vec!["netns", "exec", netns, "tc", "-j"];
+        full.extend_from_slice(args);
+        let out = ip(&full).unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc's JSON ({e}): {out}"))
+    };
+    let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let mut found = Vec::new();
+    for q in list(&tc(&["qdisc", "show"])) {
+        if q["kind"] == "clsact" {
+            let dev = q["dev"].as_str().unwrap_or("?").to_owned();
+            found.push(format!("qdisc {dev}"));
+            for direction in ["ingress", "egress"] {
+                for f in list(&tc(&["filter", "show", "dev", &dev, direction])) {
+                    if let Some(name) = f["options"]["bpf_name"].as_str()
+                        && name.starts_with("hp_")
+                    {
+                        found.push(format!("filter {dev} {direction} {name}"));
+                    }
+                }
+            }
+        }
+    }
+    found
+}

@@ -5,6 +5,7 @@ mod bench_probe;
 mod cmd;
 mod demo;
 mod ebpf;
+mod image;
 #[cfg(test)]
 mod module_graph;
 mod precise_server;
@@ -62,6 +63,9 @@ enum Task {
     /// have gone through it: RSS, series and CPU per exchange sampled, their slopes printed
     /// (needs root; several minutes; not part of `test`).
     Soak,
+    /// hopprobe's container image, built here with no registry: a static hopprobe on scratch
+    /// (the runtime stage of deploy/Containerfile), written as an OCI archive.
+    Image(image::Args),
     /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
     /// print a per-kernel table (tests, verifier instruction counts, hooks).
     VmTest(vm::Args),
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
         Task::BenchLoadgen => bench_loadgen::bench()?,
         Task::BenchProbe => bench_probe::bench()?,
         Task::Soak => soak::soak()?,
+        Task::Image(args) => image::image(&args)?,
         Task::VmTest(args) => vm::run(&args)?,
         Task::VmLoad { objects } => vm::load::run(&objects)?,
     }

@@ -5,8 +5,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
+    os::{linux::net::SocketAddrExt, unix::net::UnixListener},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use aya::{
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::attach::{
     ebpf::error_brief,
     programs::{self, Iface},
+    tc_netlink,
 };
 
 /// Host-side veth names of the common CNIs: AWS VPC CNI, Calico, Cilium, generic, GKE, Azure.
@@ -48,6 +49,13 @@ pub enum DatapathError {
     },
     #[error("bad interface pattern `{0}`: {1}")]
     Pattern(String, glob::PatternError),
+    #[error("another hopprobe is attached to the interfaces of {0}; one per node: stop it first")]
+    Busy(String),
+    #[error("taking the datapath lock in {netns}: {source}")]
+    Lock {
+        netns: String,
+        source: std::io::Error,
+    },
 }
 
 impl DatapathError {
@@ -57,7 +65,7 @@ impl DatapathError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Netns { .. } | Self::Enter { .. } | Self::NoSuchUplink { .. }
+            Self::Netns { .. } | Self::Enter { .. } | Self::NoSuchUplink { .. } | Self::Busy(_)
         )
     }
 }
@@ -98,6 +106,8 @@ struct Attached {
 pub struct Datapath {
     opts: DatapathOptions,
     netns: Option<File>,
+    /// Held while attached; see [`NODE_LOCK`].
+    _lock: UnixListener,
     pub uplink: String,
     attached: BTreeMap<String, Attached>,
 }
@@ -147,11 +157,30 @@ fn needs_clsact() -> bool {
     KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
 }
 
+/// The abstract socket name a hopprobe binds in the network namespace whose interfaces it
+/// attaches to. Abstract names belong to a network namespace and go with their socket however
+/// the process ends, SIGKILL included: bound, no other hopprobe lives there, so `hp_` filters
+/// found on its interfaces are what a killed one left; in use, another one is attached.
+const NODE_LOCK: &[u8] = b"hopprobe.datapath";
+
+fn lock_netns(netns: &str) -> Result<UnixListener, DatapathError> {
+    let lock = |source| DatapathError::Lock {
+        netns: netns.to_owned(),
+        source,
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(NODE_LOCK).map_err(lock)?;
+    UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => DatapathError::Busy(netns.to_owned()),
+        _ => lock(e),
+    })
+}
+
 /// The network namespace and uplink the TC programs go to, found before anything is attached
 /// so that a `--netns` or `--uplink` that is not there stops the run with nothing to undo.
 pub struct Target {
     netns: Option<File>,
     uplink: String,
+    lock: UnixListener,
 }
 
 impl Target {
@@ -185,7 +214,13 @@ impl Target {
             })?
             .ok_or(DatapathError::NoUplink)?,
         };
-        Ok(Self { netns, uplink })
+        let name = netns_name(path);
+        let lock = in_netns(netns.as_ref(), path, || lock_netns(&name))??;
+        Ok(Self {
+            netns,
+            uplink,
+            lock,
+        })
     }
 }
 
@@ -196,7 +231,11 @@ impl Datapath {
         opts: DatapathOptions,
         target: Target,
     ) -> Result<Self, DatapathError> {
-        let Target { netns, uplink } = target;
+        let Target {
+            netns,
+            uplink,
+            lock,
+        } = target;
         let tc = programs::tc_programs(Iface::Uplink).chain(programs::tc_programs(Iface::PodVeth));
         let floor = opts
             .floor
@@ -209,6 +248,7 @@ impl Datapath {
         let mut dp = Self {
             opts,
             netns,
+            _lock: lock,
             uplink,
             attached: BTreeMap::new(),
         };
@@ -279,9 +319,16 @@ impl Datapath {
             }
         }
         for (name, ifindex, iface) in new {
+            // Before hopprobe attaches anything there: afterwards its own filters look the same.
+            let adopted = needs_clsact()
+                && in_netns(self.netns.as_ref(), path.as_deref(), || {
+                    remove_leftovers(&name)
+                })
+                .unwrap_or(false);
             let tc: Vec<_> = programs::tc_programs(iface).collect();
             match self.attach_iface(ebpf, &name, &tc) {
                 Ok((added_clsact, mut links)) => {
+                    let added_clsact = added_clsact || adopted;
                     if self.opts.floor {
                         // After ours (with TCX; before 6.6 a new filter goes first, and hands
                         // the packet on all the same); a failure leaves ours in place.
@@ -382,14 +429,56 @@ impl Datapath {
         for (name, a) in std::mem::take(&mut self.attached) {
             self.detach_links(ebpf, a.links);
             if a.added_clsact {
-                let _ = in_netns(netns, path.as_deref(), || {
-                    Command::new("tc")
-                        .args(["qdisc", "del", "dev", &name, "clsact"])
-                        .status()
-                });
+                match in_netns(netns, path.as_deref(), || {
+                    tc_netlink::delete_clsact(a.ifindex)
+                }) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(interface = %name, error = %e, "removing the clsact qdisc"),
+                    Err(e) => warn!(interface = %name, error = %e, "removing the clsact qdisc"),
+                }
             }
         }
     }
+}
+
+/// Removes the `hp_` filters a killed hopprobe left on interface `name` (the caller holds
+/// [`NODE_LOCK`], so no live hopprobe owns them) and says whether the clsact qdisc is now
+/// hopprobe's to remove: it is when hopprobe's filters were all it held. Another tool's
+/// filters, and a qdisc with them, stay.
+fn remove_leftovers(name: &str) -> bool {
+    let Ok(ifindex) = nix::net::if_::if_nametoindex(name) else {
+        return false;
+    };
+    let filters = match tc_netlink::filters(ifindex) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(interface = name, error = %e, "listing TC filters");
+            return false;
+        }
+    };
+    let (ours, theirs): (Vec<_>, Vec<_>) = filters.into_iter().partition(|f| {
+        f.kind == "bpf"
+            && f.bpf_name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(programs::NAME_PREFIX))
+    });
+    if ours.is_empty() {
+        return false;
+    }
+    let mut removed = 0;
+    for f in &ours {
+        match tc_netlink::delete_filter(ifindex, f) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                warn!(interface = name, filter = ?f.bpf_name, error = %e, "removing a left filter")
+            }
+        }
+    }
+    info!(
+        interface = name,
+        removed, "removed TC filters an earlier hopprobe left (killed before it could detach)"
+    );
+    removed == ours.len() && theirs.is_empty()
 }
 
 fn classifier<'a>(

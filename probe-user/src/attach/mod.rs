@@ -10,4 +10,5 @@ pub mod probe;
 pub mod prog_info;
 pub mod programs;
 pub mod reads;
+pub mod tc_netlink;
 pub mod tracefs;

@@ -217,6 +217,10 @@ pub struct ProgramSpec {
     pub need: Need,
 }
 
+/// Every program's name starts with it: how hopprobe (and its tests) tell its own programs and
+/// TC filters from another tool's on the same hooks.
+pub const NAME_PREFIX: &str = "hp_";
+
 pub const SET_STATE: &str = "hp_sock_set_state";
 pub const SOCK_RECV: &str = "hp_sock_recv";
 pub const RCV_SPACE: &str = "hp_tcp_rcv_space";
@@ -449,6 +453,20 @@ mod tests {
         let names: BTreeSet<&str> = PROGRAMS.iter().map(|p| p.name).collect();
         assert_eq!(names.len(), PROGRAMS.len());
         assert!(names.iter().all(|n| !n.starts_with(CHECK_PREFIX)));
+    }
+
+    /// A killed hopprobe's TC filters are found by this prefix, and so are the tests' leftovers.
+    #[test]
+    fn every_name_has_the_prefix() {
+        let tc = tc_programs(Iface::Uplink).chain(tc_programs(Iface::PodVeth));
+        for name in PROGRAMS
+            .iter()
+            .map(|p| p.name)
+            .chain(tc.map(|(n, _)| n))
+            .chain([FLOOR_TC, CHECK_PREFIX])
+        {
+            assert!(name.starts_with(NAME_PREFIX), "{name}");
+        }
     }
 
     #[test]
