@@ -435,20 +435,44 @@ fn check_tc(ebpf: &mut Ebpf) -> Check {
     p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
     std::thread::scope(|s| {
         s.spawn(|| -> Check {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("creating a private network namespace: {e}"))?;
+            // Without CAP_SYS_ADMIN (the least-privilege DaemonSet) there is no private
+            // namespace: a veth pair of its own in this one, down and deleted after.
+            let (iface, dummy, place) =
+                match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                    Ok(()) => (
+                        "lo".to_owned(),
+                        None,
+                        "lo ingress in a private network namespace",
+                    ),
+                    Err(nix::errno::Errno::EPERM) => {
+                        let name = format!("hpchk{}", std::process::id() % 10_000_000);
+                        let index = crate::attach::tc_netlink::add_veth(&name)
+                            .map_err(|e| format!("creating a veth pair: {e}"))?;
+                        (
+                            name,
+                            Some(index),
+                            "a veth of its own (no private namespace here)",
+                        )
+                    }
+                    Err(e) => return Err(format!("creating a private network namespace: {e}")),
+                };
             // Kernels before 6.6 attach through netlink and need the clsact qdisc; adding it
-            // on 6.6+ is harmless, and the namespace takes it away with it.
-            let clsact = tc::qdisc_add_clsact("lo");
-            let link = p.attach("lo", TcAttachType::Ingress).map_err(|e| {
+            // on 6.6+ is harmless, and the namespace or the interface takes it away with it.
+            let clsact = tc::qdisc_add_clsact(&iface);
+            let attached = p.attach(&iface, TcAttachType::Ingress).map_err(|e| {
                 let mut msg = format!("attach: {}", error_chain(&e));
                 if let Err(q) = clsact {
                     msg.push_str(&format!(" (adding clsact qdisc: {})", error_chain(&q)));
                 }
                 msg
-            })?;
-            p.detach(link).map_err(|e| error_chain(&e))?;
-            Ok("attached to lo ingress in a private network namespace".into())
+            });
+            let detached = attached.and_then(|link| p.detach(link).map_err(|e| error_chain(&e)));
+            if let Some(index) = dummy {
+                crate::attach::tc_netlink::delete_link(index)
+                    .map_err(|e| format!("deleting the veth {iface}: {e}"))?;
+            }
+            detached?;
+            Ok(format!("attached to {place}"))
         })
         .join()
         .unwrap_or_else(|_| Err("the check thread panicked".into()))
@@ -473,27 +497,41 @@ impl Drop for TempCgroup {
 }
 
 fn check_cgroup(ebpf: &mut Ebpf, root: &Path, hook: Hook) -> Check {
-    let cg = TempCgroup::new(root)?;
-    let dir = File::open(&cg.0).map_err(|e| format!("opening {}: {e}", cg.0.display()))?;
+    // The DaemonSet mounts the cgroup tree read-only: then the root itself, for a moment,
+    // beside whatever else is attached there (both programs let everything pass).
+    // A link (what aya makes from 5.7) never displaces another program, whatever the mode.
+    let mode = CgroupAttachMode::Single;
+    let (cg, place) = match TempCgroup::new(root) {
+        Ok(cg) => (
+            Some(cg),
+            format!("a private cgroup under {}", root.display()),
+        ),
+        Err(_) => (
+            None,
+            format!(
+                "the cgroup root {} (read-only here) for a moment",
+                root.display()
+            ),
+        ),
+    };
+    let path = cg.as_ref().map_or(root, |c| c.0.as_path());
+    let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     if hook == Hook::CgroupSkb {
         let p: &mut CgroupSkb = program(ebpf, "hp_check_cgroup_skb")?;
         p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
         let link = p
-            .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .attach(&dir, CgroupSkbAttachType::Ingress, mode)
             .map_err(|e| format!("attach: {}", error_chain(&e)))?;
         p.detach(link).map_err(|e| error_chain(&e))?;
     } else {
         let p: &mut SockOps = program(ebpf, "hp_check_sock_ops")?;
         p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
         let link = p
-            .attach(&dir, CgroupAttachMode::Single)
+            .attach(&dir, mode)
             .map_err(|e| format!("attach: {}", error_chain(&e)))?;
         p.detach(link).map_err(|e| error_chain(&e))?;
     }
-    Ok(format!(
-        "attached to a private cgroup under {}",
-        root.display()
-    ))
+    Ok(format!("attached to {place}"))
 }
 
 fn check_ringbuf() -> Check {

@@ -28,6 +28,16 @@ use crate::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How the log on stderr is written: `text` (colour at a terminal only) or `json` (one
+    /// object a line, for log collectors; the DaemonSet's).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HOPPROBE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,15 +268,21 @@ pub fn main() -> ExitCode {
         Command::Run(args) => args.ebpf_log,
         _ => None,
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(ebpf_log::env_filter(ebpf_log))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => log
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .init(),
+        // `{"timestamp":…,"level":…,"message":…,<fields>}`: fields beside the message, as
+        // collectors index them.
+        LogFormat::Json => log.json().flatten_event(true).with_ansi(false).init(),
+    }
     let code = match cli.command {
         Command::Run(args) => run_cmd(args),
         Command::Check(args) => check_cmd(&args),

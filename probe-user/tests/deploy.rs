@@ -242,6 +242,7 @@ fn the_least_privilege_daemonset_drops_privilege_and_nothing_else() {
     assert_eq!(context["privileged"], false);
     assert_eq!(context["readOnlyRootFilesystem"], true);
     assert_eq!(context["allowPrivilegeEscalation"], false);
+    assert_eq!(context["seccompProfile"]["type"], "Unconfined");
     assert_eq!(context["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let added = context["capabilities"]["add"].as_array().expect("add");
     for cap in ["BPF", "PERFMON", "NET_ADMIN"] {

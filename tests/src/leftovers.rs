@@ -96,3 +96,20 @@ pub fn tc(netns: &str) -> Vec<String> {
     }
     found
 }
+
+/// hopprobe's programs as bpftool lists them (`hp_…`): the kernel's view, independent of aya.
+pub fn bpftool_programs() -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap_or_else(|e| panic!("bpftool: {e}"));
+    assert!(out.status.success(), "bpftool prog show: {out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.starts_with("hp_"))
+        .map(str::to_owned)
+        .collect()
+}

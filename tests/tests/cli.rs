@@ -222,6 +222,33 @@ fn logs_off_a_terminal_are_plain_text() {
     }
 }
 
+/// `--log-format json` (the DaemonSet's): every line one JSON object, fields beside the
+/// message, no colour even at a terminal.
+#[test]
+fn the_json_log_is_one_object_a_line() {
+    let o = Command::new(probe::binary())
+        .args(["--log-format", "json", "run", "--pod-ifaces", "eni["])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run hopprobe");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--pod-ifaces: bad interface pattern"))
+            && l["timestamp"].is_string()),
+        "{stderr}"
+    );
+    let o = hopprobe(&["--log-format", "yaml", "check"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
 #[test]
 fn without_privilege_check_and_run_say_so() {
     if !testkit::root::available("without_privilege_check_and_run_say_so") {

@@ -9,58 +9,17 @@
     reason = "this test serves the lab's objects, not the helpers' fixtures"
 )]
 mod fake_api;
+mod lab_api;
 
 use std::{collections::BTreeSet, path::Path};
 
-use fake_api::{FakeApi, Kind};
-use serde_json::{Value, json};
+use serde_json::Value;
 use testkit::{
     lab::{Lab, config::LabConfig, state},
     probe::measure,
 };
 
 const NODE: &str = "lab-node";
-
-fn serve(lab: &Lab) -> FakeApi {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let _ = tx.send(FakeApi::start().await);
-            std::future::pending::<()>().await;
-        });
-    });
-    let api = rx.recv().expect("fake API server");
-    for pod in &lab.state.pods {
-        api.apply(
-            Kind::Pod,
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"uid": pod.uid, "namespace": state::NAMESPACE, "name": state::pod_name(&pod.service)},
-                "spec": {"nodeName": NODE, "containers": pod.containers.iter().map(|c| json!({"name": c.name})).collect::<Vec<_>>()},
-                "status": {
-                    "podIP": pod.ip.to_string(), "podIPs": [{"ip": pod.ip.to_string()}],
-                    "containerStatuses": pod.containers.iter().map(|c| json!({
-                        "name": c.name, "containerID": format!("containerd://{}", c.container_id),
-                        "image": "img", "imageID": "", "ready": true, "restartCount": 0
-                    })).collect::<Vec<_>>(),
-                }
-            }),
-        );
-        api.apply(
-            Kind::Service,
-            json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": state::NAMESPACE, "name": pod.service},
-                "spec": {"clusterIP": pod.cluster_ip.to_string(), "clusterIPs": [pod.cluster_ip.to_string()], "ports": [{"port": 9080}]}
-            }),
-        );
-    }
-    api
-}
 
 #[test]
 fn every_name_comes_from_the_api_server() {
@@ -71,7 +30,7 @@ fn every_name_comes_from_the_api_server() {
     let mut config = LabConfig::new(&name);
     config.mesh = testkit::lab::config::Mesh::Sidecar;
     let lab = Lab::up(config, Path::new(env!("CARGO_BIN_EXE_hoplab"))).expect("lab up");
-    let api = serve(&lab);
+    let api = lab_api::serve(&lab, NODE, None);
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path());
     let netns = format!("/run/netns/{}", lab.state.node_netns);

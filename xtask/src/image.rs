@@ -17,9 +17,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, ebpf, system};
 
-pub const PACKAGES: [system::Package; 2] = [
+/// buildah builds; podman and runc run the container tests (Debian 12's crun refuses hosts
+/// with both cgroup versions' controllers mounted).
+pub const PACKAGES: [system::Package; 3] = [
     ("/usr/bin/podman", "podman"),
     ("/usr/bin/buildah", "buildah"),
+    ("/usr/sbin/runc", "runc"),
 ];
 
 const CONTAINERFILE: &str = "deploy/Containerfile";

@@ -134,6 +134,7 @@ fn test() -> Result<()> {
         system::ensure_packages(&system::TEST_PACKAGES)?;
         system::ensure_packages(&system::LAB_PACKAGES)?;
         system::ensure_packages(&vm::PACKAGES)?;
+        system::ensure_packages(&image::PACKAGES)?;
     } else {
         eprintln!(
             "xtask: not root: the root-only integration tests (eBPF, network namespaces) will be \
@@ -171,6 +172,10 @@ fn test() -> Result<()> {
         // `demo::measuring`); the demo below uses the same builds.
         demo::build_measuring()?;
         test.env("HOPPROBE_RELEASE_DIR", demo::release_dir());
+        // The container tests run the image as the DaemonSet runs it.
+        image::image(&image::Args { binary_only: None })?;
+        test.env("HOPPROBE_IMAGE", image::archive()?)
+            .env("HOPPROBE_CONTAINER_TESTS", "require");
         test.env("HOPPROBE_ROOT_TESTS", "require")
             .env("HOPPROBE_LAB_TESTS", "require")
             .env("HOPPROBE_BROWSER_TESTS", "require");

@@ -12,8 +12,10 @@ pub type Package = (&'static str, &'static str);
 /// What the integration tests run besides hopprobe: `ip`, Chromium to render the HTML report
 /// headless, and Prometheus (with promtool) to scrape `/metrics`; the tests start it on
 /// loopback themselves (a machine without systemd does not start the package's service).
-pub const TEST_PACKAGES: [Package; 3] = [
+pub const TEST_PACKAGES: [Package; 4] = [
     ("/usr/sbin/ip", "iproute2"),
+    // The kernel's view of what is loaded, for the tests' leftover checks.
+    ("/usr/sbin/bpftool", "bpftool"),
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/prometheus", "prometheus"),
 ];

@@ -1,14 +1,18 @@
 //! The clsact qdisc and its BPF filters through rtnetlink (kernels before 6.6): what aya does
 //! not offer — listing filters, deleting one, deleting the qdisc — without the `tc` binary,
-//! which a minimal image does not have. Runs in the calling thread's network namespace.
+//! which a minimal image does not have; and a veth for `check` to attach to where
+//! it may not make a network namespace of its own. Runs in the calling thread's network
+//! namespace.
 
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -218,6 +222,37 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
     Route::open()?
         .request(
             RouteNetlinkMessage::DelQueueDiscipline(message),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
+        .map(drop)
+}
+
+/// Creates a veth pair `name` / `name`p (down, no address: nothing reaches it; veth is what
+/// every CNI's node has, where the dummy driver may be missing) and returns `name`'s index.
+pub fn add_veth(name: &str) -> io::Result<u32> {
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(format!("{name}p")));
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    Route::open()?.request(
+        RouteNetlinkMessage::NewLink(message),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )?;
+    nix::net::if_::if_nametoindex(name).map_err(io::Error::from)
+}
+
+/// Deletes interface `ifindex` (a veth takes its peer along), and with it anything attached.
+pub fn delete_link(ifindex: u32) -> io::Result<()> {
+    let mut message = LinkMessage::default();
+    message.header.index = ifindex;
+    Route::open()?
+        .request(
+            RouteNetlinkMessage::DelLink(message),
             NLM_F_REQUEST | NLM_F_ACK,
         )
         .map(drop)
