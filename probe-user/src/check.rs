@@ -293,7 +293,11 @@ pub fn run() -> Report {
         )
     };
 
-    if let Some(missing) = privilege::missing(caps) {
+    // Without CAP_BPF nothing loads; with it, each hook is tried and a failure names the
+    // capability that hook lacks.
+    if !privilege::lacking(caps, &["CAP_BPF"]).is_empty()
+        && let Some(missing) = privilege::missing(caps)
+    {
         let tracefs = "not checked (needs privilege)".to_owned();
         return report(&mut facts, tracefs, all_hooks(&missing), BTreeMap::new());
     }
@@ -339,6 +343,16 @@ pub fn run() -> Report {
             };
             let (available, detail) = match result {
                 Ok(d) => (true, d),
+                // Named only where the kernel refused: a hook the kernel lacks stays so.
+                Err(d) if d.contains("Operation not permitted") => {
+                    match privilege::lacking(caps, privilege::hook_needs(hook)).as_slice() {
+                        [] => (false, d),
+                        lacking => (
+                            false,
+                            format!("needs {} (missing): {d}", lacking.join(" + ")),
+                        ),
+                    }
+                }
                 Err(d) => (false, d),
             };
             HookStatus {

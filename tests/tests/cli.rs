@@ -108,6 +108,9 @@ fn a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it() {
     .expect("veth in the namespace");
     let path = format!("/run/netns/{}", ns.name);
     let gone = format!("/run/netns/{}", unique_name("x"));
+    // A file that is not a namespace (the VMs' root has no /etc/hostname).
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let plain = file.path().to_str().expect("utf-8").to_owned();
     let cases: [(&[&str], String); 6] = [
         (
             &["--uplink", "hptnosuch0"],
@@ -126,8 +129,8 @@ fn a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it() {
             format!("--netns {gone}: No such file or directory"),
         ),
         (
-            &["--netns", "/etc/hostname"],
-            "--netns /etc/hostname: not a network namespace".into(),
+            &["--netns", &plain],
+            format!("--netns {plain}: not a network namespace"),
         ),
         (
             &["--cgroup-root", "/hptnosuch"],
@@ -399,4 +402,77 @@ fn duration_ends_the_run_and_sigkill_leaves_nothing_attached() {
         left = leftovers::all();
     }
     assert_eq!(left, Vec::<String>::new());
+}
+
+/// The capabilities the least-privilege DaemonSet gives (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)
+/// are enough for `check`, and without one of them `check` exits 3 and names it beside each
+/// hook that needs it, while the others stay available. Run in each VM kernel: its lines are
+/// the per-kernel table of docs/deploy.md#capabilities.
+#[test]
+fn check_names_the_capability_each_hook_needs() {
+    if !testkit::root::available("check_names_the_capability_each_hook_needs") {
+        return;
+    }
+    const CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+    let check = |caps: &[&str]| -> (Option<i32>, Value) {
+        let bounding = format!(
+            "--bounding-set=-all{}",
+            caps.iter().map(|c| format!(",+{c}")).collect::<String>()
+        );
+        let o = Command::new("setpriv")
+            .args([&bounding, "--inh-caps=-all", "--"])
+            .arg(probe::binary())
+            .args(["check", "--json"])
+            .output()
+            .expect("setpriv (util-linux)");
+        let report =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        (o.status.code(), report)
+    };
+    let hooks = |report: &Value| -> Vec<(String, bool, String)> {
+        report["hooks"]
+            .as_array()
+            .expect("hooks")
+            .iter()
+            .map(|h| {
+                (
+                    h["hook"].as_str().expect("hook").to_owned(),
+                    h["available"] == true,
+                    h["detail"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (code, all) = check(&CAPS);
+    assert_eq!(code, Some(0), "{all:#}");
+    let available: Vec<String> = hooks(&all)
+        .into_iter()
+        .filter(|h| h.1)
+        .map(|h| h.0)
+        .collect();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    eprintln!(
+        "capabilities on {}: all three: {available:?}",
+        release.trim()
+    );
+    for (dropped, needs) in [
+        ("perfmon", &["tracepoint"][..]),
+        ("net_admin", &["tc_clsact", "cgroup_skb", "sock_ops"][..]),
+    ] {
+        let kept: Vec<&str> = CAPS.iter().copied().filter(|c| *c != dropped).collect();
+        let (code, report) = check(&kept);
+        assert_eq!(code, Some(UNSUPPORTED), "without {dropped}: {report:#}");
+        let name = format!("CAP_{}", dropped.to_uppercase());
+        for (hook, ok, detail) in hooks(&report) {
+            eprintln!(
+                "  without {name}: {hook}: {}",
+                if ok { "available" } else { &detail }
+            );
+            if needs.contains(&hook.as_str()) {
+                assert!(!ok && detail.contains(&name), "{hook}: {detail}");
+            } else if available.contains(&hook) && hook != "bpf_stats" {
+                assert!(ok, "{hook} without {name}: {detail}");
+            }
+        }
+    }
 }

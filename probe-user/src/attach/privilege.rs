@@ -24,6 +24,40 @@ fn has(caps: u64, cap: u32) -> bool {
     caps & (1 << cap) != 0
 }
 
+/// The capabilities beside CAP_BPF (which every hook needs, to create maps and load programs)
+/// that the kernel asks for each hook, from its source and checked per kernel by the tests
+/// (docs/deploy.md#capabilities): tracing programs and perf events need CAP_PERFMON; TC, cgroup
+/// and sock_ops attachments CAP_NET_ADMIN; turning run-time statistics on CAP_SYS_ADMIN.
+pub fn hook_needs(hook: crate::attach::programs::Hook) -> &'static [&'static str] {
+    use crate::attach::programs::Hook;
+    match hook {
+        Hook::Tracepoint | Hook::Kprobe | Hook::Fentry => &["CAP_PERFMON"],
+        Hook::TcClsact | Hook::CgroupSkb | Hook::SockOps => &["CAP_NET_ADMIN"],
+        Hook::RingBuffer => &[],
+        Hook::BpfStats => &["CAP_SYS_ADMIN"],
+    }
+}
+
+/// Of `names` (`CAP_…`), those not in `caps`; none with CAP_SYS_ADMIN, which stands for all.
+pub fn lacking(caps: u64, names: &[&'static str]) -> Vec<&'static str> {
+    if has(caps, CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .copied()
+        .filter(|n| {
+            let bit = match *n {
+                "CAP_BPF" => CAP_BPF,
+                "CAP_PERFMON" => CAP_PERFMON,
+                "CAP_NET_ADMIN" => CAP_NET_ADMIN,
+                _ => CAP_SYS_ADMIN,
+            };
+            !has(caps, bit)
+        })
+        .collect()
+}
+
 /// `None` when the capabilities suffice, otherwise what is missing in words.
 pub fn missing(caps: u64) -> Option<String> {
     if has(caps, CAP_SYS_ADMIN) {
@@ -68,6 +102,15 @@ mod tests {
         assert!(msg.contains("CAP_PERFMON + CAP_NET_ADMIN"), "{msg}");
         assert!(!msg.contains("CAP_BPF +"), "{msg}");
         assert!(missing(0).expect("nothing").contains("CAP_BPF"));
+    }
+
+    #[test]
+    fn each_hook_names_what_it_lacks() {
+        use crate::attach::programs::Hook;
+        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        assert_eq!(lacking(caps, hook_needs(Hook::TcClsact)), ["CAP_NET_ADMIN"]);
+        assert!(lacking(caps, hook_needs(Hook::Tracepoint)).is_empty());
+        assert!(lacking(1 << CAP_SYS_ADMIN, hook_needs(Hook::BpfStats)).is_empty());
     }
 
     #[test]
