@@ -343,6 +343,13 @@ pub fn run() -> Report {
             };
             let (available, detail) = match result {
                 Ok(d) => (true, d),
+                Err(d)
+                    if d.contains("Permission denied")
+                        && matches!(hook, Hook::Tracepoint | Hook::Kprobe)
+                        && let Some(why) = privilege::perf_paranoid_blocks(caps) =>
+                {
+                    (false, format!("{why}: {d}"))
+                }
                 // Named only where the kernel refused: a hook the kernel lacks stays so.
                 Err(d) if d.contains("Operation not permitted") => {
                     match privilege::lacking(caps, privilege::hook_needs(hook)).as_slice() {

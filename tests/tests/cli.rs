@@ -175,6 +175,38 @@ fn a_named_uplink_or_netns_that_is_not_there_exits_2_naming_it() {
         text(&o)
     );
     assert!(text(&o).contains("attached hooks="), "{}", text(&o));
+
+    // And `/readyz` and `/metrics` say what is missing, while ready.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut probe = Hopprobe::start(
+        &probe::binary(),
+        &["run", "--netns", &path, "--metrics-addr", &addr],
+    );
+    let get = |path: &str| -> String {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        text
+    };
+    let ready = get("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.0 200")
+            && ready.contains("ready; missing: datapath (no default route to find the uplink by"),
+        "{ready}"
+    );
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("hopprobe_missing{part=\"datapath\"} 1"),
+        "{metrics}"
+    );
+    probe.signal(Signal::SIGTERM);
+    assert!(probe.wait(Duration::from_secs(10)).success());
     drop(ns);
     assert_eq!(leftovers::all(), Vec::<String>::new());
 }
@@ -443,6 +475,43 @@ fn check_names_the_capability_each_hook_needs() {
             })
             .collect()
     };
+    // Debian's kernels (the VMs') default to kernel.perf_event_paranoid=3, a level of their
+    // own at which perf events need CAP_SYS_ADMIN: `check` says so, and at 2 CAP_PERFMON does.
+    const PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+    let level: i32 = std::fs::read_to_string(PARANOID)
+        .expect("perf_event_paranoid")
+        .trim()
+        .parse()
+        .expect("a number");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    eprintln!(
+        "capabilities on {}: perf_event_paranoid {level}",
+        release.trim()
+    );
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(PARANOID, &self.0);
+        }
+    }
+    let _restore = Restore(level.to_string());
+    if level >= 3 {
+        let (code, report) = check(&CAPS);
+        assert_eq!(code, Some(UNSUPPORTED), "{report:#}");
+        let tracepoint = hooks(&report)
+            .into_iter()
+            .find(|h| h.0 == "tracepoint")
+            .expect("tracepoint row");
+        eprintln!(
+            "  at perf_event_paranoid {level}: tracepoint: {}",
+            tracepoint.2
+        );
+        assert!(
+            !tracepoint.1 && tracepoint.2.contains("perf_event_paranoid"),
+            "{tracepoint:?}"
+        );
+        std::fs::write(PARANOID, "2").expect("lower perf_event_paranoid");
+    }
     let (code, all) = check(&CAPS);
     assert_eq!(code, Some(0), "{all:#}");
     let available: Vec<String> = hooks(&all)
@@ -450,11 +519,7 @@ fn check_names_the_capability_each_hook_needs() {
         .filter(|h| h.1)
         .map(|h| h.0)
         .collect();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    eprintln!(
-        "capabilities on {}: all three: {available:?}",
-        release.trim()
-    );
+    eprintln!("  all three: {available:?}");
     for (dropped, needs) in [
         ("perfmon", &["tracepoint"][..]),
         ("net_admin", &["tc_clsact", "cgroup_skb", "sock_ops"][..]),

@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, tc,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
+    },
     util::KernelVersion,
 };
 use tracing::{info, warn};
@@ -372,10 +375,21 @@ impl Datapath {
         for &(program, attach_type) in programs {
             let prog = classifier(ebpf, program).map_err(|e| e.to_string())?;
             let r = in_netns(netns, path.as_deref(), || {
-                if needs_clsact() && tc::qdisc_add_clsact(name).is_ok() {
+                if !needs_clsact() {
+                    // TCX: appended, after whatever runs there already.
+                    return prog.attach(name, attach_type);
+                }
+                if tc::qdisc_add_clsact(name).is_ok() {
                     added = true;
                 }
-                prog.attach(name, attach_type)
+                prog.attach_with_options(
+                    name,
+                    attach_type,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: priority_after_others(name, attach_type),
+                        ..NlOptions::default()
+                    }),
+                )
             })
             .map_err(|e| e.to_string())?;
             match r {
@@ -439,6 +453,29 @@ impl Datapath {
             }
         }
     }
+}
+
+/// A netlink filter's priority that runs after every filter already on that side of
+/// interface `name`, as a TCX link goes after the programs there: another tool's classifier (a
+/// CNI's) keeps its place, first. The kernel's own choice for priority 0 is the opposite,
+/// before the first. 0 (the kernel's choice) when nothing is there or nothing can follow.
+fn priority_after_others(name: &str, attach_type: TcAttachType) -> u16 {
+    let direction = match attach_type {
+        TcAttachType::Egress => tc_netlink::Direction::Egress,
+        _ => tc_netlink::Direction::Ingress,
+    };
+    nix::net::if_::if_nametoindex(name)
+        .ok()
+        .and_then(|index| tc_netlink::filters(index).ok())
+        .and_then(|filters| {
+            filters
+                .iter()
+                .filter(|f| f.direction == direction)
+                .map(tc_netlink::Filter::priority)
+                .max()
+        })
+        .and_then(|last| last.checked_add(1))
+        .unwrap_or(0)
 }
 
 /// Removes the `hp_` filters a killed hopprobe left on interface `name` (the caller holds

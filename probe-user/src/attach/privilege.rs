@@ -58,6 +58,33 @@ pub fn lacking(caps: u64, names: &[&'static str]) -> Vec<&'static str> {
         .collect()
 }
 
+/// `kernel.perf_event_paranoid`, when readable.
+pub fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Why `perf_event_open` (every tracepoint, kprobe) will be refused although CAP_PERFMON is
+/// there: Debian's kernels add a level 3 to `kernel.perf_event_paranoid`, their default, at
+/// which only CAP_SYS_ADMIN may open perf events (EACCES otherwise). Upstream kernels, EKS's
+/// among them, stop at 2, where CAP_PERFMON is enough.
+pub fn perf_paranoid_blocks(caps: u64) -> Option<String> {
+    paranoid_blocks(caps, perf_event_paranoid()?)
+}
+
+fn paranoid_blocks(caps: u64, level: i32) -> Option<String> {
+    (level >= 3 && !has(caps, CAP_SYS_ADMIN)).then(|| {
+        format!(
+            "kernel.perf_event_paranoid is {level}: above 2 (Debian's kernels) perf_event_open \
+             needs CAP_SYS_ADMIN, not only CAP_PERFMON; `sysctl kernel.perf_event_paranoid=2` \
+             on the node, or run privileged"
+        )
+    })
+}
+
 /// `None` when the capabilities suffice, otherwise what is missing in words.
 pub fn missing(caps: u64) -> Option<String> {
     if has(caps, CAP_SYS_ADMIN) {
@@ -111,6 +138,14 @@ mod tests {
         assert_eq!(lacking(caps, hook_needs(Hook::TcClsact)), ["CAP_NET_ADMIN"]);
         assert!(lacking(caps, hook_needs(Hook::Tracepoint)).is_empty());
         assert!(lacking(1 << CAP_SYS_ADMIN, hook_needs(Hook::BpfStats)).is_empty());
+    }
+
+    #[test]
+    fn paranoid_level_3_needs_sys_admin() {
+        let least = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        assert!(paranoid_blocks(least, 3).is_some_and(|m| m.contains("CAP_SYS_ADMIN")));
+        assert_eq!(paranoid_blocks(least, 2), None);
+        assert_eq!(paranoid_blocks(least | (1 << CAP_SYS_ADMIN), 3), None);
     }
 
     #[test]

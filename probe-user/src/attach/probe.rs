@@ -120,7 +120,8 @@ impl Probe {
 
     /// Whether this process may attach at all; [`Self::attach_with`] checks it first.
     pub fn check_privilege() -> Result<(), AttachError> {
-        match privilege::missing(privilege::effective_caps()) {
+        let caps = privilege::effective_caps();
+        match privilege::missing(caps).or_else(|| privilege::perf_paranoid_blocks(caps)) {
             Some(missing) => Err(AttachError::Privilege(missing)),
             None => Ok(()),
         }

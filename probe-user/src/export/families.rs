@@ -144,6 +144,15 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?)?;
         }
+        let mut missing = e.encode_descriptor(
+            "hopprobe_missing",
+            "1 for each part hopprobe looked for by itself and could not attach (the log and /readyz say why); absent when none is missing.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for part in &self.missing {
+            ConstGauge::new(1).encode(missing.encode_family(&[("part", *part)])?)?;
+        }
         ConstGauge::new(self.process.resident_bytes as i64).encode(e.encode_descriptor(
             "process_resident_memory",
             "Resident memory of hopprobe.",

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub pairing_pending: u64,
     /// hopprobe's own resident memory and CPU time (the usual `process_*` families).
     pub process: Process,
+    /// Parts hopprobe looked for by itself and could not attach (`run::Missing`).
+    pub missing: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -38,6 +38,8 @@ pub struct State {
     beat_ms: AtomicU64,
     /// Why not ready, while not.
     waiting_for: std::sync::Mutex<&'static str>,
+    /// What hopprobe looked for and could not attach (ready all the same).
+    missing: std::sync::Mutex<Vec<String>>,
 }
 
 impl State {
@@ -47,6 +49,7 @@ impl State {
             started: Instant::now(),
             beat_ms: AtomicU64::new(0),
             waiting_for: std::sync::Mutex::new("attaching"),
+            missing: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -55,6 +58,20 @@ impl State {
             *w = waiting_for;
         }
         self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn set_missing(&self, missing: Vec<String>) {
+        if let Ok(mut m) = self.missing.lock() {
+            *m = missing;
+        }
+    }
+
+    /// `/readyz`'s answer once ready: measuring, and what it measures without.
+    fn ready_text(&self) -> String {
+        match self.missing.lock().map(|m| m.join("; ")) {
+            Ok(m) if !m.is_empty() => format!("ready; missing: {m}"),
+            _ => "ready".into(),
+        }
     }
 
     /// The loop is alive.
@@ -223,7 +240,9 @@ async fn respond(
             "the measuring loop has not run for 5 s",
         ),
         "/healthz" => plain(StatusCode::OK, "ok"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => plain(StatusCode::OK, "ready"),
+        "/readyz" if state.ready.load(Ordering::Acquire) => {
+            plain(StatusCode::OK, state.ready_text())
+        }
         "/readyz" => {
             let why = state.waiting_for.lock().map(|w| *w).unwrap_or("unknown");
             plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"))

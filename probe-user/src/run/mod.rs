@@ -180,7 +180,10 @@ impl Maps {
 /// Where the datapath's TC programs go, found before anything is attached. What the user
 /// named and is not there is an error; what hopprobe looked for itself (the default route's
 /// interface) and did not find leaves the datapath hops out.
-fn datapath_target(opts: &RunOptions) -> Result<Option<Target>, RunError> {
+fn datapath_target(
+    opts: &RunOptions,
+    missing: &mut Vec<Missing>,
+) -> Result<Option<Target>, RunError> {
     let Some(o) = &opts.datapath else {
         return Ok(None);
     };
@@ -189,7 +192,25 @@ fn datapath_target(opts: &RunOptions) -> Result<Option<Target>, RunError> {
         Err(e) if e.is_bad_input() => Err(RunError::Datapath(e)),
         Err(e) => {
             warn!(error = %e, "datapath hops unavailable");
+            missing.push(Missing::datapath(&e));
             Ok(None)
+        }
+    }
+}
+
+/// A part of the measurement hopprobe looked for by itself and could not attach: the run goes
+/// on without it, and the log, `/readyz` and `hopprobe_missing` say so.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    pub part: &'static str,
+    pub why: String,
+}
+
+impl Missing {
+    fn datapath(e: &DatapathError) -> Self {
+        Self {
+            part: "datapath",
+            why: e.to_string(),
         }
     }
 }
@@ -201,6 +222,7 @@ fn attach_datapath(
     probe: &mut Probe,
     opts: &RunOptions,
     target: Option<Target>,
+    missing: &mut Vec<Missing>,
 ) -> Result<Option<Datapath>, RunError> {
     let (Some(o), Some(target)) = (opts.datapath.clone(), target) else {
         return Ok(None);
@@ -217,6 +239,7 @@ fn attach_datapath(
         Err(e) if e.is_bad_input() => Err(RunError::Datapath(e)),
         Err(e) => {
             warn!(error = %e, "datapath hops unavailable");
+            missing.push(Missing::datapath(&e));
             Ok(None)
         }
     }
@@ -294,7 +317,8 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     // Privilege first: without it, entering `--netns` fails too, and the user is to be told
     // what they lack rather than that the namespace could not be entered.
     Probe::check_privilege()?;
-    let target = datapath_target(opts)?;
+    let mut missing = Vec::new();
+    let target = datapath_target(opts, &mut missing)?;
     let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, plan_options)?;
     // After attaching, which checks privileges first; runs count from here. The kernel turns
     // the statistics off again when the fd closes, whichever way hopprobe exits, and a
@@ -312,12 +336,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     }
     let mut rings = Rings::take(&mut probe)?;
     let mut maps = Maps::take(&mut probe)?;
-    let mut datapath = attach_datapath(&mut probe, opts, target)?;
+    let mut datapath = attach_datapath(&mut probe, opts, target, &mut missing)?;
     let hooks = probe.hooks.clone();
     let cgroup_root = probe.cgroup_root.clone();
     // Names came first (with --kube the API server listed what this node runs); ready before
     // the log says attached, which is what a watcher of the log waits for.
     if let Some(s) = &server {
+        s.state.set_missing(
+            missing
+                .iter()
+                .map(|m| format!("{} ({})", m.part, m.why))
+                .collect(),
+        );
         s.state.set_ready(true, "");
     }
     info!(
@@ -361,7 +391,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             }
             scrape = next_scrape(&mut server) => {
                 let retired = retirement.as_ref().map_or(&empty, |r| &r.retired);
-                let _ = scrape.reply.send(metrics::snapshot(&maps, &mut c, &metadata, limits, retired));
+                let mut snapshot = metrics::snapshot(&maps, &mut c, &metadata, limits, retired);
+                snapshot.missing = missing.iter().map(|m| m.part).collect();
+                let _ = scrape.reply.send(snapshot);
             }
             _ = ticks.cpu.tick() => cpu.sample(),
             _ = ticks.retire.tick(), if retirement.is_some() => {

@@ -81,7 +81,7 @@ pub struct Args {
 
 /// What the VMs need from the host, as (a file that proves it, the Debian package): qemu,
 /// the tools that build the image, and the programs `tools` copies into it.
-pub const PACKAGES: [system::Package; 8] = [
+pub const PACKAGES: [system::Package; 9] = [
     ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
     ("/bin/busybox", "busybox-static"),
     ("/usr/sbin/ip", "iproute2"),
@@ -90,6 +90,7 @@ pub const PACKAGES: [system::Package; 8] = [
     ("/usr/sbin/xtables-nft-multi", "iptables"),
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/sbin/haproxy", "haproxy"),
+    ("/usr/sbin/bpftool", "bpftool"),
 ];
 
 /// Directories of the workspace that tests read at run time (through `CARGO_MANIFEST_DIR`),

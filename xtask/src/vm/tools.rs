@@ -9,13 +9,17 @@ use anyhow::{Context, Result};
 use super::initramfs::Initramfs;
 
 /// Programs copied to the same path in the image: iproute2's `ip` (busybox's lacks `ip netns`)
-/// and `tc` (hopprobe removes the clsact qdiscs it added with it on kernels before 6.6), the
-/// lab's `sysctl`, and Debian's haproxy for its bring-your-own-proxy tests.
-const PROGRAMS: [&str; 4] = [
+/// and `tc` (the tests read the node's qdiscs and filters with it; hopprobe itself uses
+/// netlink), the lab's `sysctl`, Debian's haproxy for its bring-your-own-proxy tests, and
+/// util-linux's `setpriv`, which runs `hopprobe check` with fewer capabilities, and bpftool,
+/// with which the tests read the kernel's attachments.
+const PROGRAMS: [&str; 6] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/sbin/sysctl",
     "/usr/sbin/haproxy",
+    "/usr/bin/setpriv",
+    "/usr/sbin/bpftool",
 ];
 
 /// iptables with the nf_tables backend, Debian 12's default, so the guest's rules go through
