@@ -521,7 +521,7 @@ fn check_names_the_capability_each_hook_needs() {
         .collect();
     eprintln!("  all three: {available:?}");
     for (dropped, needs) in [
-        ("perfmon", &["tracepoint"][..]),
+        ("perfmon", &["tracepoint", "kprobe", "fentry"][..]),
         ("net_admin", &["tc_clsact", "cgroup_skb", "sock_ops"][..]),
     ] {
         let kept: Vec<&str> = CAPS.iter().copied().filter(|c| *c != dropped).collect();

@@ -408,14 +408,30 @@ fn the_image_measures_what_the_host_binary_measures_and_leaves_nothing() {
         (Vec::new(), Vec::new()),
         "series of one only: {context}"
     );
+    // For the record: how far apart the two runs came, per kind of hop.
+    let mut widest = [(0usize, 0.0f64); 2];
     for (labels, h) in &host {
         let i = image[labels];
-        // Exchanges within 1 %; the packet hops count packets, whose number varies from run to
-        // run with ACK timing (1.3 % seen on the uplink for the same requests).
+        let kind = usize::from(labels.contains("hop=\"datapath") || labels.contains("hop=\"pod_"));
+        widest[kind].0 += 1;
+        widest[kind].1 = widest[kind].1.max((h - i).abs() / h.max(i).max(1.0));
+    }
+    eprintln!(
+        "host vs image: {} exchange series, widest {:.2} %; {} packet series, widest {:.2} %",
+        widest[0].0,
+        100.0 * widest[0].1,
+        widest[1].0,
+        100.0 * widest[1].1
+    );
+    for (labels, h) in &host {
+        let i = image[labels];
+        // Exchanges within 1 %. The packet hops count packets, whose number for the same
+        // requests varies from run to run with ACK timing: 1.3 % apart on a quiet machine,
+        // 4.8 % with a VM running beside (reviews' pod_delivery, 312 and 297).
         let packets = ["datapath_in", "datapath_out", "pod_delivery", "pod_send"]
             .iter()
             .any(|hop| labels.contains(&format!("hop=\"{hop}\"")));
-        let within = if packets { 0.03 } else { 0.01 };
+        let within = if packets { 0.10 } else { 0.01 };
         assert!(
             (h - i).abs() <= (within * h.max(i)).max(1.0),
             "{labels}: host {h}, image {i}: {context}"

@@ -63,8 +63,8 @@ enum Task {
     /// have gone through it: RSS, series and CPU per exchange sampled, their slopes printed
     /// (needs root; several minutes; not part of `test`).
     Soak,
-    /// hopprobe's container image, built here with no registry: a static hopprobe on scratch
-    /// (the runtime stage of deploy/Containerfile), written as an OCI archive.
+    /// hopprobe's container image, built here with no registry: hopprobe and its libraries on
+    /// scratch (the runtime stage of deploy/Containerfile), written as an OCI archive.
     Image(image::Args),
     /// Run the root integration tests inside Debian's 6.1 and 6.12 cloud kernels under qemu and
     /// print a per-kernel table (tests, verifier instruction counts, hooks).
@@ -173,7 +173,7 @@ fn test() -> Result<()> {
         demo::build_measuring()?;
         test.env("HOPPROBE_RELEASE_DIR", demo::release_dir());
         // The container tests run the image as the DaemonSet runs it.
-        image::image(&image::Args { binary_only: None })?;
+        image::image(&image::Args { rootfs_only: None })?;
         test.env("HOPPROBE_IMAGE", image::archive()?)
             .env("HOPPROBE_CONTAINER_TESTS", "require");
         test.env("HOPPROBE_ROOT_TESTS", "require")

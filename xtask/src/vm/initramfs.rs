@@ -144,7 +144,7 @@ pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(program)
         .output()

@@ -3,7 +3,7 @@
 //! docs/results/kernels.md.
 
 mod guest;
-mod initramfs;
+pub mod initramfs;
 mod kernel;
 pub mod load;
 mod qemu;
