@@ -320,18 +320,7 @@ async fn a_silent_api_server_fails_within_the_timeout() {
 #[test]
 fn hopprobe_run_exits_3_when_forbidden_and_2_without_a_node_name() {
     // The server runs on its own thread while this one waits for the child processes.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let _ = tx.send(FakeApi::start().await);
-            std::future::pending::<()>().await;
-        });
-    });
-    let api = rx.recv().expect("fake API server");
+    let api = FakeApi::start_on_thread(None);
     api.deny_everything();
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path());

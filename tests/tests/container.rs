@@ -239,8 +239,10 @@ impl Container {
         args.push(s.image.clone());
         args.extend(s.args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Owned before it runs: a container podman created and could not start goes too.
+        let container = Self { name };
         podman_ok(&args);
-        Self { name }
+        container
     }
 
     fn logs(&self) -> String {

@@ -81,6 +81,26 @@ fn full(status: StatusCode, body: Value) -> Response<UnsyncBoxBody<Bytes, Infall
 }
 
 impl FakeApi {
+    /// Starts serving on a thread of its own (for callers without a runtime), listening on
+    /// 127.0.0.1 of network namespace `netns` (the caller's when `None`).
+    pub fn start_on_thread(netns: Option<std::fs::File>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let _ = tx.send(FakeApi::start().await);
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("fake API server")
+    }
+
     /// Starts serving on an ephemeral loopback port, in the current runtime.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -10,21 +10,7 @@ use crate::fake_api::{FakeApi, Kind};
 /// 127.0.0.1 in network namespace `netns` (`/run/netns/<name>`; the caller's when `None`).
 pub fn serve(lab: &Lab, node: &str, netns: Option<&str>) -> FakeApi {
     let netns = netns.map(|p| std::fs::File::open(p).expect("network namespace"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Some(ns) = netns {
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let _ = tx.send(FakeApi::start().await);
-            std::future::pending::<()>().await;
-        });
-    });
-    let api = rx.recv().expect("fake API server");
+    let api = FakeApi::start_on_thread(netns);
     for pod in &lab.state.pods {
         api.apply(
             Kind::Pod,
