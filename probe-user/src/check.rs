@@ -295,7 +295,7 @@ pub fn run() -> Report {
 
     // Without CAP_BPF nothing loads; with it, each hook is tried and a failure names the
     // capability that hook lacks.
-    if !privilege::lacking(caps, &["CAP_BPF"]).is_empty()
+    if !privilege::lacking(caps, &[privilege::BPF]).is_empty()
         && let Some(missing) = privilege::missing(caps)
     {
         let tracefs = "not checked (needs privilege)".to_owned();
@@ -458,7 +458,7 @@ fn check_tc(ebpf: &mut Ebpf) -> Check {
         s.spawn(|| -> Check {
             // Without CAP_SYS_ADMIN (the least-privilege DaemonSet) there is no private
             // namespace: a veth pair of its own in this one, down and deleted after.
-            let (iface, dummy, place) =
+            let (iface, own_veth, place) =
                 match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
                     Ok(()) => (
                         "lo".to_owned(),
@@ -488,7 +488,7 @@ fn check_tc(ebpf: &mut Ebpf) -> Check {
                 msg
             });
             let detached = attached.and_then(|link| p.detach(link).map_err(|e| error_chain(&e)));
-            if let Some(index) = dummy {
+            if let Some(index) = own_veth {
                 crate::attach::tc_netlink::delete_link(index)
                     .map_err(|e| format!("deleting the veth {iface}: {e}"))?;
             }

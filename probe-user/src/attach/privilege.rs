@@ -5,6 +5,30 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// A capability: its bit in the effective set and the name messages give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    bit: u32,
+    pub name: &'static str,
+}
+
+pub const BPF: Cap = Cap {
+    bit: CAP_BPF,
+    name: "CAP_BPF",
+};
+const PERFMON: Cap = Cap {
+    bit: CAP_PERFMON,
+    name: "CAP_PERFMON",
+};
+const NET_ADMIN: Cap = Cap {
+    bit: CAP_NET_ADMIN,
+    name: "CAP_NET_ADMIN",
+};
+const SYS_ADMIN: Cap = Cap {
+    bit: CAP_SYS_ADMIN,
+    name: "CAP_SYS_ADMIN",
+};
+
 /// Effective capability set from `/proc/self/status`.
 pub fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -28,33 +52,25 @@ fn has(caps: u64, cap: u32) -> bool {
 /// that the kernel asks for each hook, from its source and checked per kernel by the tests
 /// (docs/deploy.md#capabilities): tracing programs and perf events need CAP_PERFMON; TC, cgroup
 /// and sock_ops attachments CAP_NET_ADMIN; turning run-time statistics on CAP_SYS_ADMIN.
-pub fn hook_needs(hook: crate::attach::programs::Hook) -> &'static [&'static str] {
+pub fn hook_needs(hook: crate::attach::programs::Hook) -> &'static [Cap] {
     use crate::attach::programs::Hook;
     match hook {
-        Hook::Tracepoint | Hook::Kprobe | Hook::Fentry => &["CAP_PERFMON"],
-        Hook::TcClsact | Hook::CgroupSkb | Hook::SockOps => &["CAP_NET_ADMIN"],
+        Hook::Tracepoint | Hook::Kprobe | Hook::Fentry => &[PERFMON],
+        Hook::TcClsact | Hook::CgroupSkb | Hook::SockOps => &[NET_ADMIN],
         Hook::RingBuffer => &[],
-        Hook::BpfStats => &["CAP_SYS_ADMIN"],
+        Hook::BpfStats => &[SYS_ADMIN],
     }
 }
 
-/// Of `names` (`CAP_…`), those not in `caps`; none with CAP_SYS_ADMIN, which stands for all.
-pub fn lacking(caps: u64, names: &[&'static str]) -> Vec<&'static str> {
+/// The names of `needed` not in `caps`; none with CAP_SYS_ADMIN, which stands for all.
+pub fn lacking(caps: u64, needed: &[Cap]) -> Vec<&'static str> {
     if has(caps, CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    names
+    needed
         .iter()
-        .copied()
-        .filter(|n| {
-            let bit = match *n {
-                "CAP_BPF" => CAP_BPF,
-                "CAP_PERFMON" => CAP_PERFMON,
-                "CAP_NET_ADMIN" => CAP_NET_ADMIN,
-                _ => CAP_SYS_ADMIN,
-            };
-            !has(caps, bit)
-        })
+        .filter(|c| !has(caps, c.bit))
+        .map(|c| c.name)
         .collect()
 }
 
@@ -87,18 +103,7 @@ fn paranoid_blocks(caps: u64, level: i32) -> Option<String> {
 
 /// `None` when the capabilities suffice, otherwise what is missing in words.
 pub fn missing(caps: u64) -> Option<String> {
-    if has(caps, CAP_SYS_ADMIN) {
-        return None;
-    }
-    let lacking: Vec<&str> = [
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(c, _)| !has(caps, *c))
-    .map(|(_, n)| n)
-    .collect();
+    let lacking = lacking(caps, &[BPF, PERFMON, NET_ADMIN]);
     (!lacking.is_empty()).then(|| {
         format!(
             "missing privilege: hopprobe needs root or {} (effective set {caps:#x})",
