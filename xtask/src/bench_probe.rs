@@ -224,7 +224,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>) -> Result<()> {
     println!("\n{title}");
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
+    let mut by_round: Vec<Vec<(Variant, Sample)>> = Vec::new();
     for round in 0..rounds {
+        by_round.push(Vec::new());
         for i in 0..Variant::ALL.len() {
             let v = Variant::ALL[(round + i) % Variant::ALL.len()];
             let s = load(v)?;
@@ -238,6 +240,7 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
                 s.cpu_us
             );
             samples.push((v, s));
+            by_round[round].push((v, s));
         }
     }
     let med = |v: Variant, f: fn(&Sample) -> f64| {
@@ -318,7 +321,41 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
             v.name()
         );
     }
+    print_paired(&by_round);
     Ok(())
+}
+
+/// Each round's ratios to the same round's run without hopprobe: the drift of the machine
+/// between rounds (most of the spread above) cancels out of them, so their median and range
+/// resolve a smaller cost than the ratio of the medians can.
+fn print_paired(by_round: &[Vec<(Variant, Sample)>]) {
+    println!("  per-round ratios to the same round without hopprobe: median (min–max)");
+    for v in Variant::ALL.into_iter().filter(|v| *v != Variant::Without) {
+        let ratios = |f: fn(&Sample) -> f64| -> Vec<f64> {
+            by_round
+                .iter()
+                .filter_map(|round| {
+                    let find = |w: Variant| round.iter().find(|(x, _)| *x == w).map(|(_, s)| f(s));
+                    Some(find(v)? / find(Variant::Without)?)
+                })
+                .collect()
+        };
+        let show = |r: Vec<f64>| {
+            let (lo, hi) = r
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(*x), hi.max(*x))
+                });
+            format!("{:.3} ({lo:.3}–{hi:.3})", median(r))
+        };
+        println!(
+            "  {:<24} p50 {}  p99 {}  req/s {}",
+            v.name(),
+            show(ratios(|s| s.p50_ms)),
+            show(ratios(|s| s.p99_ms)),
+            show(ratios(|s| s.rps))
+        );
+    }
 }
 
 /// Each program's (runs, run time in ns) over one c = 1 run of `bin` with `--bpf-stats`.

@@ -245,6 +245,13 @@ fn attach_datapath(
     }
 }
 
+/// How long records may wait in a ring that is less than an eighth full. Every wake-up of
+/// the loop cost 50–60 µs of CPU on the 2-core development VM (perf: the timer, `epoll_wait`
+/// and the switch), so at 10 ms hopprobe spent 6 ms a second doing nothing, at 100 ms 2 ms
+/// (2026-12-05). Nothing waits on a record sooner: the pairing's horizon is seconds, and a
+/// scrape and the end of the run drain the rings first.
+const DRAIN_PERIOD: Duration = Duration::from_millis(100);
+
 fn every(started: Instant, period: Duration) -> Interval {
     let mut i = tokio::time::interval_at(started + period, period);
     i.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -259,7 +266,7 @@ struct Ticks {
     rescan: Interval,
     /// The programs wake the loop only when a ring is an eighth full (`wake_flags` in
     /// probe-ebpf): a wake-up per record cost the traced requests more than hopprobe's own
-    /// work did. Records wait at most this long otherwise.
+    /// work did. Records wait at most [`DRAIN_PERIOD`] otherwise.
     drain: Interval,
     cpu: Interval,
     /// Pairs `sidecar` and `app_self` up to the horizon.
@@ -273,7 +280,7 @@ impl Ticks {
         Self {
             live: every(started, live),
             rescan: every(started, Duration::from_secs(1)),
-            drain: every(started, Duration::from_millis(10)),
+            drain: every(started, DRAIN_PERIOD),
             cpu: every(started, Duration::from_millis(500)),
             pairing: every(started, Duration::from_secs(1)),
             retire: every(started, retire),
@@ -360,8 +367,16 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         resolver: Resolver::new(cgroup_root.clone()),
         ifnames: datapath.as_ref().map(Datapath::names).unwrap_or_default(),
     };
-    let mut cpu = CpuSampler::new(cgroup_root.clone());
-    cpu.sample();
+    // The containers' CPU over time is for the report, which reads it from `--json`. Without
+    // it the samples would only pile up: 2 a second per container for as long as a DaemonSet
+    // runs.
+    let mut cpu = opts
+        .json
+        .is_some()
+        .then(|| CpuSampler::new(cgroup_root.clone()));
+    if let Some(cpu) = cpu.as_mut() {
+        cpu.sample();
+    }
     let limits = opts.metrics.map(|m| m.limits).unwrap_or_default();
     // Only a run that exports retires: a batch run's summary keeps every pod it saw.
     let mut retirement = opts
@@ -390,12 +405,18 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 }
             }
             scrape = next_scrape(&mut server) => {
+                // What the rings hold is up to a drain period old: a scrape counts it too.
+                rings.drain_all(&mut c);
                 let retired = retirement.as_ref().map_or(&empty, |r| &r.retired);
                 let mut snapshot = metrics::snapshot(&maps, &mut c, &metadata, limits, retired);
                 snapshot.missing = missing.iter().map(|m| m.part).collect();
                 let _ = scrape.reply.send(snapshot);
             }
-            _ = ticks.cpu.tick() => cpu.sample(),
+            _ = ticks.cpu.tick(), if cpu.is_some() => {
+                if let Some(cpu) = cpu.as_mut() {
+                    cpu.sample();
+                }
+            }
             _ = ticks.retire.tick(), if retirement.is_some() => {
                 if let Some(r) = retirement.as_mut() {
                     let live = datapath.as_ref().map(Datapath::names);
@@ -423,7 +444,9 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             _ = sleep_until(deadline) => break "duration",
         }
     };
-    cpu.sample();
+    if let Some(cpu) = cpu.as_mut() {
+        cpu.sample();
+    }
     if let Some(s) = server.as_mut() {
         s.shutting_down();
     }
@@ -482,7 +505,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
             hops
         },
         tcp_events: read_tcp_events(&maps.tcp_counters, &mut c.resolver),
-        cpu: cpu.finish(&metadata),
+        cpu: cpu.map(|c| c.finish(&metadata)).unwrap_or_default(),
         programs,
     };
     output::print_summary(&summary);
