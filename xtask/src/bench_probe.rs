@@ -11,8 +11,9 @@
 //!
 //! `BENCH_TLS=1` terminates HTTPS at the ingress (`hoplab up --ingress-tls`) and loadgen
 //! speaks HTTPS to it, a new TLS connection per request as the published external test did:
-//! what following TLS records costs. `BENCH_BASELINE=<a hopprobe binary>` sets the kernel
-//! times beside that hopprobe's, alternating, in the same run (for instance one built from the
+//! what following TLS records costs. `BENCH_BASELINE=<a hopprobe binary>` runs that hopprobe
+//! as a fourth variant of every round (its CPU, RSS and ratios beside this one's) and sets the
+//! kernel times beside its, alternating, in the same run (for instance one built from the
 //! commit before a change).
 //!
 //! `BENCH_BASELINE=no-log` sets those kernel times beside the same hopprobe's with the eBPF
@@ -57,6 +58,8 @@ enum Variant {
     Without,
     Batched,
     Each,
+    /// The `BENCH_BASELINE` hopprobe, as deployed.
+    Baseline,
 }
 
 impl Variant {
@@ -67,6 +70,7 @@ impl Variant {
             Variant::Without => "no hopprobe",
             Variant::Batched => "hopprobe",
             Variant::Each => "hopprobe, wake-up each",
+            Variant::Baseline => "baseline hopprobe",
         }
     }
 }
@@ -161,10 +165,20 @@ fn loadgen(c: u32, amount: (&str, String)) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn sample(variant: Variant, c: u32, amount: (&str, String), stop: &AtomicBool) -> Result<Sample> {
+fn sample(
+    variant: Variant,
+    baseline: Option<&Path>,
+    c: u32,
+    amount: (&str, String),
+    stop: &AtomicBool,
+) -> Result<Sample> {
     interrupted(stop)?;
     let probe = match variant {
         Variant::Without => None,
+        Variant::Baseline => {
+            let bin = baseline.context("a baseline run without BENCH_BASELINE")?;
+            Some(start_hopprobe(bin, &[], None)?)
+        }
         Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), tls_args(), None)?),
         Variant::Each => {
             let args: &[&str] = if tls() {
@@ -221,14 +235,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs `load` once per variant per round, rotating the order, and prints the medians and
 /// their ratios to the runs without hopprobe.
-fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>) -> Result<()> {
+fn compare(
+    title: &str,
+    rounds: usize,
+    variants: &[Variant],
+    load: impl Fn(Variant) -> Result<Sample>,
+) -> Result<()> {
     println!("\n{title}");
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
     let mut by_round: Vec<Vec<(Variant, Sample)>> = Vec::new();
     for round in 0..rounds {
         by_round.push(Vec::new());
-        for i in 0..Variant::ALL.len() {
-            let v = Variant::ALL[(round + i) % Variant::ALL.len()];
+        for i in 0..variants.len() {
+            let v = variants[(round + i) % variants.len()];
             let s = load(v)?;
             println!(
                 "  round {} {:<24} p50 {:6.3} ms  p99 {:6.3} ms  {:8.1} req/s  hopprobe {:6.1} µs CPU/request",
@@ -269,7 +288,7 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
         med(Variant::Without, |s| s.p99_ms),
         med(Variant::Without, |s| s.rps),
     );
-    for v in Variant::ALL {
+    for &v in variants {
         let (p50, p99, rps) = (
             med(v, |s| s.p50_ms),
             med(v, |s| s.p99_ms),
@@ -291,7 +310,7 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
     // The spread of each variant's rounds: a ratio means something only where it is larger
     // than the spread of the runs without hopprobe.
     println!("  spread of the rounds (min–max; without hopprobe also (max − min) / median)");
-    for v in Variant::ALL {
+    for &v in variants {
         let range = |f: fn(&Sample) -> f64| {
             let vals: Vec<f64> = samples
                 .iter()
@@ -321,16 +340,16 @@ fn compare(title: &str, rounds: usize, load: impl Fn(Variant) -> Result<Sample>)
             v.name()
         );
     }
-    print_paired(&by_round);
+    print_paired(variants, &by_round);
     Ok(())
 }
 
 /// Each round's ratios to the same round's run without hopprobe: the drift of the machine
 /// between rounds (most of the spread above) cancels out of them, so their median and range
 /// resolve a smaller cost than the ratio of the medians can.
-fn print_paired(by_round: &[Vec<(Variant, Sample)>]) {
+fn print_paired(variants: &[Variant], by_round: &[Vec<(Variant, Sample)>]) {
     println!("  per-round ratios to the same round without hopprobe: median (min–max)");
-    for v in Variant::ALL.into_iter().filter(|v| *v != Variant::Without) {
+    for &v in variants.iter().filter(|v| **v != Variant::Without) {
         let ratios = |f: fn(&Sample) -> f64| -> Vec<f64> {
             by_round
                 .iter()
@@ -580,13 +599,23 @@ pub fn bench() -> Result<()> {
     );
     // `BENCH_ONLY=kernel`: only the kernel-time runs, e.g. against a `BENCH_BASELINE`.
     if !std::env::var("BENCH_ONLY").is_ok_and(|v| v == "kernel") {
-        compare(&format!("c = 1, {requests} requests"), rounds, |v| {
-            sample(v, 1, ("-n", requests.to_string()), &stop)
-        })?;
+        // A baseline hopprobe runs beside this one in every round: a change to hopprobe's own
+        // CPU and memory is measured in the same run too.
+        let mut variants = Variant::ALL.to_vec();
+        if baseline.is_some() {
+            variants.push(Variant::Baseline);
+        }
+        let base = baseline.as_deref();
+        compare(
+            &format!("c = 1, {requests} requests"),
+            rounds,
+            &variants,
+            |v| sample(v, base, 1, ("-n", requests.to_string()), &stop),
+        )?;
         // The published study's concurrencies.
         for c in [32, 64] {
-            compare(&format!("c = {c}, {secs} s"), rounds, |v| {
-                sample(v, c, ("-z", format!("{secs}s")), &stop)
+            compare(&format!("c = {c}, {secs} s"), rounds, &variants, |v| {
+                sample(v, base, c, ("-z", format!("{secs}s")), &stop)
             })?;
         }
     }
