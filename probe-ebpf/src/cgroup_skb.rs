@@ -30,8 +30,8 @@ use crate::{
     headers::{self, Tcp},
     maps::{
         AGGREGATE_PENDING, EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGE_HIST, EXCHANGE_HIST_KEY,
-        EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS, count, lru_insert, lru_remove,
-        scratch, wake_flags,
+        EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS, count, early_parked,
+        early_parked_at, lru_insert, lru_remove, scratch, wake_flags,
     },
     ratelimit,
     tls::{self, TLS, TLS_EARLY},
@@ -299,6 +299,7 @@ fn park_early_request(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, t: u64) {
         return;
     };
     let x = &mut sc.x;
+    early_parked_at(t);
     // SAFETY: the value is copied out before the map changes.
     if let Some(parked) = unsafe { EARLY_REQUESTS.get(&seg.flow) } {
         *x = *parked;
@@ -512,6 +513,13 @@ fn counted_payload(
 
 fn track(ctx: &SkBuffContext, tcp: &Tcp, seg: &Segment, dir: Dir, t: u64) {
     let closing = seg.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
+    // A bare ACK (or a SYN-ACK) changes no exchange: below, all it could do is take on a
+    // request a listener parked. About half of a page load's segments are such; with no
+    // request parked lately they skip the cookie, the exchange lookup and, on a socket
+    // without an exchange, the listener check and the parked lookup.
+    if seg.payload == 0 && !closing && !early_parked(t) {
+        return;
+    }
     // SAFETY: the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let found = match EXCHANGES.get_ptr_mut(&cookie) {

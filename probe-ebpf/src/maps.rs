@@ -78,6 +78,38 @@ pub static EXCHANGES: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(6
 #[map]
 pub static EARLY_REQUESTS: LruHashMap<FlowKey, Exchange> = LruHashMap::with_max_entries(4096, 0);
 
+/// When a listener last parked a request in `EARLY_REQUESTS` (`bpf_ktime_get_ns`; 0: never).
+/// A connection takes its request on with its first packet, within a round trip of the park;
+/// while none was parked in the last [`EARLY_WINDOW_NS`], a segment with neither payload nor
+/// FIN or RST has nothing to do at a socket (`cgroup_skb::track`) and skips the socket's
+/// cookie and exchange lookups. A plain 8-byte store and load: no count that a race or an LRU
+/// eviction could leave wrong.
+#[map]
+pub static EARLY_PARKED_NS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// How long after a park every segment looks for a parked request again: a request not
+/// taken on by then (its connection sent nothing for a second) is taken on by its
+/// connection's next payload or FIN instead.
+pub const EARLY_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Notes that a request was parked at `now`.
+#[inline(always)]
+pub fn early_parked_at(now: u64) {
+    if let Some(p) = EARLY_PARKED_NS.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned map value for the program's run; an aligned 8-byte store
+        // is whole on every CPU BPF runs on.
+        unsafe { core::ptr::write_volatile(p, now) };
+    }
+}
+
+/// Whether a request may be waiting in `EARLY_REQUESTS` at `now`.
+#[inline(always)]
+pub fn early_parked(now: u64) -> bool {
+    EARLY_PARKED_NS
+        .get(0)
+        .is_none_or(|&at| at != 0 && now.saturating_sub(at) < EARLY_WINDOW_NS)
+}
+
 /// Socket address → its flow, from the tracepoint, so that `sock_recv_length` (which only
 /// knows the address) finds the socket's exchange.
 #[map]
