@@ -65,6 +65,26 @@ fn app_and_upstream_hops_match_the_injected_service_times() {
             .unwrap_or_else(|| panic!("no {kind} hop for {service} {peer:?}: {context}"))
             .clone()
     };
+    // With `--json` (which `measure` passes) every container's CPU is sampled for the report:
+    // at the start, every 500 ms and at the end. (Without it nothing is sampled: the samples
+    // are only for the report.)
+    let cpu = summary["cpu"].as_array().expect("cpu series");
+    assert!(
+        cpu.len() >= app_cgroup.len(),
+        "{} CPU series for {} containers",
+        cpu.len(),
+        app_cgroup.len()
+    );
+    for series in cpu {
+        let usage: Vec<u64> = series["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| s[1].as_u64().expect("usage_usec"))
+            .collect();
+        assert!(usage.len() >= 2, "{series}");
+        assert!(usage.windows(2).all(|w| w[0] <= w[1]), "{series}");
+    }
     let p50_ms = |h: &Value| h["p50_us"].as_f64().expect("p50") / 1000.0;
     let mut app = HashMap::new();
     for (service, _) in injected_ms {
