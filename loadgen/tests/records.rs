@@ -250,6 +250,31 @@ fn warmup_requests_are_sent_but_not_reported() {
 }
 
 #[test]
+fn total_ends_with_the_last_request() {
+    // 10 requests of 5 ms one after another: about 50 ms, and the run's end is the last
+    // worker's, not the supervisor's next look 100 ms after the start (which made a short
+    // run's requests/s low in steps).
+    let s = ok_server(Duration::from_millis(5), "hi");
+    let v = json_of(&loadgen(&[
+        &s.url(),
+        "-n",
+        "10",
+        "-c",
+        "1",
+        "--no-tui",
+        "-j",
+    ]));
+    let total = v["summary"]["total"].as_f64().expect("total");
+    let slowest = v["summary"]["slowest"].as_f64().expect("slowest");
+    assert!(total >= 0.05, "total {total} s for 10 requests of 5 ms");
+    // Each request's own time (at most `slowest`) and little else between them.
+    assert!(
+        total < 10.0 * slowest + 0.03,
+        "total {total} s, slowest request {slowest} s: the end waited for something else"
+    );
+}
+
+#[test]
 fn duration_mode_stops() {
     let s = ok_server(Duration::from_millis(5), "hi");
     let started = std::time::Instant::now();
