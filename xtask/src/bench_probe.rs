@@ -242,10 +242,9 @@ fn compare(
     load: impl Fn(Variant) -> Result<Sample>,
 ) -> Result<()> {
     println!("\n{title}");
-    let mut samples: Vec<(Variant, Sample)> = Vec::new();
     let mut by_round: Vec<Vec<(Variant, Sample)>> = Vec::new();
     for round in 0..rounds {
-        by_round.push(Vec::new());
+        let mut this_round = Vec::new();
         for i in 0..variants.len() {
             let v = variants[(round + i) % variants.len()];
             let s = load(v)?;
@@ -258,10 +257,11 @@ fn compare(
                 s.rps,
                 s.cpu_us
             );
-            samples.push((v, s));
-            by_round[round].push((v, s));
+            this_round.push((v, s));
         }
+        by_round.push(this_round);
     }
+    let samples: Vec<(Variant, Sample)> = by_round.iter().flatten().copied().collect();
     let med = |v: Variant, f: fn(&Sample) -> f64| {
         median(
             samples
