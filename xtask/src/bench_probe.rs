@@ -224,6 +224,14 @@ fn sample(
     })
 }
 
+/// The smallest and the largest of `v` (infinities when it is empty).
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -317,11 +325,7 @@ fn compare(
                 .filter(|(w, _)| *w == v)
                 .map(|(_, s)| f(s))
                 .collect();
-            let (lo, hi) = vals
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                    (lo.min(*x), hi.max(*x))
-                });
+            let (lo, hi) = min_max(&vals);
             (lo, hi, (hi - lo) / median(vals).max(1e-9))
         };
         let (p_lo, p_hi, p_rel) = range(|s| s.p50_ms);
@@ -360,11 +364,7 @@ fn print_paired(variants: &[Variant], by_round: &[Vec<(Variant, Sample)>]) {
                 .collect()
         };
         let show = |r: Vec<f64>| {
-            let (lo, hi) = r
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                    (lo.min(*x), hi.max(*x))
-                });
+            let (lo, hi) = min_max(&r);
             format!("{:.3} ({lo:.3}–{hi:.3})", median(r))
         };
         println!(
