@@ -1,10 +1,10 @@
-//! The classic buckets every hopprobe exports, and how the two histogram kinds it keeps (the
-//! kernel's log-linear ones and userspace's hdrhistograms) map onto them.
+//! The classic buckets every hopprobe exports, and how the histograms it keeps (the kernel's
+//! log-linear ones, and userspace's with the same buckets and an exact sum) map onto them.
 //!
 //! The bounds are fixed, the same on every node, so that `sum by (le)` across nodes is exact.
 //! A source bucket that straddles a bound counts in the bucket above it: a count under `le`
 //! never includes a value above `le`, and a value at most one source bucket's width below a
-//! bound (1/32 for the kernel's, 1/128 for userspace's) may count one bucket up.
+//! bound (1/32 of it) may count one bucket up.
 
 use std::collections::BTreeMap;
 
@@ -39,9 +39,8 @@ pub const BOUNDS_NS: [u64; 22] = [
 ];
 
 /// The native histograms' schema: 2^3 = 8 buckets per power of two, each 2^(1/8) = 9.05 %
-/// wider than the last — coarser than either source (the kernel's 1/32 of a power of two, at
-/// most 3.1 %; userspace's 1/128), so that no native bucket claims a precision the source
-/// does not have. The same on every node, so that merging across nodes is exact.
+/// wider than the last — coarser than the sources (1/32 of a power of two, at most 3.1 %), so
+/// that no native bucket claims a precision the source does not have. The same on every node, so that merging across nodes is exact.
 pub const NATIVE_SCHEMA: i32 = 3;
 
 /// One series' counts per bound (not cumulative; the last is above 10 s), their sum and count;
@@ -164,11 +163,11 @@ mod tests {
     #[test]
     fn a_value_counts_under_a_bound_only_when_it_cannot_be_above_it() {
         let mut l = Latency::default();
-        // 1 ms itself shares an hdrhistogram bucket (999,424..=1,003,519 ns) with values
-        // above it, so it counts above; 0.99 ms does not.
-        assert!(l.record(990_000));
-        assert!(l.record(1_000_000));
-        assert!(l.record(20_000_000_000));
+        // 1 ms itself shares a bucket (999,424..=1,015,807 ns) with values above it, so it
+        // counts above; 0.99 ms does not.
+        l.record(990_000);
+        l.record(1_000_000);
+        l.record(20_000_000_000);
         let b = Buckets::from_latency(&l);
         let at = |ns| b.counts[BOUNDS_NS.iter().position(|&x| x == ns).expect("bound")];
         assert_eq!((at(1_000_000), at(2_500_000)), (1, 1));
@@ -236,7 +235,7 @@ mod tests {
     #[test]
     fn merging_adds_counts_and_sums() {
         let mut l = Latency::default();
-        assert!(l.record(3_000));
+        l.record(3_000);
         let one = Buckets::from_latency(&l);
         let mut two = one.clone();
         two.merge(&one);

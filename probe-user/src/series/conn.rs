@@ -63,13 +63,12 @@ struct Series {
     from_syn_recv: u64,
 }
 
-/// Latency series, recorded in nanoseconds with two significant digits.
+/// Latency series, recorded in nanoseconds (`Latency`).
 #[derive(Default)]
 pub struct Aggregator {
     series: BTreeMap<SeriesKey, Series>,
     pub events: u64,
-    /// Events this build cannot use: an unknown kind (kernel/user version mismatch) or a
-    /// duration beyond the histogram's range.
+    /// Events this build cannot use: an unknown kind (kernel/user version mismatch).
     pub unknown: u64,
 }
 
@@ -81,9 +80,7 @@ impl Aggregator {
             return;
         };
         let series = self.series.entry(key).or_default();
-        if !series.latency.record(event.duration_ns) {
-            self.unknown += 1;
-        }
+        series.latency.record(event.duration_ns);
         if key.metric == Metric::Handshake
             && key.direction == Direction::Passive
             && event.flags & FLAG_START_FROM_SYN == 0
