@@ -1,68 +1,19 @@
-//! Connection events from the `sock:inet_sock_set_state` probe.
+//! Connection state kept by the `sock:inet_sock_set_state` program, and the flow keys the
+//! programs share.
 
 use core::mem::size_of;
-
-/// What a [`ConnEvent`] measures.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ConnEventKind {
-    /// SYN_SENT → ESTABLISHED on the connecting side.
-    ActiveHandshake = 1,
-    /// First SYN seen at the listener (or SYN_RECV when no SYN was seen) → ESTABLISHED.
-    PassiveHandshake = 2,
-    /// ESTABLISHED → CLOSE.
-    Lifetime = 3,
-    /// SYN_SENT → CLOSE without ever being established (refused, timed out, reset).
-    FailedConnect = 4,
-}
-
-impl ConnEventKind {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::ActiveHandshake),
-            2 => Some(Self::PassiveHandshake),
-            3 => Some(Self::Lifetime),
-            4 => Some(Self::FailedConnect),
-            _ => None,
-        }
-    }
-}
 
 /// Which side opened the connection; kept per socket in the kernel.
 pub const SIDE_ACTIVE: u8 = 1;
 pub const SIDE_PASSIVE: u8 = 2;
 
-/// Set in [`ConnEvent::flags`] when a passive handshake was timed from the SYN seen by the
+/// Set in [`ConnState::flags`] when a passive handshake was timed from the SYN seen by the
 /// `cgroup_skb` ingress program rather than from the SYN_RECV transition (which happens only
 /// when the final ACK arrives and so misses the round trip).
 pub const FLAG_START_FROM_SYN: u8 = 1;
-/// Set when the socket's side was passive (lifetime events carry it so they can be split).
-pub const FLAG_PASSIVE: u8 = 2;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
-
-/// One measurement, streamed to userspace through the ring buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ConnEvent {
-    /// CLOCK_MONOTONIC time of the transition that completed the measurement.
-    pub ts_ns: u64,
-    pub duration_ns: u64,
-    /// cgroup v2 id (inode number of the cgroup directory) of the socket's owner; 0 if unknown.
-    pub cgroup_id: u64,
-    /// Kernel address of the socket: identifies it for the duration of its life only.
-    pub sock_id: u64,
-    /// Local address; IPv4 uses the first four bytes.
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub family: u16,
-    pub kind: u8,
-    pub flags: u8,
-}
-const _: () = assert!(size_of::<ConnEvent>() == 72);
 
 /// Per-socket state kept by the tracepoint program between transitions.
 #[repr(C)]
@@ -159,7 +110,6 @@ const _: () = assert!(size_of::<SynSeen>() == 16);
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), fully initialised plain data without padding (asserted above).
-    unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::PeerKey {}

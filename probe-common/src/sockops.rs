@@ -1,10 +1,21 @@
-//! What the `sock_ops` program keeps: the smoothed RTT of TCP sockets as per-CPU log-linear
-//! histograms (the same buckets as `hist`), per cgroup and service port.
+//! The socket histograms: per-CPU log-linear histograms (the same buckets as `hist`) per
+//! cgroup, side and service port of the smoothed RTT (`sock_ops`) and of the connections'
+//! handshakes and lifetimes (`inet_sock_set_state`).
 
 use core::mem::size_of;
 
 /// The socket's smoothed RTT (`srtt_us` of `bpf_sock_ops`), sampled at each RTT update.
 pub const METRIC_SRTT: u8 = 1;
+/// The handshake (`inet_sock_set_state`): SYN_SENT → ESTABLISHED on the connecting side, the
+/// listener's first SYN → ESTABLISHED on the accepting side.
+pub const METRIC_HANDSHAKE: u8 = 2;
+/// A passive handshake timed from SYN_RECV, no SYN stamp found: it misses the round trip.
+/// Kept apart so the series can say how many (`timed_from_syn_recv`).
+pub const METRIC_HANDSHAKE_FROM_SYN_RECV: u8 = 3;
+/// ESTABLISHED → CLOSE.
+pub const METRIC_LIFETIME: u8 = 4;
+/// SYN_SENT → CLOSE without ever being established (refused, timed out, reset).
+pub const METRIC_FAILED_CONNECT: u8 = 5;
 
 /// Who owns a flow's socket and which port names its service; written by the
 /// `inet_sock_set_state` tracepoint at ESTABLISHED (where the owner is known), read by

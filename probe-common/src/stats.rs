@@ -1,13 +1,14 @@
 //! Indexes of the per-CPU counters the programs keep so that nothing is lost silently.
 
-/// An event could not be reserved in the ring buffer (userspace too slow or buffer too small).
-pub const RINGBUF_DROPS: u32 = 0;
+/// A connection measurement or an RTT sample the socket histograms (`SOCK_HIST`) had no room
+/// for: a new key past its limit.
+pub const SOCK_HIST_FAILED: u32 = 0;
 /// A socket could not be tracked because the connection map rejected the insert.
 pub const CONN_INSERT_FAILED: u32 = 1;
 /// A SYN could not be stamped because the SYN map rejected the insert.
 pub const SYN_INSERT_FAILED: u32 = 2;
-/// Events written to the ring buffer.
-pub const EVENTS_SENT: u32 = 3;
+/// Connection measurements (handshakes, lifetimes, failed connects) counted into `SOCK_HIST`.
+pub const CONN_MEASURED: u32 = 3;
 /// Sockets that closed without the probe having seen them open (opened before it attached, or
 /// evicted from the LRU map).
 pub const UNTRACKED_CLOSE: u32 = 4;
@@ -84,10 +85,10 @@ pub const EXCHANGE_HIST_FAILED: u32 = TLS_LOST + 2;
 pub const COUNT: u32 = TLS_LOST + 3;
 
 pub const NAMES: [&str; COUNT as usize] = [
-    "ringbuf_drops",
+    "sock_hist_failed",
     "conn_insert_failed",
     "syn_insert_failed",
-    "events_sent",
+    "conn_measured",
     "untracked_close",
     "exchange_drops",
     "exchange_insert_failed",

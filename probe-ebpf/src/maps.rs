@@ -54,19 +54,17 @@ pub static READS: LruHashMap<u64, FlowKey> = LruHashMap::with_max_entries(16384,
 /// written by userspace after attaching.
 #[map]
 pub static READ_HOOK: Array<u32> = Array::with_max_entries(1, 0);
-/// Smoothed RTT histograms per CPU, per cgroup and service port.
+/// Socket histograms per CPU (smoothed RTT, handshakes, lifetimes), per cgroup, side and
+/// service port; sized by userspace (`MapSizes::sock_hist_keys`).
 #[map]
 pub static SOCK_HIST: PerCpuHashMap<SockHistKey, Hist> =
-    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(2048, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static SYNS: LruHashMap<FlowKey, SynSeen> = LruHashMap::with_max_entries(16384, 0);
-
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// In-progress exchange per socket cookie.
 #[map]

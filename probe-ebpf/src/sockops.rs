@@ -17,11 +17,12 @@ use aya_ebpf::{
 use probe_common::{
     conn::{AF_INET, AF_INET6, FlowKey},
     sockops::{METRIC_SRTT, SockHistKey},
+    stats,
 };
 
 use crate::{
     datapath::observe_in,
-    maps::{FLOW_SOCK, SOCK_HIST},
+    maps::{FLOW_SOCK, SOCK_HIST, count},
 };
 
 #[sock_ops]
@@ -96,5 +97,7 @@ fn srtt(ctx: &SockOpsContext) {
         key.port = owner.port;
         key.side = owner.side;
     }
-    let _ = observe_in(&SOCK_HIST, &key, u64::from(srtt_us) * 1000);
+    if !observe_in(&SOCK_HIST, &key, u64::from(srtt_us) * 1000) {
+        count(stats::SOCK_HIST_FAILED);
+    }
 }

@@ -1,4 +1,7 @@
-//! `sock:inet_sock_set_state`: handshake latency and connection lifetime.
+//! `sock:inet_sock_set_state`: handshake latency and connection lifetime, counted into the
+//! socket histograms (`SOCK_HIST`) where they happen: a ring record each, decoded and
+//! recorded by hopprobe, was 16 of a mesh page load's 42 records and the wake-ups of a ring of
+//! their own (`cargo xtask bench-probe`, 2026-12-05).
 
 use aya_ebpf::{
     EbpfContext,
@@ -8,9 +11,8 @@ use aya_ebpf::{
 };
 use probe_common::{
     conn::{
-        AF_INET, AF_INET6, ConnEvent, ConnEventKind, ConnState, FLAG_PASSIVE, FLAG_START_FROM_SYN,
-        FlowKey, PeerKey, SIDE_ACTIVE, SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT,
-        TCP_RETRANSMITS,
+        AF_INET, AF_INET6, ConnState, FLAG_START_FROM_SYN, FlowKey, PeerKey, SIDE_ACTIVE,
+        SIDE_PASSIVE, TCP_RESETS_RECEIVED, TCP_RESETS_SENT, TCP_RETRANSMITS,
     },
     exchange::{
         Exchange, PHASE_REQUEST, PHASE_RESPONSE, READ_HOOK_RECV_LENGTH, READ_HOOK_SYSCALLS,
@@ -21,13 +23,19 @@ use probe_common::{
         sock::{inet_sock_set_state as set_state, sock_recv_length as recv},
         tcp::{tcp_rcv_space_adjust, tcp_receive_reset, tcp_retransmit_skb, tcp_send_reset},
     },
-    sockops::FlowSock,
+    sockops::{
+        FlowSock, METRIC_FAILED_CONNECT, METRIC_HANDSHAKE, METRIC_HANDSHAKE_FROM_SYN_RECV,
+        METRIC_LIFETIME, SockHistKey,
+    },
     stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
 
-use crate::maps::{
-    CONNS, EVENTS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, READ_HOOK, READS, SK_FLOW, SYNS,
-    TCP_COUNTERS, count, layout, lru_insert, lru_remove, wake_flags,
+use crate::{
+    datapath::observe_in,
+    maps::{
+        CONNS, EXCHANGES, FLOW_COOKIE, FLOW_SOCK, PEER_FLOW, READ_HOOK, READS, SK_FLOW, SOCK_HIST,
+        SYNS, TCP_COUNTERS, count, layout, lru_insert, lru_remove,
+    },
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -213,12 +221,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 }
             }
             remember_owner(&sock.flow, state);
-            let kind = if state.side == SIDE_ACTIVE {
-                ConnEventKind::ActiveHandshake
+            let metric = if state.side == SIDE_PASSIVE && state.flags & FLAG_START_FROM_SYN == 0 {
+                METRIC_HANDSHAKE_FROM_SYN_RECV
             } else {
-                ConnEventKind::PassiveHandshake
+                METRIC_HANDSHAKE
             };
-            emit(&sock, state, kind, t, t.saturating_sub(state.start_ns));
+            measure(&sock.flow, state, metric, t.saturating_sub(state.start_ns));
         }
         TCP_CLOSE => {
             let sock = read_sock(ctx)?;
@@ -227,19 +235,17 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                     let state = *state;
                     let t = now();
                     if state.established_ns != 0 {
-                        emit(
-                            &sock,
+                        measure(
+                            &sock.flow,
                             &state,
-                            ConnEventKind::Lifetime,
-                            t,
+                            METRIC_LIFETIME,
                             t.saturating_sub(state.established_ns),
                         );
                     } else if state.side == SIDE_ACTIVE {
-                        emit(
-                            &sock,
+                        measure(
+                            &sock.flow,
                             &state,
-                            ConnEventKind::FailedConnect,
-                            t,
+                            METRIC_FAILED_CONNECT,
                             t.saturating_sub(state.start_ns),
                         );
                     }
@@ -281,11 +287,7 @@ fn track(id: u64, start_ns: u64, cgroup_id: u64, side: u8, flags: u8) {
         established_ns: 0,
         cgroup_id,
         side,
-        flags: if side == SIDE_PASSIVE {
-            flags | FLAG_PASSIVE
-        } else {
-            flags
-        },
+        flags,
         _pad: [0; 6],
     };
     if let Err(e) = lru_insert(&CONNS, LRU_CONNS, &id, &state) {
@@ -328,33 +330,32 @@ fn accepts_read_flows() -> bool {
     READ_HOOK.get(0).copied() == Some(READ_HOOK_SYSCALLS)
 }
 
-fn emit(sock: &Sock, state: &ConnState, kind: ConnEventKind, ts_ns: u64, duration_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
-        count(stats::RINGBUF_DROPS);
+/// Counts a finished measurement in its socket histogram: per owner, side and service port
+/// (the remote port of an active socket, the local port of a passive one), as `sock_ops`
+/// keys its RTT samples.
+fn measure(flow: &FlowKey, state: &ConnState, metric: u8, ns: u64) {
+    let key = SockHistKey {
+        cgroup_id: state.cgroup_id,
+        port: if state.side == SIDE_ACTIVE {
+            flow.remote_port
+        } else {
+            flow.local_port
+        },
+        side: state.side,
+        metric,
+        _pad: 0,
+    };
+    if observe_in(&SOCK_HIST, &key, ns) {
+        count(stats::CONN_MEASURED);
+    } else {
+        count(stats::SOCK_HIST_FAILED);
         crate::log::debug!(
             "hp_sock_set_state",
-            "EVENTS ring full: event {} of socket {:x} (cgroup {}) dropped",
-            kind as u8,
-            sock.id,
+            "SOCK_HIST full: measurement {} of cgroup {} not counted",
+            metric,
             state.cgroup_id
         );
-        return;
-    };
-    entry.write(ConnEvent {
-        ts_ns,
-        duration_ns,
-        cgroup_id: state.cgroup_id,
-        sock_id: sock.id,
-        local_addr: sock.flow.local_addr,
-        remote_addr: sock.flow.remote_addr,
-        local_port: sock.flow.local_port,
-        remote_port: sock.flow.remote_port,
-        family: sock.flow.family,
-        kind: kind as u8,
-        flags: state.flags,
-    });
-    entry.submit(wake_flags(&EVENTS));
-    count(stats::EVENTS_SENT);
+    }
 }
 
 const MSG_PEEK: i32 = 2;

@@ -66,11 +66,6 @@ pub struct RunArgs {
     /// cgroup v2 root to attach to [default: the cgroup2 mount in /proc/self/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
-    /// Size of the event ring buffer in bytes (a power of two, at least 4096). Events that do
-    /// not fit are dropped and counted in `ringbuf_drops`.
-    #[arg(long, value_name = "BYTES", default_value_t = MapSizes::default().ring_bytes,
-          value_parser = parse_ring_size)]
-    pub ring_size: u32,
     /// Sockets tracked at once; the least recently used are forgotten beyond it.
     #[arg(long, value_name = "N", default_value_t = MapSizes::default().max_sockets,
           value_parser = parse_map_entries)]
@@ -93,7 +88,7 @@ pub struct RunArgs {
           value_parser = parse_ring_size)]
     pub records_ring_size: u32,
     /// When the kernel wakes hopprobe to read its ring buffers: `batched` when one is an
-    /// eighth full (and every 10 ms regardless), `each` at every record as the kernel does by
+    /// eighth full (and every 100 ms regardless), `each` at every record as the kernel does by
     /// default, which lengthens the traced requests (docs/design/ring-wakeups.md).
     #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
     pub ring_wakeup: RingWakeup,
@@ -336,7 +331,6 @@ fn run_cmd(args: RunArgs) -> i32 {
         json: args.json,
         cgroup_root: args.cgroup_root,
         sizes: MapSizes {
-            ring_bytes: args.ring_size,
             exchange_ring_bytes: args.records_ring_size,
             records_rate: args.records_rate,
             records_burst: args.records_burst,
@@ -345,6 +339,7 @@ fn run_cmd(args: RunArgs) -> i32 {
             wakeup: args.ring_wakeup,
             ebpf_log: EbpfLog::from_env(args.ebpf_log),
             tls: args.tls,
+            ..MapSizes::default()
         },
         records: args.records,
         datapath,
@@ -500,11 +495,11 @@ mod tests {
         assert!(Cli::try_parse_from(["hopprobe", "run", "--interval", "0s"]).is_err());
         for bad in ["5000", "1024", "lots"] {
             assert!(
-                Cli::try_parse_from(["hopprobe", "run", "--ring-size", bad]).is_err(),
+                Cli::try_parse_from(["hopprobe", "run", "--records-ring-size", bad]).is_err(),
                 "{bad}"
             );
         }
-        assert!(Cli::try_parse_from(["hopprobe", "run", "--ring-size", "8192"]).is_ok());
+        assert!(Cli::try_parse_from(["hopprobe", "run", "--records-ring-size", "8192"]).is_ok());
         for bad in ["100", "many", "-5"] {
             assert!(
                 Cli::try_parse_from(["hopprobe", "run", "--max-sockets", bad]).is_err(),

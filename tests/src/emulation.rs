@@ -53,11 +53,12 @@ pub fn assert_timing(ok: bool, what: impl FnOnce() -> String) {
     }
 }
 
-/// Asserts that no connection event is missing (`short` of them are), except for one or two
+/// Asserts that no event (a connection measurement, a record) is missing (`short` of them
+/// are), except for one or two
 /// in the 6.1 VM: there a run of `hp_sock_set_state` is now and then skipped without being
 /// counted in `recursion_misses` — most likely because another tracing program (the syscall
 /// read hooks 6.1 uses) was running on that CPU when a softirq fired the tracepoint. Seen in
-/// `ring_drops.rs` about one run in three (399 of 400) and in `overhead.rs` (42 of 44), never
+/// `ring_drops.rs` (now `sock_hists.rs`) about one run in three (399 of 400) and in `overhead.rs` (42 of 44), never
 /// on the host.
 pub fn assert_no_event_missing(short: u64, what: impl FnOnce() -> String) {
     if short == 0 {

@@ -172,7 +172,7 @@ fn prometheus_counts_every_request_and_finds_the_injected_delays() {
     let calls = prom.wait_for(q, within, |v| v >= 2.0 * REQUESTS as f64);
     assert_eq!(calls, Ok(2.0 * REQUESTS as f64), "{q}");
     // hopprobe's own health: nothing lost on the way.
-    let q = "sum(hopprobe_probe_events_total{event=~\"ringbuf_drops|exchange_drops\"})";
+    let q = "sum(hopprobe_probe_events_total{event=~\"sock_hist_failed|exchange_drops\"})";
     assert_eq!(prom.wait_for(q, within, |_| true), Ok(0.0), "{q}");
     assert_eq!(
         prom.wait_for("hopprobe_series_dropped", within, |_| true),

@@ -1,17 +1,25 @@
 //! What hopprobe costs the traffic it watches: when the kernel wakes its reader, and the
 //! per-program run time `--bpf-stats` reports.
 
-use std::{os::fd::AsRawFd, sync::mpsc, time::Duration};
+use std::{net::TcpListener, os::fd::AsRawFd, sync::mpsc, time::Duration};
 
 use probe_user::attach::{
     ebpf::{MapSizes, RingWakeup},
     probe::Probe,
 };
-use testkit::{leftovers, loopback::connections, probe::measure};
+use testkit::{
+    leftovers,
+    loopback::{connections, round_trips},
+    probe::measure,
+};
 
-/// 16 KiB: an eighth of it (2 KiB) is about 25 connection events (80 bytes each with their
-/// header), a connection makes 4.
+/// 16 KiB: an eighth of it (2 KiB) is 16 exchange records (128 bytes each with their
+/// header); a round trip makes 2.
 const RING: u32 = 16 * 1024;
+
+fn exchanges(n: u64) {
+    round_trips(TcpListener::bind("127.0.0.1:0").expect("bind"), n);
+}
 
 /// A thread blocked on the ring's fd, as hopprobe's reader is; it reports when the kernel
 /// wakes it (or when 10 s have passed). Edge-triggered epoll reports wake-ups only, not data
@@ -49,18 +57,18 @@ fn waiter(fd: i32) -> mpsc::Receiver<bool> {
     rx
 }
 
-/// Attaches with a small event ring and empties it.
+/// Attaches with a small exchange ring and empties it.
 fn quiet_ring(wakeup: RingWakeup) -> (Probe, aya::maps::RingBuf<aya::maps::MapData>) {
     let mut probe = Probe::attach(
         None,
         MapSizes {
-            ring_bytes: RING,
+            exchange_ring_bytes: RING,
             wakeup,
             ..MapSizes::default()
         },
     )
     .expect("attach");
-    let mut ring = probe.take_events().expect("ring");
+    let mut ring = probe.take_exchanges().expect("ring");
     // Whatever else the machine did while attaching.
     std::thread::sleep(Duration::from_millis(100));
     while ring.next().is_some() {}
@@ -74,15 +82,15 @@ fn batched_wakeups_wait_for_an_eighth_of_the_ring() {
     }
     let (probe, mut ring) = quiet_ring(RingWakeup::Batched);
     let woken = waiter(ring.as_raw_fd());
-    // 4 events, far below an eighth: the kernel keeps them without waking anyone.
-    connections(1);
+    // 2 records, far below an eighth: the kernel keeps them without waking anyone.
+    exchanges(1);
     assert_eq!(
         woken.recv_timeout(Duration::from_secs(1)),
         Err(mpsc::RecvTimeoutError::Timeout),
-        "one connection's events woke the reader"
+        "one round trip's records woke the reader"
     );
-    // 40 more cross the eighth.
-    connections(10);
+    // 20 more cross the eighth.
+    exchanges(10);
     assert_eq!(
         woken.recv_timeout(testkit::emulation::slack(Duration::from_secs(2))),
         Ok(true),
@@ -92,8 +100,8 @@ fn batched_wakeups_wait_for_an_eighth_of_the_ring() {
     while ring.next().is_some() {
         kept += 1;
     }
-    testkit::emulation::assert_no_event_missing(44u64.saturating_sub(kept), || {
-        format!("{kept} events for 11 connections")
+    testkit::emulation::assert_no_event_missing(22u64.saturating_sub(kept), || {
+        format!("{kept} records for 11 round trips")
     });
     drop(probe);
     assert_eq!(leftovers::all(), Vec::<String>::new());
@@ -106,7 +114,7 @@ fn each_wakes_the_reader_at_the_first_record() {
     }
     let (probe, ring) = quiet_ring(RingWakeup::Each);
     let woken = waiter(ring.as_raw_fd());
-    connections(1);
+    exchanges(1);
     assert_eq!(
         woken.recv_timeout(testkit::emulation::slack(Duration::from_secs(1))),
         Ok(true),

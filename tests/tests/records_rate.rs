@@ -3,8 +3,7 @@
 //! every exchange all the same.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     time::{Duration, Instant},
 };
 
@@ -18,28 +17,6 @@ use testkit::leftovers;
 /// Request/response round trips on one loopback connection: each makes one record at the
 /// client's socket and one at the server's.
 const PINGS: u64 = 500;
-
-/// `PINGS` round trips on one connection to `listener`, served by a thread.
-fn ping_pong(listener: TcpListener) {
-    let port = listener.local_addr().expect("addr").port();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        let mut buf = [0u8; 4];
-        while s.read_exact(&mut buf).is_ok() {
-            s.write_all(b"pong").expect("write");
-        }
-    });
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut buf = [0u8; 4];
-    for _ in 0..PINGS {
-        c.write_all(b"ping").expect("write");
-        c.read_exact(&mut buf).expect("read");
-    }
-    drop(c);
-    server.join().expect("server");
-}
 
 #[test]
 fn every_record_is_delivered_rate_limited_or_dropped() {
@@ -61,7 +38,7 @@ fn every_record_is_delivered_rate_limited_or_dropped() {
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    ping_pong(listener);
+    testkit::loopback::round_trips(listener, PINGS);
     // The last records (at the close) follow within a round trip or two.
     let until = Instant::now() + testkit::emulation::slack(Duration::from_secs(5));
     while Instant::now() < until && read_counters(&stats)["exchanges_produced"] < 2 * PINGS {
@@ -134,7 +111,7 @@ fn hop_series_count_every_exchange_past_the_records_limit() {
             "--records-burst",
             "10",
         ],
-        || ping_pong(listener),
+        || testkit::loopback::round_trips(listener, PINGS),
     );
     let s = &measured.summary;
     let counters = &s["counters"];

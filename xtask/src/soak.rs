@@ -327,11 +327,12 @@ fn report(
         "productpage's app hop {pages:.0} of {sent} requests in /metrics after the load, \
          {at_exit} in the summary at exit; pairing_overflow {overflow:.0}, \
          pairing_late {:.0}, exchanges rate-limited {:.0}, aggregated in the kernel {:.0}, \
-         ring drops {:.0}",
+         ring drops {:.0}, socket histograms full {:.0}",
         event("pairing_late"),
         event("exchanges_rate_limited"),
         event("exchanges_aggregated"),
-        event("ringbuf_drops") + event("exchange_drops"),
+        event("exchange_drops"),
+        event("sock_hist_failed"),
     );
     let mut failures = Vec::new();
     if peak > request {

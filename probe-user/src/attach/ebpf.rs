@@ -22,8 +22,6 @@ pub enum LoadError {
 /// Sizes of the maps that bound the probe's memory, and the rate that bounds its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Bytes of the event ring buffer: a power of two, at least one page.
-    pub ring_bytes: u32,
     /// Bytes of the exchange records' ring buffer: a power of two, at least one page.
     pub exchange_ring_bytes: u32,
     /// Exchange records per second the kernel lets through (0: no limit); the rest are counted.
@@ -34,6 +32,9 @@ pub struct MapSizes {
     pub max_sockets: u32,
     /// Packets remembered between observation points (LRU of last sightings).
     pub max_packets: u32,
+    /// Socket histograms (`SOCK_HIST`: per cgroup, side, service port and metric), each
+    /// 4 KiB per CPU once used; a measurement past the limit is counted in `sock_hist_failed`.
+    pub sock_hist_keys: u32,
     /// When the kernel wakes hopprobe to read its rings.
     pub wakeup: RingWakeup,
     /// What the programs log about conditions they did not expect (`--ebpf-log`).
@@ -45,7 +46,7 @@ pub struct MapSizes {
 /// When the kernel wakes hopprobe to read a ring buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RingWakeup {
-    /// When a ring is an eighth full; hopprobe also reads them every 10 ms.
+    /// When a ring is an eighth full; hopprobe also reads them every 100 ms.
     #[default]
     Batched,
     /// At every record (the kernel's default), which costs the traced request an interrupt
@@ -73,12 +74,12 @@ impl MapSizes {
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            ring_bytes: 256 * 1024,
             exchange_ring_bytes: 1024 * 1024,
             records_rate: DEFAULT_RECORDS_RATE,
             records_burst: DEFAULT_RECORDS_BURST,
             max_sockets: 65536,
             max_packets: 65536,
+            sock_hist_keys: 2048,
             wakeup: RingWakeup::Batched,
             ebpf_log: EbpfLog::Off,
             tls: false,
@@ -113,7 +114,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .override_global("RECORDS_LIMIT", &limit, true)
         .override_global("RING_WAKE_EACH", &wake_each, true)
         .override_global("TLS_FOLLOW", &tls, true)
-        .map_max_entries("EVENTS", sizes.ring_bytes)
+        .map_max_entries("SOCK_HIST", sizes.sock_hist_keys)
         .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
         .map_max_entries("FLOW_SOCK", sizes.max_sockets)
         .map_max_entries("PEER_FLOW", sizes.max_sockets)

@@ -201,10 +201,6 @@ impl Probe {
         T::try_from(map).map_err(|source| AttachError::Map { name, source })
     }
 
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        self.take("EVENTS")
-    }
-
     pub fn take_exchanges(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         self.take("EXCHANGE_EVENTS")
     }

@@ -3,11 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, btree_map::Entry};
 
-use probe_common::{
-    conn::{SIDE_ACTIVE, SIDE_PASSIVE},
-    sockops::METRIC_SRTT,
-};
-
 use super::{Maps, sink::Collector};
 use crate::{
     attach::probe::{read_counters, read_hists, read_tcp_events},
@@ -19,7 +14,7 @@ use crate::{
     },
     hops::{self, Hop, HopKey, HopSummary, datapath as tcflow, kernel_unnamed},
     names::Metadata,
-    series::conn::{Direction, Metric},
+    series::conn::{Direction, Metric, SeriesKey},
 };
 
 /// Who a series belongs to, as labels; empty values where no names source knows.
@@ -150,7 +145,7 @@ pub fn snapshot(
     retired.merge_into(&mut s, &mut || series.take());
     s.events = read_counters(&maps.stats);
     s.events.extend(tcflow::read_counters(&maps.tc_flow_stats));
-    s.events.insert("unknown_events", c.agg.unknown);
+    s.events.insert("unknown_events", c.unknown);
     s.events.insert("exchanges_received", c.sink.hops.exchanges);
     s.events
         .insert("unanswered_exchanges", c.sink.hops.unanswered);
@@ -286,43 +281,27 @@ fn conn_series(
     limits: Limits,
     scope: Scope<'_>,
 ) {
-    let handshakes: Vec<_> = c
-        .agg
-        .latencies()
-        .filter(|(k, _)| k.metric == Metric::Handshake && scope.has(k.cgroup_id, 0))
-        .map(|(k, l)| (*k, Buckets::from_latency(l)))
-        .collect();
-    for (k, b) in handshakes {
-        let (direction, port) = match k.direction {
-            Direction::Active => ("active", k.remote_port),
-            Direction::Passive => ("passive", k.local_port),
-            Direction::Unknown => ("", None),
-        };
-        let labels = conn_labels(
-            direction,
-            port,
-            Who::of_cgroup(k.cgroup_id, c, metadata),
-            limits,
-        );
-        series.add(&mut s.handshake, labels, &b, Buckets::merge);
-    }
     for (k, counts) in read_hists(&maps.sock_hists) {
-        if k.metric != METRIC_SRTT || !scope.has(k.cgroup_id, 0) {
+        let Some((key, _)) = SeriesKey::of(&k) else {
+            continue;
+        };
+        // Lifetimes and failed connects are in `--json` only.
+        let to = match key.metric {
+            Metric::Handshake => &mut s.handshake,
+            Metric::Srtt => &mut s.srtt,
+            Metric::Lifetime | Metric::FailedConnect => continue,
+        };
+        if !scope.has(key.cgroup_id, 0) {
             continue;
         }
-        let direction = match k.side {
-            SIDE_ACTIVE => "active",
-            SIDE_PASSIVE => "passive",
-            _ => "",
+        let (direction, port) = match key.direction {
+            Direction::Active => ("active", key.remote_port),
+            Direction::Passive => ("passive", key.local_port),
+            Direction::Unknown => ("", None),
         };
-        let who = Who::of_cgroup(k.cgroup_id, c, metadata);
-        let labels = conn_labels(direction, Some(k.port), who, limits);
-        series.add(
-            &mut s.srtt,
-            labels,
-            &Buckets::from_kernel(&counts),
-            Buckets::merge,
-        );
+        let who = Who::of_cgroup(key.cgroup_id, c, metadata);
+        let labels = conn_labels(direction, port, who, limits);
+        series.add(to, labels, &Buckets::from_kernel(&counts), Buckets::merge);
     }
 }
 

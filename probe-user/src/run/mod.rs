@@ -46,10 +46,7 @@ use crate::{
         cgroup::Resolver,
         kube::{self as kube_names, KubeError, KubeOptions, KubeSource},
     },
-    series::{
-        conn::{self, Aggregator, sock_series},
-        cpu::CpuSampler,
-    },
+    series::{conn, cpu::CpuSampler},
 };
 
 #[derive(Debug, Clone)]
@@ -362,10 +359,10 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         "attached"
     );
     let mut c = Collector {
-        agg: Aggregator::default(),
         sink: ExchangeSink::new(&metadata, &opts.proxy_containers, records),
         resolver: Resolver::new(cgroup_root.clone()),
         ifnames: datapath.as_ref().map(Datapath::names).unwrap_or_default(),
+        unknown: 0,
     };
     // The containers' CPU over time is for the report, which reads it from `--json`. Without
     // it the samples would only pile up: 2 a second per container for as long as a DaemonSet
@@ -395,7 +392,6 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     );
     let stopped_by = loop {
         tokio::select! {
-            ready = rings.events.readable() => ready?.events(&mut c),
             ready = rings.exchanges.readable() => ready?.exchanges(&mut c),
             ready = rings.datapath.readable() => ready?.datapath(&mut c),
             _ = ticks.drain.tick() => {
@@ -429,7 +425,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
                 c.sink.pairing.sweep(cutoff, &mut c.sink.hops);
             }
             _ = ticks.live.tick() => output::print_live(
-                started.elapsed(), &c.agg, &mut c.resolver, &metadata, &maps.stats, &maps.lru,
+                started.elapsed(), read_hists(&maps.sock_hists), &mut c.resolver, &metadata, &maps.stats, &maps.lru,
             ),
             _ = ticks.rescan.tick(), if datapath.is_some() => {
                 if let Some(dp) = datapath.as_mut() {
@@ -488,8 +484,7 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
         hooks,
         counters,
         series: {
-            let mut series = c.agg.summaries(&mut c.resolver);
-            series.extend(sock_series(read_hists(&maps.sock_hists), &mut c.resolver));
+            let mut series = conn::summaries(read_hists(&maps.sock_hists), &mut c.resolver);
             conn::name(&mut series, &metadata);
             series
         },
@@ -531,7 +526,7 @@ fn final_counters(
     let mut counters = read_counters(&maps.stats);
     maps.lru.add_evictions(&mut counters);
     counters.extend(tcflow::read_counters(&maps.tc_flow_stats));
-    counters.insert("unknown_events", c.agg.unknown);
+    counters.insert("unknown_events", c.unknown);
     counters.insert("missed_runs", missed_runs.unwrap_or(0));
     counters.insert("unanswered_exchanges", c.sink.hops.unanswered);
     let tls = c.sink.hops.tls;

@@ -3,35 +3,36 @@
 use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray};
+use probe_common::sockops::SockHistKey;
 
 use super::{RunError, Summary, io, table};
 use crate::{
     attach::{evictions, evictions::LruMaps, probe::read_counters, prog_info},
     names::{Metadata, cgroup::Resolver},
-    series::conn::{self, Aggregator},
+    series::conn,
 };
 
 pub fn print_live(
     elapsed: Duration,
-    agg: &Aggregator,
+    hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>,
     resolver: &mut Resolver,
     metadata: &Metadata,
     stats: &PerCpuArray<MapData, u64>,
     lru: &LruMaps,
 ) {
+    let mut series = conn::summaries(hists, resolver);
+    let mut counters = read_counters(stats);
     let mut out = format!(
-        "--- hopprobe: {:.0}s, {} events ---\n",
+        "--- hopprobe: {:.0}s, {} connection measurements ---\n",
         elapsed.as_secs_f64(),
-        agg.events
+        counters.get("conn_measured").copied().unwrap_or(0)
     );
-    if agg.is_empty() {
+    if series.is_empty() {
         out.push_str("(no TCP connections measured yet)\n");
     } else {
-        let mut series = agg.summaries(resolver);
         conn::name(&mut series, metadata);
         out.push_str(&table::series(&series));
     }
-    let mut counters = read_counters(stats);
     lru.add_evictions(&mut counters);
     out.push_str(&footer(&counters));
     let _ = std::io::stdout().write_all(out.as_bytes());

@@ -113,7 +113,6 @@ impl Retirement {
         live_ifaces: Option<&BTreeMap<u32, String>>,
     ) -> Gone {
         let mut cgroups: Vec<u64> = c.sink.hops.series().map(|(k, _)| k.cgroup_id).collect();
-        cgroups.extend(c.agg.latencies().map(|(k, _)| k.cgroup_id));
         cgroups.extend(c.sink.pairing.cgroups());
         cgroups.extend(maps.ex_hists.keys().flatten().map(|k| k.cgroup_id));
         cgroups.extend(maps.sock_hists.keys().flatten().map(|k| k.cgroup_id));
@@ -147,7 +146,6 @@ impl Retirement {
 fn remove_keys(maps: &mut Maps, c: &mut Collector<'_>, gone: &Gone) {
     let scope = Scope::Gone(gone);
     c.sink.hops.retain(|k| !scope.has(k.cgroup_id, 0));
-    c.agg.retain(|k| !scope.has(k.cgroup_id, 0));
     remove_where(&mut maps.ex_hists, |k| scope.has(k.cgroup_id, 0));
     remove_where(&mut maps.sock_hists, |k| scope.has(k.cgroup_id, 0));
     remove_where(&mut maps.tcp_counters, |k| scope.has(*k, 0));

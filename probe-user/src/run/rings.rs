@@ -1,8 +1,8 @@
-//! The three ring buffers the kernel fills (connection events, socket exchanges, datapath
-//! exchanges), registered with the runtime in one place and read by one routine.
+//! The two ring buffers the kernel fills (socket exchanges, datapath exchanges), registered
+//! with the runtime in one place and read by one routine.
 
 use aya::maps::{MapData, RingBuf};
-use probe_common::{conn::ConnEvent, exchange::Exchange, tcflow::TcExchange};
+use probe_common::{exchange::Exchange, tcflow::TcExchange};
 use tokio::io::{
     Interest,
     unix::{AsyncFd, AsyncFdReadyMutGuard},
@@ -13,7 +13,6 @@ use crate::attach::probe::Probe;
 
 /// What the rings' records go to.
 pub trait Consumer {
-    fn event(&mut self, e: &ConnEvent);
     fn exchange(&mut self, x: &Exchange);
     fn datapath(&mut self, x: &TcExchange);
     /// Records too short to be what their ring holds.
@@ -39,7 +38,7 @@ impl Ring {
     }
 
     /// Resolves when the kernel has woken the ring; the guard borrows only this ring, so the
-    /// loop can wait on all three at once and hand the ready one everything it needs.
+    /// loop can wait on both at once and hand the ready one everything it needs.
     pub async fn readable(&mut self) -> Result<Ready<'_>, RunError> {
         let what = self.what;
         self.fd
@@ -57,7 +56,6 @@ impl Ring {
 pub struct Ready<'a>(AsyncFdReadyMutGuard<'a, RingBuf<MapData>>);
 
 pub struct Rings {
-    pub events: Ring,
     pub exchanges: Ring,
     pub datapath: Ring,
 }
@@ -65,33 +63,25 @@ pub struct Rings {
 impl Rings {
     pub fn take(probe: &mut Probe) -> Result<Self, RunError> {
         Ok(Self {
-            events: Ring::register(probe.take_events()?, "ring buffer")?,
             exchanges: Ring::register(probe.take_exchanges()?, "exchange ring buffer")?,
             datapath: Ring::register(probe.take("TC_FLOW_EVENTS")?, "datapath ring buffer")?,
         })
     }
 
-    /// Reads everything waiting in all three.
+    /// Reads everything waiting in both.
     pub fn drain_all(&mut self, to: &mut impl Consumer) {
-        drain_events(self.events.fd.get_mut(), to);
         drain_exchanges(self.exchanges.fd.get_mut(), to);
         drain_datapath(self.datapath.fd.get_mut(), to);
     }
 
     /// Leaves the runtime (the probe is detached by then) and reads what is left.
     pub fn drain_last(self, to: &mut impl Consumer) {
-        drain_events(&mut self.events.fd.into_inner(), to);
         drain_exchanges(&mut self.exchanges.fd.into_inner(), to);
         drain_datapath(&mut self.datapath.fd.into_inner(), to);
     }
 }
 
 impl Ready<'_> {
-    pub fn events(mut self, to: &mut impl Consumer) {
-        drain_events(self.0.get_inner_mut(), to);
-        self.0.clear_ready();
-    }
-
     pub fn exchanges(mut self, to: &mut impl Consumer) {
         drain_exchanges(self.0.get_inner_mut(), to);
         self.0.clear_ready();
@@ -101,11 +91,6 @@ impl Ready<'_> {
         drain_datapath(self.0.get_inner_mut(), to);
         self.0.clear_ready();
     }
-}
-
-fn drain_events(ring: &mut RingBuf<MapData>, to: &mut impl Consumer) {
-    let short = drain(ring, |e: &ConnEvent| to.event(e));
-    to.short(short);
 }
 
 fn drain_exchanges(ring: &mut RingBuf<MapData>, to: &mut impl Consumer) {

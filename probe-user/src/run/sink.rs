@@ -1,5 +1,4 @@
-//! Where the rings' records go: connection events to their series, exchanges to the hop
-//! histograms, to the pairing of the hops that take two (`sidecar`, `app_self`) and, with `--records`,
+//! Where the rings' records go: exchanges to the hop histograms, to the pairing of the hops that take two (`sidecar`, `app_self`) and, with `--records`,
 //! to a JSON Lines file.
 
 use std::{
@@ -9,7 +8,6 @@ use std::{
 };
 
 use probe_common::{
-    conn::ConnEvent,
     exchange::{Exchange, KIND_TLS_HANDSHAKE},
     tcflow::TcExchange,
 };
@@ -19,7 +17,6 @@ use super::rings::Consumer;
 use crate::{
     hops::{self, HopAggregator, datapath, stream::Pairing},
     names::{Metadata, cgroup::Resolver, parse_cgroup_path},
-    series::conn::Aggregator,
 };
 
 pub struct ExchangeSink<'a> {
@@ -125,19 +122,16 @@ impl<'a> ExchangeSink<'a> {
 
 /// Everything the rings feed while hopprobe runs.
 pub struct Collector<'a> {
-    pub agg: Aggregator,
     pub sink: ExchangeSink<'a>,
     pub resolver: Resolver,
     /// Interface names by index, kept after a veth vanished: its last exchanges may still be
     /// in the ring.
     pub ifnames: BTreeMap<u32, String>,
+    /// Records too short to be what their ring holds (a kernel/user version mismatch).
+    pub unknown: u64,
 }
 
 impl Consumer for Collector<'_> {
-    fn event(&mut self, e: &ConnEvent) {
-        self.agg.record(e);
-    }
-
     fn exchange(&mut self, x: &Exchange) {
         self.sink.add(x, &mut self.resolver);
     }
@@ -147,6 +141,6 @@ impl Consumer for Collector<'_> {
     }
 
     fn short(&mut self, n: u64) {
-        self.agg.unknown += n;
+        self.unknown += n;
     }
 }

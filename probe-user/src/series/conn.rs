@@ -1,12 +1,14 @@
-//! Aggregates connection events into latency series.
+//! The connection series: the socket histograms the kernel keeps (`SOCK_HIST`: handshakes,
+//! lifetimes, failed connects, smoothed RTT) as summaries.
 
 use std::collections::BTreeMap;
 
 use probe_common::{
-    conn::{
-        ConnEvent, ConnEventKind, FLAG_PASSIVE, FLAG_START_FROM_SYN, SIDE_ACTIVE, SIDE_PASSIVE,
+    conn::{SIDE_ACTIVE, SIDE_PASSIVE},
+    sockops::{
+        METRIC_FAILED_CONNECT, METRIC_HANDSHAKE, METRIC_HANDSHAKE_FROM_SYN_RECV, METRIC_LIFETIME,
+        METRIC_SRTT, SockHistKey,
     },
-    sockops::{METRIC_SRTT, SockHistKey},
 };
 
 /// What `--json` writes for one series (times in microseconds) is defined with the rest of
@@ -18,8 +20,8 @@ use crate::{
     series::latency::Latency,
 };
 
-/// One latency series. The ephemeral port of a connection is left out (`None`) so that a
-/// series is per service: the remote port for active sockets, the local port for passive ones.
+/// One series: the service port is the remote port of active sockets, the local port of
+/// passive ones (never the ephemeral one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     pub metric: Metric,
@@ -30,132 +32,83 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
-    pub fn of(event: &ConnEvent) -> Option<Self> {
-        let kind = ConnEventKind::from_u8(event.kind)?;
-        let (metric, direction) = match kind {
-            ConnEventKind::ActiveHandshake => (Metric::Handshake, Direction::Active),
-            ConnEventKind::PassiveHandshake => (Metric::Handshake, Direction::Passive),
-            ConnEventKind::FailedConnect => (Metric::FailedConnect, Direction::Active),
-            ConnEventKind::Lifetime if event.flags & FLAG_PASSIVE != 0 => {
-                (Metric::Lifetime, Direction::Passive)
-            }
-            ConnEventKind::Lifetime => (Metric::Lifetime, Direction::Active),
+    /// The series of a socket histogram, and whether its values are passive handshakes timed
+    /// from SYN_RECV; `None` for a metric this build does not know.
+    pub fn of(k: &SockHistKey) -> Option<(Self, bool)> {
+        let (metric, from_syn_recv) = match k.metric {
+            METRIC_SRTT => (Metric::Srtt, false),
+            METRIC_HANDSHAKE => (Metric::Handshake, false),
+            METRIC_HANDSHAKE_FROM_SYN_RECV => (Metric::Handshake, true),
+            METRIC_LIFETIME => (Metric::Lifetime, false),
+            METRIC_FAILED_CONNECT => (Metric::FailedConnect, false),
+            _ => return None,
         };
-        let (local_port, remote_port) = match direction {
-            Direction::Active => (None, Some(event.remote_port)),
-            Direction::Passive => (Some(event.local_port), None),
-            Direction::Unknown => (None, None),
+        let (direction, local_port, remote_port) = match k.side {
+            SIDE_ACTIVE => (Direction::Active, None, Some(k.port)),
+            SIDE_PASSIVE => (Direction::Passive, Some(k.port), None),
+            _ => (Direction::Unknown, None, None),
         };
-        Some(Self {
-            metric,
-            direction,
-            cgroup_id: event.cgroup_id,
-            local_port,
-            remote_port,
-        })
+        Some((
+            Self {
+                metric,
+                direction,
+                cgroup_id: k.cgroup_id,
+                local_port,
+                remote_port,
+            },
+            from_syn_recv,
+        ))
     }
 }
 
+/// One series' histogram, and how many of its passive handshakes were timed from SYN_RECV
+/// (no SYN stamp): they miss the round trip.
 #[derive(Default)]
-struct Series {
-    latency: Latency,
-    /// Passive handshakes timed from SYN_RECV only (no SYN stamp): they miss the round trip.
-    from_syn_recv: u64,
+pub struct Series {
+    pub latency: Latency,
+    pub from_syn_recv: u64,
 }
 
-/// Latency series, recorded in nanoseconds (`Latency`).
-#[derive(Default)]
-pub struct Aggregator {
-    series: BTreeMap<SeriesKey, Series>,
-    pub events: u64,
-    /// Events this build cannot use: an unknown kind (kernel/user version mismatch).
-    pub unknown: u64,
-}
-
-impl Aggregator {
-    pub fn record(&mut self, event: &ConnEvent) {
-        self.events += 1;
-        let Some(key) = SeriesKey::of(event) else {
-            self.unknown += 1;
-            return;
+/// The socket histograms by series (a handshake series joins both of its kernel histograms).
+pub fn series(
+    hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>,
+) -> BTreeMap<SeriesKey, Series> {
+    let mut out: BTreeMap<SeriesKey, Series> = BTreeMap::new();
+    for (k, counts) in hists {
+        let Some((key, from_syn_recv)) = SeriesKey::of(&k) else {
+            continue;
         };
-        let series = self.series.entry(key).or_default();
-        series.latency.record(event.duration_ns);
-        if key.metric == Metric::Handshake
-            && key.direction == Direction::Passive
-            && event.flags & FLAG_START_FROM_SYN == 0
-        {
-            series.from_syn_recv += 1;
+        let latency = Latency::from_buckets(&counts);
+        let s = out.entry(key).or_default();
+        if from_syn_recv {
+            s.from_syn_recv += latency.summary().count;
         }
+        s.latency.add(&latency);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
-    /// Every series with its histogram, for `/metrics`.
-    pub fn latencies(&self) -> impl Iterator<Item = (&SeriesKey, &Latency)> {
-        self.series.iter().map(|(k, s)| (k, &s.latency))
-    }
-
-    /// Keeps only the series `keep` says to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&SeriesKey) -> bool) {
-        self.series.retain(|k, _| keep(k));
-    }
-
-    pub fn summaries(&self, resolver: &mut Resolver) -> Vec<SeriesSummary> {
-        self.series
-            .iter()
-            .map(|(key, s)| SeriesSummary {
-                metric: key.metric,
-                direction: key.direction,
-                cgroup_id: key.cgroup_id,
-                cgroup: resolver.resolve(key.cgroup_id),
-                namespace: None,
-                pod: None,
-                container: None,
-                local_port: key.local_port,
-                remote_port: key.remote_port,
-                latency: s.latency.summary(),
-                timed_from_syn_recv: s.from_syn_recv,
-            })
-            .collect()
-    }
+    out
 }
 
-/// Series of the histograms the `sock_ops` program keeps in the kernel (smoothed RTT), named
-/// like the connection series: service port = remote port of active sockets, local port of
-/// passive ones.
-pub fn sock_series(
+/// Every series as `--json` writes it.
+pub fn summaries(
     hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>,
     resolver: &mut Resolver,
 ) -> Vec<SeriesSummary> {
-    let mut out: Vec<SeriesSummary> = hists
+    series(hists)
         .into_iter()
-        .filter(|(k, _)| k.metric == METRIC_SRTT)
-        .map(|(k, counts)| {
-            let (direction, local_port, remote_port) = match k.side {
-                SIDE_ACTIVE => (Direction::Active, None, Some(k.port)),
-                SIDE_PASSIVE => (Direction::Passive, Some(k.port), None),
-                _ => (Direction::Unknown, None, None),
-            };
-            SeriesSummary {
-                metric: Metric::Srtt,
-                direction,
-                cgroup_id: k.cgroup_id,
-                cgroup: resolver.resolve(k.cgroup_id),
-                namespace: None,
-                pod: None,
-                container: None,
-                local_port,
-                remote_port,
-                latency: Latency::from_buckets(&counts).summary(),
-                timed_from_syn_recv: 0,
-            }
+        .map(|(key, s)| SeriesSummary {
+            metric: key.metric,
+            direction: key.direction,
+            cgroup_id: key.cgroup_id,
+            cgroup: resolver.resolve(key.cgroup_id),
+            namespace: None,
+            pod: None,
+            container: None,
+            local_port: key.local_port,
+            remote_port: key.remote_port,
+            latency: s.latency.summary(),
+            timed_from_syn_recv: s.from_syn_recv,
         })
-        .collect();
-    out.sort_by_key(|s| (s.direction, s.cgroup_id, s.local_port, s.remote_port));
-    out
+        .collect()
 }
 
 /// Pod and container names for each series whose cgroup a names source knows.
@@ -173,20 +126,20 @@ pub fn name(series: &mut [SeriesSummary], metadata: &Metadata) {
 mod tests {
     use super::*;
 
-    fn event(kind: ConnEventKind, flags: u8, duration_ns: u64) -> ConnEvent {
-        ConnEvent {
-            ts_ns: 1,
-            duration_ns,
+    fn key(metric: u8, side: u8) -> SockHistKey {
+        SockHistKey {
             cgroup_id: 42,
-            sock_id: 7,
-            local_addr: [0; 16],
-            remote_addr: [0; 16],
-            local_port: 8080,
-            remote_port: 40000,
-            family: probe_common::conn::AF_INET,
-            kind: kind as u8,
-            flags,
+            port: 8080,
+            side,
+            metric,
+            _pad: 0,
         }
+    }
+
+    fn counts(ns: u64, n: u64) -> Vec<u64> {
+        let mut counts = vec![0u64; probe_common::hist::BUCKETS];
+        counts[probe_common::hist::bucket(ns)] = n;
+        counts
     }
 
     fn resolver() -> Resolver {
@@ -195,16 +148,10 @@ mod tests {
 
     #[test]
     fn kernel_srtt_histograms_become_series_per_service_port() {
-        let mut counts = vec![0u64; probe_common::hist::BUCKETS];
-        counts[probe_common::hist::bucket(20_000_000)] = 5;
-        let key = SockHistKey {
-            cgroup_id: 42,
-            port: 8080,
-            side: SIDE_PASSIVE,
-            metric: METRIC_SRTT,
-            _pad: 0,
-        };
-        let s = &sock_series([(key, counts)], &mut resolver())[0];
+        let s = &summaries(
+            [(key(METRIC_SRTT, SIDE_PASSIVE), counts(20_000_000, 5))],
+            &mut resolver(),
+        )[0];
         assert_eq!(
             (s.metric, s.direction, s.local_port, s.remote_port),
             (Metric::Srtt, Direction::Passive, Some(8080), None)
@@ -214,46 +161,36 @@ mod tests {
     }
 
     #[test]
-    fn series_drop_the_ephemeral_port() {
-        let active = SeriesKey::of(&event(ConnEventKind::ActiveHandshake, 0, 1)).expect("key");
-        assert_eq!((active.local_port, active.remote_port), (None, Some(40000)));
-        let passive =
-            SeriesKey::of(&event(ConnEventKind::PassiveHandshake, FLAG_PASSIVE, 1)).expect("key");
+    fn the_service_port_is_the_remote_one_of_active_sockets() {
+        let (active, _) = SeriesKey::of(&key(METRIC_HANDSHAKE, SIDE_ACTIVE)).expect("key");
+        assert_eq!((active.local_port, active.remote_port), (None, Some(8080)));
+        let (passive, _) = SeriesKey::of(&key(METRIC_LIFETIME, SIDE_PASSIVE)).expect("key");
         assert_eq!(
             (passive.local_port, passive.remote_port),
             (Some(8080), None)
         );
+        assert_eq!(passive.direction, Direction::Passive);
     }
 
     #[test]
-    fn lifetime_direction_follows_the_passive_flag() {
-        let a = SeriesKey::of(&event(ConnEventKind::Lifetime, 0, 1)).expect("key");
-        let p = SeriesKey::of(&event(ConnEventKind::Lifetime, FLAG_PASSIVE, 1)).expect("key");
-        assert_eq!(a.direction, Direction::Active);
-        assert_eq!(p.direction, Direction::Passive);
-        assert_ne!(a, p);
+    fn unknown_metrics_are_left_out() {
+        assert!(SeriesKey::of(&key(99, SIDE_ACTIVE)).is_none());
+        assert!(summaries([(key(99, SIDE_ACTIVE), counts(5, 1))], &mut resolver()).is_empty());
     }
 
     #[test]
-    fn unknown_kinds_are_counted_not_recorded() {
-        let mut agg = Aggregator::default();
-        let mut e = event(ConnEventKind::Lifetime, 0, 5);
-        e.kind = 99;
-        agg.record(&e);
-        assert_eq!((agg.events, agg.unknown), (1, 1));
-        assert!(agg.is_empty());
-    }
-
-    #[test]
-    fn syn_recv_timed_handshakes_are_flagged() {
-        let mut agg = Aggregator::default();
-        agg.record(&event(ConnEventKind::PassiveHandshake, FLAG_PASSIVE, 10));
-        agg.record(&event(
-            ConnEventKind::PassiveHandshake,
-            FLAG_PASSIVE | FLAG_START_FROM_SYN,
-            10,
-        ));
-        let s = &agg.summaries(&mut resolver())[0];
-        assert_eq!((s.latency.count, s.timed_from_syn_recv), (2, 1));
+    fn syn_recv_timed_handshakes_join_their_series_and_are_counted() {
+        let s = summaries(
+            [
+                (key(METRIC_HANDSHAKE, SIDE_PASSIVE), counts(100_000, 1)),
+                (
+                    key(METRIC_HANDSHAKE_FROM_SYN_RECV, SIDE_PASSIVE),
+                    counts(10_000, 2),
+                ),
+            ],
+            &mut resolver(),
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].latency.count, s[0].timed_from_syn_recv), (3, 2));
     }
 }
