@@ -174,6 +174,17 @@ struct Proxy {
     open: [Open; 2],
     /// The sweep's position: every call that began before it has been paired or dropped.
     swept_to: u64,
+    /// What a sweep takes out, kept with its capacity (see `Scratch`).
+    scratch: Scratch,
+}
+
+/// Vectors a sweep fills and empties each time, kept between sweeps: a second's exchanges
+/// taken out into new vectors were fresh pages to fault in every second (perf at c = 32 in
+/// the lab, 2026-12-05: page faults and clearing were 10 % of hopprobe's CPU).
+#[derive(Default)]
+struct Scratch {
+    calls: Vec<Exchange>,
+    enclosing: Vec<Exchange>,
 }
 
 #[derive(Default)]
@@ -228,24 +239,22 @@ impl Proxy {
         // Taken out in place: the exchanges still waiting keep their allocation, where a
         // partition into new vectors faulted in and copied them all every second (perf, at
         // c = 32 in the lab: 17 % of hopprobe's CPU in page faults and memmove).
-        let ups: Vec<Exchange> = self
-            .ups
-            .extract_if(.., |u| u.req_first_ns < cutoff)
-            .collect();
+        let Scratch {
+            calls: mut ups,
+            enclosing: mut downs,
+        } = std::mem::take(&mut self.scratch);
+        ups.extend(self.ups.extract_if(.., |u| u.req_first_ns < cutoff));
         s.consumed += ups.len();
-        let (mut late_ups, mut ups): (Vec<Exchange>, Vec<Exchange>) =
-            ups.into_iter().partition(|u| u.req_first_ns < position);
+        // In order of their start, the late ones (begun before the last sweep's position)
+        // first.
         ups.sort_by_key(|u| u.req_first_ns);
-        late_ups.sort_by_key(|u| u.req_first_ns);
+        let (late_ups, in_turn) = ups.split_at(ups.partition_point(|u| u.req_first_ns < position));
         // Downstream exchanges that began before the cutoff join the sweep in order; late
         // ones at once.
-        let mut downs: Vec<Exchange> = self
-            .downs
-            .extract_if(.., |d| d.req_first_ns < cutoff)
-            .collect();
+        downs.extend(self.downs.extract_if(.., |d| d.req_first_ns < cutoff));
         downs.sort_by_key(|d| d.req_first_ns);
-        let mut downs = downs.into_iter().peekable();
-        while let Some(d) = downs.next_if(|d| d.req_first_ns < position) {
+        let mut downs_in = downs.drain(..).peekable();
+        while let Some(d) = downs_in.next_if(|d| d.req_first_ns < position) {
             s.late += 1;
             self.open_down(d);
         }
@@ -253,7 +262,7 @@ impl Proxy {
         // held, the sweep's rule applied out of turn.
         for u in late_ups {
             s.late += 1;
-            let direction = self.own.up(&u);
+            let direction = self.own.up(u);
             let open = &mut self.open[slot(direction)];
             let found = open
                 .by_resp
@@ -267,29 +276,34 @@ impl Proxy {
             if let Some((resp, seq)) = found {
                 open.by_resp.remove(&(resp, seq));
                 if let Some(d) = open.exchanges.remove(&seq) {
-                    s.hops.push(hop_of(&d, &u, direction));
+                    s.hops.push(hop_of(&d, u, direction));
                     s.consumed += 1;
                 }
             }
         }
-        for u in ups {
-            while let Some(d) = downs.next_if(|d| d.req_first_ns <= u.req_first_ns) {
+        for u in in_turn {
+            while let Some(d) = downs_in.next_if(|d| d.req_first_ns <= u.req_first_ns) {
                 self.open_down(d);
             }
-            let direction = self.own.up(&u);
+            let direction = self.own.up(u);
             let open = &mut self.open[slot(direction)];
             let Some(&(resp, seq)) = open.by_resp.range((u.resp_first_ns, 0)..).next() else {
                 continue;
             };
             open.by_resp.remove(&(resp, seq));
             if let Some(d) = open.exchanges.remove(&seq) {
-                s.hops.push(hop_of(&d, &u, direction));
+                s.hops.push(hop_of(&d, u, direction));
                 s.consumed += 1;
             }
         }
-        for d in downs {
+        for d in downs_in {
             self.open_down(d);
         }
+        ups.clear();
+        self.scratch = Scratch {
+            calls: ups,
+            enclosing: downs,
+        };
         self.swept_to = self.swept_to.max(cutoff);
         // A downstream exchange answered before the cutoff can take no call that began after
         // it; one of those that began before may still arrive late (the last exchange of a
@@ -330,6 +344,7 @@ struct App {
     caller: bool,
     /// `app_self` of requests finished while the container had made no call, per port.
     uncalled: BTreeMap<u16, Latency>,
+    scratch: Scratch,
 }
 
 struct Served {
@@ -365,10 +380,11 @@ impl App {
 
     fn sweep(&mut self, cutoff: u64) -> AppSweep {
         let mut s = AppSweep::default();
-        let mut clients: Vec<Exchange> = self
-            .clients
-            .extract_if(.., |k| k.req_first_ns < cutoff)
-            .collect();
+        let Scratch {
+            calls: mut clients,
+            enclosing: mut servers,
+        } = std::mem::take(&mut self.scratch);
+        clients.extend(self.clients.extract_if(.., |k| k.req_first_ns < cutoff));
         s.consumed += clients.len();
         // Unanswered calls are not attributed (as in the batch); late ones cannot be.
         clients.retain(|k| k.resp_last_ns().is_some());
@@ -376,14 +392,11 @@ impl App {
         clients.retain(|k| k.req_first_ns >= self.swept_to);
         s.late += (before - clients.len()) as u64;
         clients.sort_by_key(|k| k.req_first_ns);
-        let mut servers: Vec<Exchange> = self
-            .servers
-            .extract_if(.., |x| x.took_ns() < cutoff)
-            .collect();
+        servers.extend(self.servers.extract_if(.., |x| x.took_ns() < cutoff));
         servers.sort_by_key(Timed::took_ns);
-        let mut servers = servers.into_iter().peekable();
-        for k in clients {
-            while let Some(x) = servers.next_if(|x| x.took_ns() <= k.req_first_ns) {
+        let mut servers_in = servers.drain(..).peekable();
+        for k in clients.drain(..) {
+            while let Some(x) = servers_in.next_if(|x| x.took_ns() <= k.req_first_ns) {
                 self.take_in(x, &mut s);
             }
             let k_end = k.resp_last_ns().unwrap_or(k.req_first_ns);
@@ -405,9 +418,13 @@ impl App {
                 served.active_ns = k_end;
             }
         }
-        for x in servers {
+        for x in servers_in {
             self.take_in(x, &mut s);
         }
+        self.scratch = Scratch {
+            calls: clients,
+            enclosing: servers,
+        };
         self.swept_to = self.swept_to.max(cutoff);
         // Requests answered before the cutoff can be given no later call.
         for served in &mut self.recent {

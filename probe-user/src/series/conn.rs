@@ -81,7 +81,7 @@ pub fn series(
         let latency = Latency::from_buckets(&counts);
         let s = out.entry(key).or_default();
         if from_syn_recv {
-            s.from_syn_recv += latency.summary().count;
+            s.from_syn_recv += latency.count();
         }
         s.latency.add(&latency);
     }

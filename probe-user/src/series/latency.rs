@@ -96,6 +96,10 @@ impl Latency {
         self.sum_ns
     }
 
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// `(the highest value each recorded bucket can hold, its count)`, lowest first.
     pub fn recorded(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.counts
