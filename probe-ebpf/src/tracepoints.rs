@@ -307,11 +307,7 @@ fn track(id: u64, start_ns: u64, cgroup_id: u64, side: u8, flags: u8) {
 fn remember_owner(flow: &FlowKey, state: &ConnState) {
     let owner = FlowSock {
         cgroup_id: state.cgroup_id,
-        port: if state.side == SIDE_ACTIVE {
-            flow.remote_port
-        } else {
-            flow.local_port
-        },
+        port: service_port(flow, state),
         side: state.side,
         _pad: [0; 5],
     };
@@ -330,17 +326,23 @@ fn accepts_read_flows() -> bool {
     READ_HOOK.get(0).copied() == Some(READ_HOOK_SYSCALLS)
 }
 
-/// Counts a finished measurement in its socket histogram: per owner, side and service port
-/// (the remote port of an active socket, the local port of a passive one), as `sock_ops`
-/// keys its RTT samples.
+/// The port that names a socket's service: the remote port of an active socket, the local
+/// port of a passive one (never the ephemeral one).
+#[inline(always)]
+fn service_port(flow: &FlowKey, state: &ConnState) -> u16 {
+    if state.side == SIDE_ACTIVE {
+        flow.remote_port
+    } else {
+        flow.local_port
+    }
+}
+
+/// Counts a finished measurement in its socket histogram: per owner, side and service port,
+/// as `sock_ops` keys its RTT samples.
 fn measure(flow: &FlowKey, state: &ConnState, metric: u8, ns: u64) {
     let key = SockHistKey {
         cgroup_id: state.cgroup_id,
-        port: if state.side == SIDE_ACTIVE {
-            flow.remote_port
-        } else {
-            flow.local_port
-        },
+        port: service_port(flow, state),
         side: state.side,
         metric,
         _pad: 0,

@@ -6,7 +6,10 @@
 //!   the process made, per destination.
 //! - `app_self`: `app` less the calls made for that request, per request (see `calls`).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use probe_common::{
     conn::AF_INET,
@@ -73,7 +76,10 @@ impl HopKey {
 
 #[derive(Default)]
 pub struct HopAggregator {
-    series: BTreeMap<HopKey, Latency>,
+    /// Hashed, not ordered: each exchange looks up to three series up, and a `BTreeMap`'s
+    /// look-up compares the key with one stored key after another, a cache line each (10 %
+    /// of hopprobe's CPU at c = 32 in the lab, perf, 2026-12-05). `series` orders them.
+    series: HashMap<HopKey, Latency, foldhash::fast::RandomState>,
     pub exchanges: u64,
     /// Exchanges that ended (FIN, RST) before any response byte.
     pub unanswered: u64,
@@ -191,6 +197,7 @@ impl HopAggregator {
             .add(l);
     }
 
+    /// In the order of the series' keys, as every other series.
     pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
         self.series()
             .map(|(k, l)| HopSummary {
@@ -200,9 +207,12 @@ impl HopAggregator {
             .collect()
     }
 
-    /// Every series with its histogram, for `/metrics`.
+    /// Every series with its histogram, in the order of their keys: `/metrics` keeps the
+    /// first series up to its cap, and the same ones at every scrape.
     pub fn series(&self) -> impl Iterator<Item = (&HopKey, &Latency)> {
-        self.series.iter()
+        let mut all: Vec<_> = self.series.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
     }
 
     /// Keeps only the series `keep` says to (a deleted pod's go once exported as retired).
