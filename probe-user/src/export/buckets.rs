@@ -1,10 +1,10 @@
 //! The classic buckets every hopprobe exports, and how the histograms it keeps (the kernel's
-//! log-linear ones, and userspace's with the same buckets and an exact sum) map onto them.
+//! log-linear ones, and userspace's, finer and with an exact sum) map onto them.
 //!
 //! The bounds are fixed, the same on every node, so that `sum by (le)` across nodes is exact.
 //! A source bucket that straddles a bound counts in the bucket above it: a count under `le`
 //! never includes a value above `le`, and a value at most one source bucket's width below a
-//! bound (1/32 of it) may count one bucket up.
+//! bound (1/32 of it for the kernel's, 1/64 for userspace's) may count one bucket up.
 
 use std::collections::BTreeMap;
 
@@ -39,8 +39,9 @@ pub const BOUNDS_NS: [u64; 22] = [
 ];
 
 /// The native histograms' schema: 2^3 = 8 buckets per power of two, each 2^(1/8) = 9.05 %
-/// wider than the last — coarser than the sources (1/32 of a power of two, at most 3.1 %), so
-/// that no native bucket claims a precision the source does not have. The same on every node, so that merging across nodes is exact.
+/// wider than the last — coarser than either source (the kernel's 1/32 of a power of two, at
+/// most 3.1 %; userspace's 1/64), so that no native bucket claims a precision the source does
+/// not have. The same on every node, so that merging across nodes is exact.
 pub const NATIVE_SCHEMA: i32 = 3;
 
 /// One series' counts per bound (not cumulative; the last is above 10 s), their sum and count;
