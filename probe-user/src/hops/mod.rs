@@ -215,6 +215,11 @@ impl HopAggregator {
         all.into_iter()
     }
 
+    /// The owners with a series, in no order (unlike `series`, nothing is sorted).
+    pub fn cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.series.keys().map(|k| k.cgroup_id)
+    }
+
     /// Keeps only the series `keep` says to (a deleted pod's go once exported as retired).
     pub fn retain(&mut self, mut keep: impl FnMut(&HopKey) -> bool) {
         self.series.retain(|k, _| keep(k));
@@ -419,7 +424,7 @@ mod tests {
         agg.record(&exchange(ROLE_SERVER, 1_000_000, 0));
         let s = &agg.summaries(&mut Resolver::new("/nonexistent".into()))[0];
         assert_eq!(s.latency.count, 1);
-        // A bucket's middle, inside the exact minimum and maximum: here the value itself.
+        // A bucket's highest value, never above the exact maximum: here the value itself.
         assert!((s.latency.p50_us - 2000.0).abs() <= 20.0, "{:?}", s.latency);
         assert_eq!((agg.exchanges, agg.unanswered), (2, 1));
     }

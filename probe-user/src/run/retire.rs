@@ -112,7 +112,7 @@ impl Retirement {
         c: &Collector<'_>,
         live_ifaces: Option<&BTreeMap<u32, String>>,
     ) -> Gone {
-        let mut cgroups: Vec<u64> = c.sink.hops.series().map(|(k, _)| k.cgroup_id).collect();
+        let mut cgroups: Vec<u64> = c.sink.hops.cgroups().collect();
         cgroups.extend(c.sink.pairing.cgroups());
         cgroups.extend(maps.ex_hists.keys().flatten().map(|k| k.cgroup_id));
         cgroups.extend(maps.sock_hists.keys().flatten().map(|k| k.cgroup_id));

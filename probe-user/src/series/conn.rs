@@ -64,15 +64,13 @@ impl SeriesKey {
 /// One series' histogram, and how many of its passive handshakes were timed from SYN_RECV
 /// (no SYN stamp): they miss the round trip.
 #[derive(Default)]
-pub struct Series {
-    pub latency: Latency,
-    pub from_syn_recv: u64,
+struct Series {
+    latency: Latency,
+    from_syn_recv: u64,
 }
 
 /// The socket histograms by series (a handshake series joins both of its kernel histograms).
-pub fn series(
-    hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>,
-) -> BTreeMap<SeriesKey, Series> {
+fn series(hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>) -> BTreeMap<SeriesKey, Series> {
     let mut out: BTreeMap<SeriesKey, Series> = BTreeMap::new();
     for (k, counts) in hists {
         let Some((key, from_syn_recv)) = SeriesKey::of(&k) else {
