@@ -17,6 +17,17 @@ pub const METRIC_LIFETIME: u8 = 4;
 /// SYN_SENT → CLOSE without ever being established (refused, timed out, reset).
 pub const METRIC_FAILED_CONNECT: u8 = 5;
 
+/// The unit, in nanoseconds, a metric's histogram counts in. Lifetimes and failed connects are
+/// counted in microseconds: the buckets end at 2^36 units, 68.7 s in nanoseconds (short of a
+/// pooled connection's life or of a connect that waits out the SYN retries), 19 hours in
+/// microseconds.
+pub const fn unit_ns(metric: u8) -> u64 {
+    match metric {
+        METRIC_LIFETIME | METRIC_FAILED_CONNECT => 1_000,
+        _ => 1,
+    }
+}
+
 /// Who owns a flow's socket and which port names its service; written by the
 /// `inet_sock_set_state` tracepoint at ESTABLISHED (where the owner is known), read by
 /// `sock_ops`, whose callbacks run in softirq context where the current task says nothing.

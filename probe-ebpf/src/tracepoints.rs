@@ -25,7 +25,7 @@ use probe_common::{
     },
     sockops::{
         FlowSock, METRIC_FAILED_CONNECT, METRIC_HANDSHAKE, METRIC_HANDSHAKE_FROM_SYN_RECV,
-        METRIC_LIFETIME, SockHistKey,
+        METRIC_LIFETIME, SockHistKey, unit_ns,
     },
     stats::{self, LRU_CONNS, LRU_FLOW_SOCK, LRU_PEER_FLOW, LRU_SK_FLOW, LRU_SYNS},
 };
@@ -338,7 +338,7 @@ fn service_port(flow: &FlowKey, state: &ConnState) -> u16 {
 }
 
 /// Counts a finished measurement in its socket histogram: per owner, side and service port,
-/// as `sock_ops` keys its RTT samples.
+/// as `sock_ops` keys its RTT samples, in the metric's unit.
 fn measure(flow: &FlowKey, state: &ConnState, metric: u8, ns: u64) {
     let key = SockHistKey {
         cgroup_id: state.cgroup_id,
@@ -347,7 +347,7 @@ fn measure(flow: &FlowKey, state: &ConnState, metric: u8, ns: u64) {
         metric,
         _pad: 0,
     };
-    if observe_in(&SOCK_HIST, &key, ns) {
+    if observe_in(&SOCK_HIST, &key, ns / unit_ns(metric)) {
         count(stats::CONN_MEASURED);
     } else {
         count(stats::SOCK_HIST_FAILED);

@@ -5,7 +5,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsFd,
     os::unix::fs::MetadataExt,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -72,6 +72,7 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
     let link = Link::new().expect("create namespaces");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let refused_port = port + 1;
+    let started = Instant::now();
     let measured = measure(&testkit::probe::binary(), &["--interval", "1s"], || {
         let server_addr = SocketAddr::new(link.right_addr.into(), port);
         let listener = link
@@ -101,6 +102,7 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
             .expect("enter client namespace");
         server.join().expect("server thread");
     });
+    let elapsed_us = started.elapsed().as_micros() as f64;
     let summary = &measured.summary;
     let context = format!("summary:\n{summary:#}\nstderr:\n{}", measured.stderr);
     assert_eq!(summary["stopped_by"], "SIGINT", "{context}");
@@ -124,6 +126,12 @@ fn counts_every_handshake_and_lifetime_across_a_veth_pair() {
             assert!(
                 min >= delay_us,
                 "{direction} lifetime {min} µs < {delay_us}; {context}"
+            );
+            // Counted in microseconds by the kernel: a wrong unit would be off by 1000.
+            let max = s["max_us"].as_f64().expect("max");
+            assert!(
+                max < elapsed_us,
+                "{direction} lifetime {max} µs > the run's {elapsed_us} µs; {context}"
             );
         }
     }

@@ -7,7 +7,7 @@ use probe_common::{
     conn::{SIDE_ACTIVE, SIDE_PASSIVE},
     sockops::{
         METRIC_FAILED_CONNECT, METRIC_HANDSHAKE, METRIC_HANDSHAKE_FROM_SYN_RECV, METRIC_LIFETIME,
-        METRIC_SRTT, SockHistKey,
+        METRIC_SRTT, SockHistKey, unit_ns,
     },
 };
 
@@ -76,7 +76,7 @@ fn series(hists: impl IntoIterator<Item = (SockHistKey, Vec<u64>)>) -> BTreeMap<
         let Some((key, from_syn_recv)) = SeriesKey::of(&k) else {
             continue;
         };
-        let latency = Latency::from_buckets(&counts);
+        let latency = Latency::from_buckets_in(&counts, unit_ns(k.metric));
         let s = out.entry(key).or_default();
         if from_syn_recv {
             s.from_syn_recv += latency.count();
@@ -168,6 +168,23 @@ mod tests {
             (Some(8080), None)
         );
         assert_eq!(passive.direction, Direction::Passive);
+    }
+
+    #[test]
+    fn lifetimes_count_in_microseconds_and_reach_past_the_nanosecond_buckets() {
+        // A pooled connection's 10 minutes: past 2^36 ns, where a nanosecond histogram ends.
+        let ten_minutes_us = 600_000_000;
+        let s = &summaries(
+            [(key(METRIC_LIFETIME, SIDE_ACTIVE), counts(ten_minutes_us, 3))],
+            &mut resolver(),
+        )[0];
+        assert_eq!((s.metric, s.latency.count), (Metric::Lifetime, 3));
+        let want = ten_minutes_us as f64;
+        assert!(
+            (s.latency.p50_us - want).abs() < want / 32.0,
+            "p50 {} µs",
+            s.latency.p50_us
+        );
     }
 
     #[test]

@@ -136,9 +136,14 @@ impl Latency {
     /// A kernel log-linear histogram's bucket counts (`probe_common::hist`, 32 buckets per
     /// power of two), each value at its bucket's middle: off by at most 1/64.
     pub fn from_buckets(counts: &[u64]) -> Self {
+        Self::from_buckets_in(counts, 1)
+    }
+
+    /// As `from_buckets`, for a histogram that counts in units of `unit_ns` nanoseconds.
+    pub fn from_buckets_in(counts: &[u64], unit_ns: u64) -> Self {
         let mut latency = Self::default();
         for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-            latency.record_n(kernel_middle(i), n);
+            latency.record_n(kernel_middle(i).saturating_mul(unit_ns), n);
         }
         latency
     }
