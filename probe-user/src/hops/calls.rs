@@ -54,6 +54,14 @@ impl Timed for Exchange {
     }
 }
 
+/// When a call ended: its last response byte, and never before it began (which lets the
+/// streaming pairing set aside requests answered before a call began as final).
+pub fn call_end<T: Timed>(k: &T) -> u64 {
+    k.resp_last_ns()
+        .unwrap_or(k.req_first_ns())
+        .max(k.req_first_ns())
+}
+
 /// Attributes each outbound call (client exchange) to the request its process was serving:
 /// among the same cgroup's server exchanges that enclose the call (taken before it began,
 /// answered after it ended) and have no call in flight then, the one whose process was last
@@ -79,7 +87,7 @@ pub fn pair_children<T: Timed>(ex: &[T]) -> HashMap<usize, Vec<usize>> {
         let mut active: HashMap<usize, u64> = HashMap::new();
         for k in clients {
             let kx = &ex[k];
-            let k_end = kx.resp_last_ns().unwrap_or(kx.req_first_ns());
+            let k_end = call_end(kx);
             let upto = servers.partition_point(|&s| ex[s].took_ns() <= kx.req_first_ns());
             let mut best: Option<(u64, usize)> = None;
             // Requests taken long before are either enclosing (then still found) or done:

@@ -74,12 +74,25 @@ impl HopKey {
     }
 }
 
+/// Values recorded into the series wait in `HopAggregator::pending` until this many.
+const PENDING: usize = 1024;
+
 #[derive(Default)]
 pub struct HopAggregator {
-    /// Hashed, not ordered: each exchange looks up to three series up, and a `BTreeMap`'s
-    /// look-up compares the key with one stored key after another, a cache line each (10 %
-    /// of hopprobe's CPU at c = 32 in the lab, perf, 2026-12-05). `series` orders them.
-    series: HashMap<HopKey, Latency, foldhash::fast::RandomState>,
+    /// Each series' slot in `latencies`. Hashed, not ordered: each exchange looks up to three
+    /// series up, and a `BTreeMap`'s look-up compares the key with one stored key after
+    /// another, a cache line each (10 % of hopprobe's CPU at c = 32 in the lab, perf,
+    /// 2026-12-05). `series` orders them.
+    series: HashMap<HopKey, u32, foldhash::fast::RandomState>,
+    latencies: Vec<Latency>,
+    /// Slots of `latencies` whose series were removed.
+    free: Vec<u32>,
+    /// `(slot, ns)` not yet in their histograms. A histogram's bucket is a cache line not
+    /// loaded since the series' last value, about one miss per value wherever it comes: one
+    /// at a time among the rest of the work, those misses were a fifth of hopprobe's CPU at
+    /// c = 32 in the lab (perf, 2026-12-06); in a loop that does nothing else the processor
+    /// waits for many of them at once.
+    pending: Vec<(u32, u64)>,
     pub exchanges: u64,
     /// Exchanges that ended (FIN, RST) before any response byte.
     pub unanswered: u64,
@@ -99,40 +112,28 @@ impl HopAggregator {
                 (Hop::AppQueue, x.first_read_ns - x.req_first_ns),
                 (Hop::AppProcessing, x.resp_first_ns - x.first_read_ns),
             ] {
-                self.series
-                    .entry(HopKey { hop, ..key.clone() })
-                    .or_default()
-                    .record(ns);
+                self.push(HopKey { hop, ..key.clone() }, ns);
             }
         }
         if key.hop == Hop::Upstream && x.first_read_ns != 0 && x.first_read_ns >= x.resp_first_ns {
-            self.series
-                .entry(HopKey {
+            self.push(
+                HopKey {
                     hop: Hop::UpstreamReadWait,
                     ..key.clone()
-                })
-                .or_default()
-                .record(x.first_read_ns - x.resp_first_ns);
+                },
+                x.first_read_ns - x.resp_first_ns,
+            );
         }
-        self.series
-            .entry(key)
-            .or_default()
-            .record(x.resp_first_ns.saturating_sub(x.req_first_ns));
+        self.push(key, x.resp_first_ns.saturating_sub(x.req_first_ns));
     }
 
     /// A TLS handshake (`KIND_TLS_HANDSHAKE`): its own series, not an exchange.
     pub fn record_tls(&mut self, x: &Exchange) {
         self.tls.add(x);
         let [handshake, finish] = tls::keys(x);
-        self.series
-            .entry(handshake)
-            .or_default()
-            .record(tls::times(x).server_side_ns());
+        self.push(handshake, tls::times(x).server_side_ns());
         if x.req_last_ns > x.resp_last_ns {
-            self.series
-                .entry(finish)
-                .or_default()
-                .record(x.req_last_ns - x.resp_last_ns);
+            self.push(finish, x.req_last_ns - x.resp_last_ns);
         }
     }
 
@@ -144,61 +145,89 @@ impl HopAggregator {
         for (series, ns) in
             std::iter::once((Hop::Sidecar, hop.ns)).chain(split.into_iter().flatten())
         {
-            self.series
-                .entry(HopKey {
+            self.push(
+                HopKey {
                     hop: series,
                     cgroup_id,
                     local_port: None,
                     peer: None,
                     direction: Some(hop.direction),
-                })
-                .or_default()
-                .record(ns);
+                },
+                ns,
+            );
         }
     }
 
     /// A request's own time at an app that made calls (see `calls::app_self`).
     pub fn record_app_self(&mut self, a: AppSelf) {
-        self.series
-            .entry(HopKey {
+        self.push(
+            HopKey {
                 hop: Hop::AppSelf,
                 cgroup_id: a.cgroup_id,
                 local_port: Some(a.local_port),
                 peer: None,
                 direction: None,
-            })
-            .or_default()
-            .record(a.ns);
+            },
+            a.ns,
+        );
     }
 
     /// Adds a kernel histogram of exchanges that had no record (`ExHistKey`) to its series,
     /// each value at its bucket's middle (within 1/64 of it).
     pub fn add_kernel(&mut self, k: &ExHistKey, counts: &[u64]) {
         if let Some(key) = HopKey::of_kernel(k) {
-            self.series
-                .entry(key)
-                .or_default()
-                .add(&Latency::from_buckets(counts));
+            let slot = self.slot(key);
+            self.latencies[slot as usize].add(&Latency::from_buckets(counts));
         }
     }
 
     /// `app_self` of requests finished before their container made its first call, kept as
     /// a histogram until then (`stream`).
     pub fn add_app_self(&mut self, cgroup_id: u64, local_port: u16, l: &Latency) {
-        self.series
-            .entry(HopKey {
-                hop: Hop::AppSelf,
-                cgroup_id,
-                local_port: Some(local_port),
-                peer: None,
-                direction: None,
-            })
-            .or_default()
-            .add(l);
+        let slot = self.slot(HopKey {
+            hop: Hop::AppSelf,
+            cgroup_id,
+            local_port: Some(local_port),
+            peer: None,
+            direction: None,
+        });
+        self.latencies[slot as usize].add(l);
+    }
+
+    /// The series' slot in `latencies`, a new one for a new series.
+    fn slot(&mut self, key: HopKey) -> u32 {
+        let Self {
+            series,
+            latencies,
+            free,
+            ..
+        } = self;
+        *series.entry(key).or_insert_with(|| match free.pop() {
+            Some(slot) => slot,
+            None => {
+                latencies.push(Latency::default());
+                u32::try_from(latencies.len() - 1).expect("fewer than 2^32 series")
+            }
+        })
+    }
+
+    /// Records `ns` in the series of `key`, soon (`pending`).
+    fn push(&mut self, key: HopKey, ns: u64) {
+        let slot = self.slot(key);
+        self.pending.push((slot, ns));
+        if self.pending.len() >= PENDING {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        for (slot, ns) in self.pending.drain(..) {
+            self.latencies[slot as usize].record(ns);
+        }
     }
 
     /// In the order of the series' keys, as every other series.
-    pub fn summaries(&self, resolver: &mut Resolver) -> Vec<HopSummary> {
+    pub fn summaries(&mut self, resolver: &mut Resolver) -> Vec<HopSummary> {
         self.series()
             .map(|(k, l)| HopSummary {
                 latency: l.summary(),
@@ -209,8 +238,13 @@ impl HopAggregator {
 
     /// Every series with its histogram, in the order of their keys: `/metrics` keeps the
     /// first series up to its cap, and the same ones at every scrape.
-    pub fn series(&self) -> impl Iterator<Item = (&HopKey, &Latency)> {
-        let mut all: Vec<_> = self.series.iter().collect();
+    pub fn series(&mut self) -> impl Iterator<Item = (&HopKey, &Latency)> {
+        self.flush();
+        let mut all: Vec<_> = self
+            .series
+            .iter()
+            .map(|(k, &slot)| (k, &self.latencies[slot as usize]))
+            .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all.into_iter()
     }
@@ -222,7 +256,21 @@ impl HopAggregator {
 
     /// Keeps only the series `keep` says to (a deleted pod's go once exported as retired).
     pub fn retain(&mut self, mut keep: impl FnMut(&HopKey) -> bool) {
-        self.series.retain(|k, _| keep(k));
+        self.flush();
+        let Self {
+            series,
+            latencies,
+            free,
+            ..
+        } = self;
+        series.retain(|k, &mut slot| {
+            let kept = keep(k);
+            if !kept {
+                latencies[slot as usize] = Latency::default();
+                free.push(slot);
+            }
+            kept
+        });
     }
 }
 
@@ -547,6 +595,40 @@ mod tests {
             dirs.contains(&(Hop::Upstream, Some(Direction::Outbound))),
             "{dirs:?}"
         );
+    }
+
+    #[test]
+    fn values_waiting_to_be_recorded_are_in_every_read_and_a_removed_series_leaves_none() {
+        let mut agg = HopAggregator::default();
+        let mut other = exchange(ROLE_SERVER, 0, 0);
+        other.cgroup_id = 6;
+        // Past `PENDING`, so some values were recorded on the way and the rest wait.
+        for i in 0..PENDING as u64 + 10 {
+            agg.record(&exchange(ROLE_SERVER, 0, 1_000 + i));
+            other.resp_first_ns = 7_000;
+            agg.record(&other);
+        }
+        let counts = |agg: &mut HopAggregator| -> Vec<(u64, u64)> {
+            agg.series()
+                .filter(|(k, _)| k.hop == Hop::App)
+                .map(|(k, l)| (k.cgroup_id, l.count()))
+                .collect()
+        };
+        let n = PENDING as u64 + 10;
+        assert_eq!(counts(&mut agg), [(5, n), (6, n)]);
+
+        agg.record(&exchange(ROLE_SERVER, 0, 3_000));
+        agg.retain(|k| k.cgroup_id != 5);
+        assert_eq!(counts(&mut agg), [(6, n)]);
+        // A new series takes the removed one's slot and starts empty.
+        let mut third = exchange(ROLE_SERVER, 0, 9_000);
+        third.cgroup_id = 4;
+        agg.record(&third);
+        assert_eq!(counts(&mut agg), [(4, 1), (6, n)]);
+        let s = agg.summaries(&mut Resolver::new("/nonexistent".into()));
+        let third = s.iter().find(|s| (s.cgroup_id, s.hop) == (4, Hop::App));
+        let third = third.expect("the new series");
+        assert_eq!((third.latency.min_us, third.latency.max_us), (9.0, 9.0));
     }
 
     #[test]

@@ -112,7 +112,7 @@ mod tests {
         }
     }
 
-    fn series(agg: &HopAggregator, hop: Hop) -> Vec<u64> {
+    fn series(agg: &mut HopAggregator, hop: Hop) -> Vec<u64> {
         agg.summaries(&mut Resolver::new("/nonexistent".into()))
             .into_iter()
             .filter(|h| h.hop == hop)
@@ -141,13 +141,13 @@ mod tests {
                 client_auth: 0
             }
         );
-        let handshake = series(&agg, Hop::TlsHandshake);
+        let handshake = series(&mut agg, Hop::TlsHandshake);
         assert_eq!(handshake.len(), 1, "one series per serving port");
         // The larger of 300 µs (1.3) and 100 + 300 µs (1.2: both server turns), within the
         // histogram's precision.
         let near = |got: u64, want: u64| got.abs_diff(want) <= want / 100;
         assert!(near(handshake[0], 400_000), "{handshake:?}");
-        let finish = series(&agg, Hop::TlsClientFinish);
+        let finish = series(&mut agg, Hop::TlsClientFinish);
         assert!(finish.len() == 1 && near(finish[0], 400_000), "{finish:?}");
         let r = record(&handshake_exchange());
         assert_eq!(
