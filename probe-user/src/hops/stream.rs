@@ -45,8 +45,9 @@ const LOOK_BACK: usize = 1024;
 
 #[derive(Default)]
 pub struct Pairing {
-    proxies: HashMap<u64, Proxy>,
-    apps: HashMap<u64, App>,
+    /// By cgroup, looked up for every exchange: foldhash, not the default SipHash.
+    proxies: HashMap<u64, Proxy, foldhash::fast::RandomState>,
+    apps: HashMap<u64, App, foldhash::fast::RandomState>,
     pending: usize,
     /// The last sweep's cutoff: a container seen anew starts from it (its records before it
     /// are late as anyone's).
@@ -190,7 +191,7 @@ struct Scratch {
 #[derive(Default)]
 struct Open {
     by_resp: BTreeSet<(u64, u64)>,
-    exchanges: HashMap<u64, Exchange>,
+    exchanges: HashMap<u64, Exchange, foldhash::fast::RandomState>,
     seq: u64,
 }
 

@@ -22,7 +22,8 @@ use crate::{
 pub struct ExchangeSink<'a> {
     pub hops: HopAggregator,
     pub pairing: Pairing,
-    proxies: HashMap<u64, bool>,
+    /// By cgroup, looked up for every exchange: foldhash, not the default SipHash.
+    proxies: HashMap<u64, bool, foldhash::fast::RandomState>,
     proxy_containers: &'a [String],
     metadata: &'a Metadata,
     pub records: Option<BufWriter<File>>,
@@ -38,7 +39,7 @@ impl<'a> ExchangeSink<'a> {
         Self {
             hops: HopAggregator::default(),
             pairing: Pairing::default(),
-            proxies: HashMap::new(),
+            proxies: HashMap::default(),
             proxy_containers,
             metadata,
             records,
