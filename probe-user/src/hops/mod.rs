@@ -600,12 +600,11 @@ mod tests {
     #[test]
     fn values_waiting_to_be_recorded_are_in_every_read_and_a_removed_series_leaves_none() {
         let mut agg = HopAggregator::default();
-        let mut other = exchange(ROLE_SERVER, 0, 0);
+        let mut other = exchange(ROLE_SERVER, 0, 7_000);
         other.cgroup_id = 6;
         // Past `PENDING`, so some values were recorded on the way and the rest wait.
         for i in 0..PENDING as u64 + 10 {
             agg.record(&exchange(ROLE_SERVER, 0, 1_000 + i));
-            other.resp_first_ns = 7_000;
             agg.record(&other);
         }
         let counts = |agg: &mut HopAggregator| -> Vec<(u64, u64)> {

@@ -372,14 +372,21 @@ struct AppSweep {
 }
 
 impl AppSweep {
-    /// A request that can be given no more calls: its `app_self`.
-    fn finish(&mut self, served: &Served) {
-        self.consumed += 1;
-        let app = served.x.resp_first_ns.saturating_sub(served.x.req_first_ns);
-        self.selves.push((
-            served.x.flow.local_port,
-            app.saturating_sub(served.calls_ns),
-        ));
+    /// Takes the requests answered before `t` out of `recent`: they can be given no more
+    /// calls, so their `app_self` is final.
+    fn finish_answered_before(&mut self, recent: &mut VecDeque<Served>, t: u64) {
+        recent.retain(|served| {
+            if served.x.resp_first_ns >= t {
+                return true;
+            }
+            self.consumed += 1;
+            let app = served.x.resp_first_ns.saturating_sub(served.x.req_first_ns);
+            self.selves.push((
+                served.x.flow.local_port,
+                app.saturating_sub(served.calls_ns),
+            ));
+            false
+        });
     }
 }
 
@@ -445,13 +452,7 @@ impl App {
             // are final now. Out of the list in batches, for the look-ups' sake: the requests
             // of the sweep's horizon would otherwise be read by every call.
             if answered > 16 && answered * 4 > self.recent.len() {
-                self.recent.retain(|served| {
-                    let keep = served.x.resp_first_ns >= k.req_first_ns;
-                    if !keep {
-                        s.finish(served);
-                    }
-                    keep
-                });
+                s.finish_answered_before(&mut self.recent, k.req_first_ns);
             }
         }
         for x in servers_in {
@@ -463,13 +464,7 @@ impl App {
         };
         self.swept_to = self.swept_to.max(cutoff);
         // Requests answered before the cutoff can be given no later call.
-        self.recent.retain(|served| {
-            let keep = served.x.resp_first_ns >= cutoff;
-            if !keep {
-                s.finish(served);
-            }
-            keep
-        });
+        s.finish_answered_before(&mut self.recent, cutoff);
         s
     }
 
