@@ -30,8 +30,8 @@ use crate::{
     headers::{self, Tcp},
     maps::{
         AGGREGATE_PENDING, EARLY_REQUESTS, EXCHANGE_EVENTS, EXCHANGE_HIST, EXCHANGE_HIST_KEY,
-        EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS, count, early_parked,
-        early_parked_at, lru_insert, lru_remove, scratch, wake_flags,
+        EXCHANGES, FLOW_COOKIE, SCRATCH_IN, SCRATCH_OUT, SYNS, count, datapath_points,
+        early_parked, early_parked_at, lru_insert, lru_remove, scratch, wake_flags,
     },
     ratelimit,
     tls::{self, TLS, TLS_EARLY},
@@ -86,7 +86,7 @@ fn ifindex(ctx: &SkBuffContext) -> u32 {
 pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
     if let Ok(tcp) = headers::at_l3(&ctx.skb) {
         let t = now();
-        if ifindex(&ctx) != LOOPBACK_IFINDEX {
+        if ifindex(&ctx) != LOOPBACK_IFINDEX && datapath_points() {
             datapath::pass(&tcp.pkt_key(), POINT_SOCKET_IN, 0, cgroup_of(&ctx), t);
         }
         let seg = Segment::of(&tcp, Dir::In);
@@ -109,7 +109,7 @@ pub fn hp_skb_in(ctx: SkBuffContext) -> i32 {
 pub fn hp_skb_out(ctx: SkBuffContext) -> i32 {
     if let Ok(tcp) = headers::at_l3(&ctx.skb) {
         let t = now();
-        if ifindex(&ctx) != LOOPBACK_IFINDEX {
+        if ifindex(&ctx) != LOOPBACK_IFINDEX && datapath_points() {
             datapath::pass(&tcp.pkt_key(), POINT_SOCKET_OUT, 0, cgroup_of(&ctx), t);
         }
         track(&ctx, &tcp, &Segment::of(&tcp, Dir::Out), Dir::Out, t);

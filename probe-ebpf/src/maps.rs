@@ -193,6 +193,20 @@ pub fn count(index: u32) {
 #[unsafe(no_mangle)]
 pub static RING_WAKE_EACH: u32 = 0;
 
+/// Zero: no TC program watches a veth or the uplink (`--no-datapath`, or the datapath could not
+/// be attached), so a packet's sighting at a socket could never end a hop, and the socket
+/// programs skip `PKT_SEEN` (a lookup and an insert or delete per packet, about half their
+/// time: docs/overhead.md).
+#[unsafe(no_mangle)]
+pub static DATAPATH_POINTS: u32 = 1;
+
+/// Whether the socket programs record their packets' sightings (see `DATAPATH_POINTS`).
+#[inline(always)]
+pub fn datapath_points() -> bool {
+    // SAFETY: the static is valid for reads; volatile keeps the compiler from using the default.
+    unsafe { core::ptr::read_volatile(&DATAPATH_POINTS) != 0 }
+}
+
 /// The flags to submit a record to `ring` with. The kernel's default wakes the reader for
 /// each record whenever it has caught up, which under light load is every record: an
 /// `irq_work` and a wake-up on the CPU of the traced request, whose time they lengthen

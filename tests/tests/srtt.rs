@@ -115,6 +115,12 @@ fn smoothed_rtt_matches_the_injected_delay() {
     }
     let hooks = plain.summary["hooks"].to_string();
     assert!(hooks.contains("hp_sock_ops"), "{hooks}");
+    // No TC program watches the veth, so no sighting at a socket could end a hop: the socket
+    // programs must not have kept any (docs/overhead.md, `--no-datapath`).
+    assert_eq!(
+        plain.summary["counters"]["lru_pkt_seen_inserted"], 0,
+        "packets remembered without a datapath"
+    );
 
     let ifname = veth(&link.right);
     let delay = format!("{DELAY_MS}ms");

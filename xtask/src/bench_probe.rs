@@ -21,6 +21,7 @@
 //! diagnostics cost when off (`--ebpf-log`'s default), which should be nothing measurable.
 
 use std::{
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::AtomicBool,
@@ -57,18 +58,22 @@ fn url() -> String {
 enum Variant {
     Without,
     Batched,
+    /// `--no-datapath`: what the datapath hops cost.
+    NoDatapath,
+    /// `--ring-wakeup each`, with `BENCH_EACH=1`.
     Each,
     /// The `BENCH_BASELINE` hopprobe, as deployed.
     Baseline,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Without, Variant::Batched, Variant::Each];
+    const ALL: [Variant; 3] = [Variant::Without, Variant::Batched, Variant::NoDatapath];
 
     fn name(self) -> &'static str {
         match self {
             Variant::Without => "no hopprobe",
             Variant::Batched => "hopprobe",
+            Variant::NoDatapath => "hopprobe --no-datapath",
             Variant::Each => "hopprobe, wake-up each",
             Variant::Baseline => "baseline hopprobe",
         }
@@ -128,9 +133,13 @@ pub(crate) fn status_mib(pid: u32, field: &str) -> f64 {
 
 fn start_hopprobe(bin: &Path, extra: &[&str], json: Option<&Path>) -> Result<ChildGuard> {
     let mut c = Command::new(bin);
-    c.args(["run", "--interval", "1h", "--netns"])
-        .arg(format!("/run/netns/{LAB}-node"))
-        .arg("--metadata")
+    c.args(["run", "--interval", "1h"]);
+    // The node's namespace is where the datapath's interfaces are; hopprobe refuses it
+    // without them.
+    if !extra.contains(&"--no-datapath") {
+        c.arg("--netns").arg(format!("/run/netns/{LAB}-node"));
+    }
+    c.arg("--metadata")
         .arg(format!("/run/hopprobe-lab/{LAB}/metadata.json"))
         .args(extra);
     if let Some(json) = json {
@@ -180,6 +189,14 @@ fn sample(
             Some(start_hopprobe(bin, &[], None)?)
         }
         Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), tls_args(), None)?),
+        Variant::NoDatapath => {
+            let args: &[&str] = if tls() {
+                &["--no-datapath", "--tls"]
+            } else {
+                &["--no-datapath"]
+            };
+            Some(start_hopprobe(&measuring("hopprobe"), args, None)?)
+        }
         Variant::Each => {
             let args: &[&str] = if tls() {
                 &["--ring-wakeup", "each", "--tls"]
@@ -380,9 +397,10 @@ fn print_paired(variants: &[Variant], by_round: &[Vec<(Variant, Sample)>]) {
 /// Each program's (runs, run time in ns) over one c = 1 run of `bin` with `--bpf-stats`.
 fn kernel_time_once(
     bin: &Path,
-    tls_flag: bool,
+    extra: &[&str],
     floor: bool,
     requests: u32,
+    perf_data: Option<&Path>,
     stop: &AtomicBool,
 ) -> Result<ProgramCosts> {
     interrupted(stop)?;
@@ -390,14 +408,27 @@ fn kernel_time_once(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("bpf-stats-hopprobe.json");
     let mut args = vec!["--bpf-stats"];
-    if tls_flag {
-        args.push("--tls");
-    }
+    args.extend_from_slice(extra);
     if floor {
         args.push("--bpf-floor");
     }
     let probe = start_hopprobe(bin, &args, Some(&json))?;
+    let perf = match perf_data {
+        Some(path) => Some(start_perf(path)?),
+        None => None,
+    };
     let report = loadgen(1, ("-n", requests.to_string()));
+    if let Some(perf) = perf {
+        let out = perf.interrupt_and_wait()?;
+        // perf record writes its data on SIGINT and then dies of it.
+        if !out.status.success() && out.status.signal() != Some(libc::SIGINT) {
+            bail!(
+                "perf record exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     interrupted(stop)?;
     report?;
     let out = probe.interrupt_and_wait()?;
@@ -460,103 +491,196 @@ fn kernel_time(
         let mut run_this = || -> Result<()> {
             ours.push(kernel_time_once(
                 &this,
-                tls(),
+                tls_args(),
                 !floor_apart,
                 requests,
+                None,
                 stop,
             )?);
             Ok(())
         };
         match &baseline {
             Some(b) if round % 2 == 0 => {
-                theirs.push(kernel_time_once(b, false, false, requests, stop)?);
+                theirs.push(kernel_time_once(b, &[], false, requests, None, stop)?);
                 run_this()?;
             }
             Some(b) => {
                 run_this()?;
-                theirs.push(kernel_time_once(b, false, false, requests, stop)?);
+                theirs.push(kernel_time_once(b, &[], false, requests, None, stop)?);
             }
             None => run_this()?,
         }
     }
     let floors = if floor_apart {
-        vec![kernel_time_once(&this, tls(), true, requests, stop)?]
+        vec![kernel_time_once(
+            &this,
+            tls_args(),
+            true,
+            requests,
+            None,
+            stop,
+        )?]
     } else {
         Vec::new()
     };
-    let per_request = |v: &[ProgramCosts], name: &str| -> (f64, f64, f64) {
-        let runs = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.0)).collect());
-        let ns = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.1)).collect());
-        let r = f64::from(requests);
-        (runs / r, ns / runs.max(1.0), ns / r / 1e3)
-    };
     println!("\nkernel time per request at c = 1 ({requests} requests, --bpf-stats)");
-    // The floors (`--bpf-floor`, measured hopprobe only) are not hopprobe's cost: apart.
-    let names: Vec<&String> = ours[0]
-        .keys()
-        .filter(|n| !n.starts_with("floor/"))
-        .collect();
-    // Each program against its floor as measured in the same run.
-    let floor = |name: &str| -> (f64, f64) {
-        let with_floors = if floor_apart { &floors } else { &ours };
-        let (_, f_ns, _) = per_request(with_floors, floor_of(name));
-        let (_, ns, _) = per_request(with_floors, name);
-        (f_ns, ns / f_ns.max(1e-9))
-    };
-    let mut totals = (0.0, 0.0);
-    if let Some(b) = &baseline {
-        println!(
-            "  baseline: {} ({} rounds, medians)",
-            b.display(),
-            ours.len()
-        );
-        println!(
-            "  {:<20} {:>10} {:>14} {:>10} {:>8} {:>14} {:>10} {:>12} {:>8}",
-            "program",
-            "runs/req",
-            "baseline ns/run",
-            "ns/run",
-            "ratio",
-            "baseline µs/req",
-            "µs/req",
-            "floor ns/run",
-            "x floor"
-        );
-        for name in names {
-            let (runs, ns, us) = per_request(&ours, name);
-            let (_, b_ns, b_us) = per_request(&theirs, name);
-            let (f_ns, times) = floor(name);
-            totals.0 += b_us;
-            totals.1 += us;
-            println!(
-                "  {name:<20} {runs:>10.1} {b_ns:>14.0} {ns:>10.0} {:>8.2} {b_us:>14.1} {us:>10.1} {f_ns:>12.0} {times:>8.1}",
-                ns / b_ns.max(1.0)
-            );
+    let with_floors = if floor_apart { &floors } else { &ours };
+    match &baseline {
+        Some(b) => side_by_side(b, &ours, &theirs, with_floors, requests),
+        None => {
+            alone(&ours, with_floors, requests);
+            // What the datapath hops cost in the kernel: the TC programs, and the socket
+            // programs' sightings, which `--no-datapath` leaves out too.
+            let mut args = vec!["--no-datapath"];
+            args.extend_from_slice(tls_args());
+            let without = [kernel_time_once(&this, &args, true, requests, None, stop)?];
+            println!("\nthe same with --no-datapath");
+            alone(&without, &without, requests);
         }
-        println!(
-            "  {:<20} {:>10} {:>14} {:>10} {:>8.2} {:>14.1} {:>10.1}",
-            "all",
-            "",
-            "",
-            "",
-            totals.1 / totals.0.max(1e-9),
-            totals.0,
-            totals.1
-        );
-    } else {
-        println!(
-            "  {:<20} {:>10} {:>10} {:>12} {:>12} {:>8}",
-            "program", "runs/req", "ns/run", "µs/request", "floor ns/run", "x floor"
-        );
-        for name in names {
-            let (runs, ns, us) = per_request(&ours, name);
-            let (f_ns, times) = floor(name);
-            totals.1 += us;
-            println!("  {name:<20} {runs:>10.1} {ns:>10.0} {us:>12.1} {f_ns:>12.0} {times:>8.1}");
-        }
-        println!("  {:<20} {:>10} {:>10} {:>12.1}", "all", "", "", totals.1);
+    }
+    if std::env::var("BENCH_PERF").is_ok_and(|v| v == "1") {
+        where_time_goes(&this, requests, stop)?;
     }
     Ok(())
+}
+
+/// `perf record` of every CPU with call graphs into `path`, until interrupted.
+fn start_perf(path: &Path) -> Result<ChildGuard> {
+    let child = Command::new("perf")
+        .args(["record", "-a", "-g", "-F", "9999", "-q", "-o"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting perf record")?;
+    // perf opens its events on every CPU before it records; the load starts after.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(ChildGuard::new(child))
+}
+
+/// One more c = 1 run under `perf record` (`BENCH_PERF=1`): each program's ns per run split
+/// by what it was doing (`bpf_perf`), from the same run's `--bpf-stats`.
+fn where_time_goes(this: &Path, requests: u32, stop: &AtomicBool) -> Result<()> {
+    system::ensure_packages(&[("/usr/bin/perf", "linux-perf")])?;
+    let data = cmd::target_dir().join("bench-probe").join("perf.data");
+    // Five times the requests: a program that runs 5 times a page gets samples enough.
+    let requests = requests * 5;
+    let costs = kernel_time_once(this, tls_args(), false, requests, Some(&data), stop)?;
+    let out = Command::new("perf")
+        .args(["script", "-F", "ip,sym", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()
+        .context("running perf script")?;
+    if !out.status.success() {
+        bail!("perf script exited {}", out.status);
+    }
+    let samples = crate::bpf_perf::attribute(&String::from_utf8_lossy(&out.stdout));
+    println!(
+        "\nwhere each program's time goes, ns per run (perf record -a -g at 9999 Hz, c = 1, \
+         {requests} requests; shares of its samples times its ns per run)"
+    );
+    print!("  {:<20} {:>8} {:>7}", "program", "ns/run", "samples");
+    for w in crate::bpf_perf::Work::ALL {
+        print!(" {:>8}", w.label());
+    }
+    println!();
+    for name in programs(std::slice::from_ref(&costs)) {
+        let (_, ns, _) = per_request(std::slice::from_ref(&costs), name, requests);
+        let by = samples.get(name.as_str());
+        let total: u64 = by.map_or(0, |b| b.values().sum());
+        print!("  {name:<20} {ns:>8.0} {total:>7}");
+        for w in crate::bpf_perf::Work::ALL {
+            let n = by.and_then(|b| b.get(&w)).copied().unwrap_or(0);
+            print!(" {:>8.0}", ns * n as f64 / total.max(1) as f64);
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// A program's runs per request, ns per run and µs per request: medians over `v`.
+fn per_request(v: &[ProgramCosts], name: &str, requests: u32) -> (f64, f64, f64) {
+    let runs = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.0)).collect());
+    let ns = median(v.iter().map(|m| m.get(name).map_or(0.0, |c| c.1)).collect());
+    let r = f64::from(requests);
+    (runs / r, ns / runs.max(1.0), ns / r / 1e3)
+}
+
+/// hopprobe's programs, without the floors (`--bpf-floor`), which are not its cost.
+fn programs(v: &[ProgramCosts]) -> Vec<&String> {
+    v[0].keys().filter(|n| !n.starts_with("floor/")).collect()
+}
+
+/// The floor's ns per run of `name`'s hook and `name` as a multiple of it, both as measured in
+/// the same runs (`with_floors`).
+fn against_floor(with_floors: &[ProgramCosts], name: &str, requests: u32) -> (f64, f64) {
+    let (_, f_ns, _) = per_request(with_floors, floor_of(name), requests);
+    let (_, ns, _) = per_request(with_floors, name, requests);
+    (f_ns, ns / f_ns.max(1e-9))
+}
+
+fn alone(ours: &[ProgramCosts], with_floors: &[ProgramCosts], requests: u32) {
+    println!(
+        "  {:<20} {:>10} {:>10} {:>12} {:>12} {:>8}",
+        "program", "runs/req", "ns/run", "µs/request", "floor ns/run", "x floor"
+    );
+    let mut total = 0.0;
+    for name in programs(ours) {
+        let (runs, ns, us) = per_request(ours, name, requests);
+        let (f_ns, times) = against_floor(with_floors, name, requests);
+        total += us;
+        println!("  {name:<20} {runs:>10.1} {ns:>10.0} {us:>12.1} {f_ns:>12.0} {times:>8.1}");
+    }
+    println!("  {:<20} {:>10} {:>10} {:>12.1}", "all", "", "", total);
+}
+
+fn side_by_side(
+    baseline: &Path,
+    ours: &[ProgramCosts],
+    theirs: &[ProgramCosts],
+    with_floors: &[ProgramCosts],
+    requests: u32,
+) {
+    println!(
+        "  baseline: {} ({} rounds, medians)",
+        baseline.display(),
+        ours.len()
+    );
+    println!(
+        "  {:<20} {:>10} {:>14} {:>10} {:>8} {:>14} {:>10} {:>12} {:>8}",
+        "program",
+        "runs/req",
+        "baseline ns/run",
+        "ns/run",
+        "ratio",
+        "baseline µs/req",
+        "µs/req",
+        "floor ns/run",
+        "x floor"
+    );
+    let mut totals = (0.0, 0.0);
+    for name in programs(ours) {
+        let (runs, ns, us) = per_request(ours, name, requests);
+        let (_, b_ns, b_us) = per_request(theirs, name, requests);
+        let (f_ns, times) = against_floor(with_floors, name, requests);
+        totals.0 += b_us;
+        totals.1 += us;
+        println!(
+            "  {name:<20} {runs:>10.1} {b_ns:>14.0} {ns:>10.0} {:>8.2} {b_us:>14.1} {us:>10.1} {f_ns:>12.0} {times:>8.1}",
+            ns / b_ns.max(1.0)
+        );
+    }
+    println!(
+        "  {:<20} {:>10} {:>14} {:>10} {:>8.2} {:>14.1} {:>10.1}",
+        "all",
+        "",
+        "",
+        "",
+        totals.1 / totals.0.max(1e-9),
+        totals.0,
+        totals.1
+    );
 }
 
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -602,6 +726,9 @@ pub fn bench() -> Result<()> {
         // A baseline hopprobe runs beside this one in every round: a change to hopprobe's own
         // CPU and memory is measured in the same run too.
         let mut variants = Variant::ALL.to_vec();
+        if std::env::var("BENCH_EACH").is_ok_and(|v| v == "1") {
+            variants.push(Variant::Each);
+        }
         if baseline.is_some() {
             variants.push(Variant::Baseline);
         }

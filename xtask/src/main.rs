@@ -2,6 +2,7 @@
 
 mod bench_loadgen;
 mod bench_probe;
+mod bpf_perf;
 mod cmd;
 mod demo;
 mod ebpf;

@@ -41,6 +41,9 @@ pub struct MapSizes {
     pub ebpf_log: EbpfLog,
     /// Follow TLS connections' records (`--tls`).
     pub tls: bool,
+    /// TC programs will watch the datapath, so the socket programs record their packets'
+    /// sightings for them; false with `--no-datapath`, where no sighting could end a hop.
+    pub datapath: bool,
 }
 
 /// When the kernel wakes hopprobe to read a ring buffer.
@@ -88,6 +91,7 @@ impl Default for MapSizes {
             wakeup: RingWakeup::Batched,
             ebpf_log: EbpfLog::Off,
             tls: false,
+            datapath: true,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
     let limit = sizes.records_limit();
     let wake_each = u32::from(sizes.wakeup == RingWakeup::Each);
     let tls = u8::from(sizes.tls);
+    let datapath = u32::from(sizes.datapath);
     let mut loader = EbpfLoader::new();
     // Not required: an object built without its diagnostics has neither global, and only
     // `ebpf_log::start` minds.
@@ -119,6 +124,7 @@ pub fn load(layout: &SetStateLayout, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .override_global("RECORDS_LIMIT", &limit, true)
         .override_global("RING_WAKE_EACH", &wake_each, true)
         .override_global("TLS_FOLLOW", &tls, true)
+        .override_global("DATAPATH_POINTS", &datapath, true)
         .map_max_entries("SOCK_HIST", sizes.sock_hist_keys)
         .map_max_entries("EXCHANGE_EVENTS", sizes.exchange_ring_bytes)
         .map_max_entries("FLOW_SOCK", sizes.max_sockets)

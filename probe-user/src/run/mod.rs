@@ -323,7 +323,11 @@ async fn run_async(opts: &RunOptions) -> Result<Summary, RunError> {
     Probe::check_privilege()?;
     let mut missing = Vec::new();
     let target = datapath_target(opts, &mut missing)?;
-    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), opts.sizes, plan_options)?;
+    let sizes = MapSizes {
+        datapath: target.is_some(),
+        ..opts.sizes
+    };
+    let mut probe = Probe::attach_with(opts.cgroup_root.as_deref(), sizes, plan_options)?;
     // After attaching, which checks privileges first; runs count from here. The kernel turns
     // the statistics off again when the fd closes, whichever way hopprobe exits, and a
     // failure here detaches (`probe` is dropped) before reporting.
