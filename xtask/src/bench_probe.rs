@@ -1,13 +1,16 @@
 //! `cargo xtask bench-probe`: what hopprobe costs the requests it watches. In the lab (sidecar
 //! mesh, ingress, no injected delay: the cheapest requests, where a cost per packet weighs
 //! most), loadgen runs the published command at c = 1, 32 and 64 with no hopprobe, with
-//! hopprobe as deployed (batched ring wake-ups) and with `--ring-wakeup each`, the order
-//! rotating each round, each run after a second of the same load unmeasured. It prints the
+//! hopprobe as deployed and with `--no-datapath` (what the datapath hops cost; `BENCH_EACH=1`
+//! adds `--ring-wakeup each`), the order rotating each round, each run after a second of the
+//! same load unmeasured. It prints the
 //! medians' latency and throughput ratios to the runs without hopprobe, the spread of every
 //! variant's rounds (so that a ratio is read against the spread of the runs without
 //! hopprobe), hopprobe's own CPU per request (from schedstat, in nanoseconds) and peak RSS;
 //! then, from one more run with `--bpf-stats --bpf-floor`, the kernel time per request of
-//! each program and its ns per run as a multiple of a do-nothing program's on the same hook.
+//! each program and its ns per run as a multiple of a do-nothing program's on the same hook,
+//! and the same with `--no-datapath`. `BENCH_PERF=1` adds a run under `perf record` that splits
+//! each program's ns per run by what it was doing (`bpf_perf`).
 //!
 //! `BENCH_TLS=1` terminates HTTPS at the ingress (`hoplab up --ingress-tls`) and loadgen
 //! speaks HTTPS to it, a new TLS connection per request as the published external test did:
