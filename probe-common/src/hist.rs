@@ -73,6 +73,18 @@ pub fn bucket_low(i: usize) -> u64 {
     (SUB + m) << (e - u64::from(SUB_BITS))
 }
 
+/// The middle of bucket `i`, which userspace reads each of its values as: within 1/64 of any of
+/// them.
+pub fn bucket_middle(i: usize) -> u64 {
+    let low = bucket_low(i);
+    let next = if i + 1 < BUCKETS {
+        bucket_low(i + 1)
+    } else {
+        low + 1
+    };
+    low + (next - low) / 2
+}
+
 /// Histogram key: a hop at an interface (datapath) or a cgroup (pod delivery).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

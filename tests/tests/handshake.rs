@@ -9,7 +9,7 @@ use std::{
 };
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use probe_common::hist::{bucket, bucket_low};
+use probe_common::hist::{bucket, bucket_middle};
 use serde_json::Value;
 use testkit::{leftovers, netns::Link, probe::measure};
 
@@ -63,9 +63,7 @@ fn series<'a>(summary: &'a Value, metric: &str, direction: &str, port: u16) -> V
 /// hopprobe reports a bucket by its middle, so a lifetime just past `us` can read up to half
 /// a bucket below it (30 000 µs as 29 952).
 fn reported_us(us: u64) -> f64 {
-    let b = bucket(us);
-    let (low, next) = (bucket_low(b), bucket_low(b + 1));
-    (low + (next - low) / 2) as f64
+    bucket_middle(bucket(us)) as f64
 }
 
 fn count(series: &[&Value]) -> u64 {

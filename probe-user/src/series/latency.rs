@@ -1,6 +1,6 @@
 //! Latency histograms and their summary, shared by every series hopprobe reports.
 
-use probe_common::hist::{BUCKETS as KERNEL_BUCKETS, bucket_low as kernel_bucket_low};
+use probe_common::hist::bucket_middle as kernel_middle;
 
 pub use hopprobe_formats::summary::LatencySummary as Summary;
 
@@ -57,17 +57,6 @@ fn high(i: usize) -> u64 {
         u64::MAX => u64::MAX,
         next => next - 1,
     }
-}
-
-/// The middle of a kernel bucket: within 1/64 of any of its values.
-fn kernel_middle(i: usize) -> u64 {
-    let low = kernel_bucket_low(i);
-    let next = if i + 1 < KERNEL_BUCKETS {
-        kernel_bucket_low(i + 1)
-    } else {
-        low + 1
-    };
-    low + (next - low) / 2
 }
 
 impl Latency {
@@ -240,7 +229,7 @@ mod tests {
 
     #[test]
     fn kernel_histograms_count_at_their_buckets_middles() {
-        let mut counts = vec![0u64; KERNEL_BUCKETS];
+        let mut counts = vec![0u64; probe_common::hist::BUCKETS];
         counts[probe_common::hist::bucket(20_000)] = 3;
         let mut l = Latency::default();
         l.record(20_000);
