@@ -53,6 +53,11 @@ fn tls_args() -> &'static [&'static str] {
     if tls() { &["--tls"] } else { &[] }
 }
 
+/// `flags` for the measured hopprobe, with [`tls_args`].
+fn measured_args(flags: &[&'static str]) -> Vec<&'static str> {
+    [flags, tls_args()].concat()
+}
+
 fn url() -> String {
     format!("{}://{PATH}", if tls() { "https" } else { "http" })
 }
@@ -192,22 +197,16 @@ fn sample(
             Some(start_hopprobe(bin, &[], None)?)
         }
         Variant::Batched => Some(start_hopprobe(&measuring("hopprobe"), tls_args(), None)?),
-        Variant::NoDatapath => {
-            let args: &[&str] = if tls() {
-                &["--no-datapath", "--tls"]
-            } else {
-                &["--no-datapath"]
-            };
-            Some(start_hopprobe(&measuring("hopprobe"), args, None)?)
-        }
-        Variant::Each => {
-            let args: &[&str] = if tls() {
-                &["--ring-wakeup", "each", "--tls"]
-            } else {
-                &["--ring-wakeup", "each"]
-            };
-            Some(start_hopprobe(&measuring("hopprobe"), args, None)?)
-        }
+        Variant::NoDatapath => Some(start_hopprobe(
+            &measuring("hopprobe"),
+            &measured_args(&["--no-datapath"]),
+            None,
+        )?),
+        Variant::Each => Some(start_hopprobe(
+            &measuring("hopprobe"),
+            &measured_args(&["--ring-wakeup", "each"]),
+            None,
+        )?),
     };
     // Every variant, with hopprobe or not, first takes a second of the same load unmeasured:
     // the lab's pools, caches and the CPUs' frequency start each measured run alike.
@@ -534,8 +533,7 @@ fn kernel_time(
             alone(&ours, with_floors, requests);
             // What the datapath hops cost in the kernel: the TC programs, and the socket
             // programs' sightings, which `--no-datapath` leaves out too.
-            let mut args = vec!["--no-datapath"];
-            args.extend_from_slice(tls_args());
+            let args = measured_args(&["--no-datapath"]);
             let without = [kernel_time_once(&this, &args, true, requests, None, stop)?];
             println!("\nthe same with --no-datapath");
             alone(&without, &without, requests);
